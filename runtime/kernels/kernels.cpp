@@ -1,0 +1,254 @@
+// Host side of the shaders: uploads matrices in the layouts the shaders read, builds the
+// pipelines with their specialization constants, and records dispatches (kernels.h).
+#include "kernels/kernels.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace pqvk {
+
+using vk::Error;
+
+namespace {
+
+size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
+
+// Largest byte count one binding (and one allocation) may have on this device.
+size_t binding_limit(const vk::Context& ctx, size_t requested) {
+  size_t lim = ctx.info().max_storage_buffer_range;
+  if (ctx.info().max_allocation_size) lim = std::min<size_t>(lim, ctx.info().max_allocation_size);
+  if (requested) lim = std::min(lim, requested);
+  return lim;
+}
+
+// Workgroup grid for n groups: x first, spilling into y past the device's x limit.
+void grid(const vk::Context& ctx, size_t n, uint32_t* gx, uint32_t* gy) {
+  const size_t max_x = ctx.info().max_workgroup_count_x;
+  *gx = static_cast<uint32_t>(std::min(n, max_x));
+  *gy = static_cast<uint32_t>(n == 0 ? 0 : (n + max_x - 1) / max_x);
+}
+
+void check_block(uint32_t block, const char* what) {
+  if (block != 64 && block != 128 && block != 256)
+    throw Error(std::string(what) + ": block size " + std::to_string(block) + " is not 64, 128 or 256");
+}
+
+void check_view(const vk::BufferView& v, size_t floats, const std::string& what) {
+  if (!v.buffer) throw Error(what + ": no buffer");
+  if (v.bytes() < floats * 4)
+    throw Error(what + ": buffer holds " + std::to_string(v.bytes()) + " bytes, needs " + std::to_string(floats * 4));
+}
+
+uint32_t u32(size_t v, const char* what) {
+  if (v > UINT32_MAX) throw Error(std::string(what) + " exceeds 32 bits");
+  return static_cast<uint32_t>(v);
+}
+
+}  // namespace
+
+size_t rotated_row_elems(size_t cols, int block, Layout layout) {
+  size_t padded = round_up(cols, static_cast<size_t>(block));
+  return layout == Layout::row_major ? padded : round_up(padded, 1024);
+}
+
+std::vector<float> interleave_for_gemv(const float* row, size_t cols_padded) {
+  std::vector<float> out(round_up(cols_padded, 1024), 0.0f);
+  for (size_t e = 0; e < cols_padded; ++e) {
+    size_t ch = e / 32;
+    out[(ch & ~size_t(31)) * 32 + (e % 32) * 32 + (ch & 31)] = row[e];
+  }
+  return out;
+}
+
+// ---- uploads ---------------------------------------------------------------------------------
+
+size_t DeviceQuantMatrix::bytes() const {
+  size_t n = 0;
+  for (const auto& s : slices) n += s.codes.size() + s.scales.size();
+  return n;
+}
+
+DeviceQuantMatrix upload_quant(vk::Context& ctx, const pq::QuantMatrix& q, const std::string& name,
+                               size_t max_slice_bytes) {
+  DeviceQuantMatrix d;
+  d.name = name.empty() ? "matrix" : name;
+  d.method = q.method;
+  d.bits = q.bits;
+  d.block = q.block;
+  d.rotated = q.rotated;
+  d.rows = q.rows;
+  d.cols = q.cols;
+  d.cols_padded = q.cols_padded;
+  if (q.codes.size() != pq::packed_words(q.rows, q.cols_padded, q.bits) ||
+      q.scales.size() != q.rows * q.blocks_per_row() || q.codebook.size() != (size_t(1) << q.bits))
+    throw Error(d.name + ": inconsistent quantized matrix (codes, scales or codebook size)");
+  d.codebook = ctx.upload_new(q.codebook, d.name + " codebook");
+  const size_t row_words = q.codes.size() / q.rows;
+  const size_t nb = q.blocks_per_row();
+  const size_t limit = binding_limit(ctx, max_slice_bytes);
+  const size_t rows_per_slice = std::min(q.rows, limit / std::max(row_words * 4, round_up(nb, 2) * 2));
+  if (rows_per_slice == 0)
+    throw Error(d.name + ": one row (" + std::to_string(row_words * 4) + " bytes) exceeds the device's binding limit");
+  for (size_t r0 = 0; r0 < q.rows; r0 += rows_per_slice) {
+    DeviceQuantMatrix::Slice s;
+    s.row0 = r0;
+    s.rows = std::min(rows_per_slice, q.rows - r0);
+    const std::string what = d.name + " rows " + std::to_string(r0) + ".." + std::to_string(r0 + s.rows);
+    s.codes = ctx.buffer(s.rows * row_words * 4, vk::MemoryKind::device, what + " codes");
+    ctx.upload(s.codes, q.codes.data() + r0 * row_words, s.rows * row_words * 4);
+    std::vector<uint16_t> sc(round_up(s.rows * nb, 2), 0);
+    std::memcpy(sc.data(), q.scales.data() + r0 * nb, s.rows * nb * 2);
+    s.scales = ctx.upload_new(sc, what + " scales");
+    d.slices.push_back(std::move(s));
+  }
+  return d;
+}
+
+size_t DeviceF16Matrix::bytes() const {
+  size_t n = 0;
+  for (const auto& s : slices) n += s.data.size();
+  return n;
+}
+
+DeviceF16Matrix upload_f16(vk::Context& ctx, const float* w, size_t rows, size_t cols, const std::string& name,
+                           size_t max_slice_bytes) {
+  DeviceF16Matrix d;
+  d.name = name.empty() ? "matrix" : name;
+  if (rows == 0 || cols == 0) throw Error(d.name + ": empty matrix");
+  d.rows = rows;
+  d.cols = cols;
+  d.cols_padded = round_up(cols, 8);
+  const size_t limit = binding_limit(ctx, max_slice_bytes);
+  const size_t rows_per_slice = std::min(rows, limit / (d.cols_padded * 2));
+  if (rows_per_slice == 0) throw Error(d.name + ": one row exceeds the device's binding limit");
+  for (size_t r0 = 0; r0 < rows; r0 += rows_per_slice) {
+    DeviceF16Matrix::Slice s;
+    s.row0 = r0;
+    s.rows = std::min(rows_per_slice, rows - r0);
+    std::vector<uint16_t> h(s.rows * d.cols_padded, 0);
+    for (size_t r = 0; r < s.rows; ++r)
+      for (size_t c = 0; c < cols; ++c) h[r * d.cols_padded + c] = pq::f32_to_f16(w[(r0 + r) * cols + c]);
+    s.data = ctx.upload_new(h, d.name + " rows " + std::to_string(r0));
+    d.slices.push_back(std::move(s));
+  }
+  return d;
+}
+
+// ---- kernels ---------------------------------------------------------------------------------
+
+Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
+  if (cfg_.gemv_wg % 32 || cfg_.gemv_wg == 0 || cfg_.gemv_wg > ctx.info().max_workgroup_invocations)
+    throw Error("gemv workgroup size " + std::to_string(cfg_.gemv_wg) + " must be a multiple of 32 within the device limit");
+  if (cfg_.gemv_rows == 0 || cfg_.gemv_rows > 16) throw Error("gemv rows per workgroup must be 1..16");
+}
+
+const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecConstants& spec,
+                                      uint32_t num_buffers, uint32_t push_bytes) {
+  std::string key = shader;
+  for (const auto& [id, v] : spec) key += ":" + std::to_string(id) + "=" + std::to_string(v);
+  auto it = pipelines_.find(key);
+  if (it != pipelines_.end()) return *it->second;
+  vk::PipelineDesc desc;
+  desc.shader = shader;
+  desc.spec = spec;
+  desc.num_buffers = num_buffers;
+  desc.push_constant_bytes = push_bytes;
+  desc.required_subgroup_size = cfg_.subgroup_size;
+  auto p = std::make_unique<vk::Pipeline>(ctx_.pipeline(desc));
+  return *pipelines_.emplace(key, std::move(p)).first->second;
+}
+
+void Kernels::fwht(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, uint32_t rows, uint32_t cols,
+                   uint32_t block, Layout layout) {
+  check_block(block, "fwht");
+  if (rows == 0 || cols == 0) throw Error("fwht: empty input");
+  const size_t stride = rotated_row_elems(cols, static_cast<int>(block), layout);
+  check_view(x, size_t(rows) * cols, "fwht input");
+  check_view(out, size_t(rows) * stride, "fwht output");
+  struct { uint32_t rows, cols, nblocks, out_stride; } push{rows, cols, u32((cols + block - 1) / block, "blocks"),
+                                                            u32(stride, "row stride")};
+  const auto& p = pipeline("fwht", {{0, block / 4}, {1, block}, {2, layout == Layout::gemv_interleaved ? 1u : 0u}}, 2,
+                           sizeof(push));
+  uint32_t gx, gy;
+  grid(ctx_, size_t(rows) * push.nblocks, &gx, &gy);
+  cmd.dispatch(p, {x, out}, push, gx, gy);
+}
+
+void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView out, bool f16_out) {
+  if (f16_out && w.cols % 2) throw Error(w.name + ": fp16 dequantization needs an even column count");
+  const size_t out_row_bytes = w.cols * (f16_out ? 2 : 4);
+  if (!out.buffer || out.bytes() < w.rows * out_row_bytes) throw Error(w.name + ": dequant output buffer too small");
+  const uint32_t block = static_cast<uint32_t>(w.block);
+  const auto& p = pipeline("pq_dequant",
+                           {{0, block / 4}, {1, block}, {2, uint32_t(w.bits)}, {3, w.rotated ? 1u : 0u}, {4, f16_out ? 1u : 0u}},
+                           4, 16);
+  const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  for (const auto& s : w.slices) {
+    const size_t off = out.offset + s.row0 * out_row_bytes;
+    struct { uint32_t rows, cols, nblocks, nchunk; } push{u32(s.rows, "rows"), u32(w.cols, "cols"), nblocks, nchunk};
+    uint32_t gx, gy;
+    grid(ctx_, s.rows * nblocks, &gx, &gy);
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, vk::BufferView(*out.buffer, off, s.rows * out_row_bytes)}, push, gx, gy);
+  }
+}
+
+void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y) {
+  check_view(x_rot, rotated_row_elems(w.cols, w.block, Layout::gemv_interleaved), w.name + " gemv input");
+  check_view(y, w.rows, w.name + " gemv output");
+  const uint32_t bits = static_cast<uint32_t>(w.bits);
+  // Codebook replicas: 32 (one per bank) where shared memory allows, fewer for 8 bits on
+  // devices with little shared memory.
+  uint32_t rep = 32;
+  while (rep > 1 && (size_t(1) << bits) * rep * 4 > ctx_.info().max_shared_memory / 2) rep /= 2;
+  const auto& p = pipeline("pq_gemv",
+                           {{0, cfg_.gemv_wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)}, {4, rep}}, 5, 20);
+  const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  for (const auto& s : w.slices) {
+    struct { uint32_t rows, nchunk, nblocks, y_offset, accumulate; } push{u32(s.rows, "rows"), nchunk, nblocks,
+                                                                          u32(s.row0, "row"), 0};
+    uint32_t gx, gy;
+    grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, gx, gy);
+  }
+}
+
+void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m) {
+  if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
+  check_view(x_rot, size_t(m) * w.cols_padded, w.name + " gemm input");
+  check_view(y, size_t(m) * w.rows, w.name + " gemm output");
+  const auto& p = pipeline("pq_gemm", {{0, uint32_t(w.bits)}, {1, uint32_t(w.block)}}, 5, 32);
+  const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  for (const auto& s : w.slices) {
+    struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } push{
+        u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"), 0};
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
+  }
+}
+
+void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y) {
+  check_view(x, w.cols, w.name + " gemv input");
+  check_view(y, w.rows, w.name + " gemv output");
+  const auto& p = pipeline("f16_gemv", {{0, cfg_.gemv_wg}, {1, cfg_.gemv_rows}}, 3, 20);
+  for (const auto& s : w.slices) {
+    struct { uint32_t rows, cols, ldw, y_offset, accumulate; } push{u32(s.rows, "rows"), u32(w.cols, "cols"),
+                                                                     u32(w.cols_padded, "cols"), u32(s.row0, "row"), 0};
+    uint32_t gx, gy;
+    grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
+    cmd.dispatch(p, {s.data, x, y}, push, gx, gy);
+  }
+}
+
+void Kernels::gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m) {
+  if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
+  check_view(x, size_t(m) * w.cols, w.name + " gemm input");
+  check_view(y, size_t(m) * w.rows, w.name + " gemm output");
+  const auto& p = pipeline("f16_gemm", {}, 3, 28);
+  for (const auto& s : w.slices) {
+    struct { uint32_t rows, m, cols, ldw, ldy, y_offset, accumulate; } push{
+        u32(s.rows, "rows"), m, u32(w.cols, "cols"), u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"), 0};
+    cmd.dispatch(p, {s.data, x, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
+  }
+}
+
+}  // namespace pqvk

@@ -1,0 +1,117 @@
+// The GPU kernels, one function per shader, recorded into vk::Commands.
+//
+// Model code calls these; it never touches Vulkan. Each function records one (or, where a
+// tensor is split to respect maxStorageBufferRange, a few) dispatches and no barrier: the
+// caller orders dependent kernels with Commands::barrier().
+//
+// Activation layouts (docs/packed-layout.md):
+//   row-major  [rows][cols_padded] fp32, zero padded to a multiple of the block size
+//   gemv-interleaved  the layout the fused GEMV reads: element i of 32-element chunk ch of a
+//              vector lives at (ch & ~31) * 32 + i * 32 + (ch & 31), padded to a multiple of
+//              1024 elements, so that 32 threads reading element i of 32 consecutive chunks
+//              read 128 contiguous bytes.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quant/polarquant.h"
+#include "vk/context.h"
+
+namespace pqvk {
+
+// Activation layout of a rotated vector / matrix.
+enum class Layout { row_major, gemv_interleaved };
+
+// Elements in a rotated activation row of `cols` inputs, block `block`, in `layout`.
+size_t rotated_row_elems(size_t cols, int block, Layout layout);
+
+// A PolarQuant (or ablation) matrix resident on the device. Rows are split into slices so that
+// no binding exceeds maxStorageBufferRange (lavapipe: 128 MiB; most GPUs: 4 GiB).
+struct DeviceQuantMatrix {
+  std::string name;
+  pq::Method method = pq::Method::pq;
+  int bits = 0, block = 128;
+  bool rotated = false;
+  size_t rows = 0, cols = 0, cols_padded = 0;
+  vk::Buffer codebook;  // 2^bits floats
+  struct Slice {
+    size_t row0 = 0, rows = 0;
+    vk::Buffer codes;   // packed words of rows [row0, row0 + rows)
+    vk::Buffer scales;  // fp16 scales of those rows, padded to whole 32-bit words
+  };
+  std::vector<Slice> slices;
+  size_t bytes() const;  // codes + scales on the device
+};
+DeviceQuantMatrix upload_quant(vk::Context& ctx, const pq::QuantMatrix& q, const std::string& name = "",
+                               size_t max_slice_bytes = 0 /* 0: the device limits */);
+
+// An fp16 matrix [rows][cols] on the device (the unquantized baseline); each row is padded
+// to a multiple of 8 halves (16 bytes).
+struct DeviceF16Matrix {
+  std::string name;
+  size_t rows = 0, cols = 0, cols_padded = 0;
+  struct Slice {
+    size_t row0 = 0, rows = 0;
+    vk::Buffer data;
+  };
+  std::vector<Slice> slices;
+  size_t bytes() const;
+};
+DeviceF16Matrix upload_f16(vk::Context& ctx, const float* w, size_t rows, size_t cols,
+                           const std::string& name = "", size_t max_slice_bytes = 0);
+
+// Tuning knobs, chosen per device by Kernels' constructor (and overridable by benchmarks).
+struct KernelConfig {
+  uint32_t gemv_wg = 128;        // threads per GEMV workgroup (a multiple of 32)
+  uint32_t gemv_rows = 4;        // rows per GEMV workgroup
+  uint32_t gemm_tile_m = 64, gemm_tile_n = 64;  // GEMM output tile (tokens x rows)
+  uint32_t subgroup_size = 0;    // 0: the device's default; else pinned (subgroup size control)
+};
+
+class Kernels {
+ public:
+  explicit Kernels(vk::Context& ctx, KernelConfig cfg = {});
+  vk::Context& context() { return ctx_; }
+  const KernelConfig& config() const { return cfg_; }
+
+  // out = rotate(x): every row of x [rows][cols] (fp32, row-major) is cut into blocks of
+  // `block` (64/128/256), zero padded, and each block multiplied by the orthonormal H_block.
+  // out holds rows * rotated_row_elems(cols, block, layout) floats.
+  void fwht(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, uint32_t rows, uint32_t cols,
+            uint32_t block, Layout layout = Layout::row_major);
+
+  // out [rows][cols] = the dequantized matrix (fp32, or fp16 packed in pairs when f16_out;
+  // cols must then be even).
+  void dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView out, bool f16_out = false);
+
+  // y[rows] = W x for one token. x_rot is the rotated input in gemv-interleaved layout when
+  // w.rotated, else the plain input in the same layout (fwht is then skipped by the caller;
+  // see interleave()). y is fp32.
+  void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y);
+
+  // Y [m][rows] = X W^T for m tokens; X_rot [m][cols_padded] row-major, rotated when w.rotated.
+  void gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m);
+
+  // fp16 baseline: y[rows] = W x (x [cols] fp32) and Y [m][rows] = X W^T (X [m][cols] fp32).
+  void gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y);
+  void gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m);
+
+  // The pipeline for a shader + specialization, built on first use and kept.
+  const vk::Pipeline& pipeline(const std::string& shader, const vk::SpecConstants& spec,
+                               uint32_t num_buffers, uint32_t push_bytes);
+
+ private:
+  vk::Context& ctx_;
+  KernelConfig cfg_;
+  std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
+};
+
+// CPU helpers matching the GPU layouts (used by the tests and the CPU reference).
+// Reorders one row-major rotated row (cols_padded elements) into gemv-interleaved layout.
+std::vector<float> interleave_for_gemv(const float* row, size_t cols_padded);
+
+}  // namespace pqvk

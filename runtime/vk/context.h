@@ -1,0 +1,248 @@
+// The Vulkan layer: the only code in pqvk that touches raw Vulkan handles.
+//
+// A small API in the spirit of Kompute / ncnn's backend:
+//   Context   instance + one device + queue, capability report, pipeline cache, validation
+//   Buffer    a device buffer (device-local, or host-visible for staging), move-only
+//   Pipeline  a compute pipeline built from an embedded shader + specialization constants
+//   Commands  a recorded command buffer: dispatches, barriers, copies, timestamps; submit
+//             it once, or record once and replay many times
+// Every Vulkan failure becomes a pqvk::vk::Error with a message that names what failed;
+// out-of-device-memory and device-lost are errors, never aborts.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pqvk::vk {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// What a device can do, as the runtime and `pq-info` see it.
+struct DeviceInfo {
+  uint32_t index = 0;
+  std::string name;
+  std::string type;          // "discrete", "integrated", "virtual", "cpu", "other"
+  std::string driver;        // driver name + info
+  std::string api_version;   // "1.3.230"
+  uint32_t vendor_id = 0, device_id = 0;
+  uint32_t subgroup_size = 0, min_subgroup_size = 0, max_subgroup_size = 0;
+  bool subgroup_size_control = false;  // can pin the subgroup size per pipeline
+  bool subgroup_arithmetic = false, subgroup_shuffle = false;
+  bool fp16 = false, int8 = false;                        // shaderFloat16, shaderInt8
+  bool storage_8bit = false, storage_16bit = false;      // storageBuffer8/16BitAccess
+  bool cooperative_matrix_khr = false, cooperative_matrix_nv = false;
+  bool cooperative_matrix2_nv = false;
+  bool integer_dot_product = false;
+  bool memory_budget = false;
+  uint64_t max_storage_buffer_range = 0;
+  uint64_t max_allocation_size = 0;
+  uint32_t max_shared_memory = 0;
+  uint32_t max_workgroup_invocations = 0;
+  uint32_t max_workgroup_count_x = 0;
+  uint32_t max_push_constants = 0;
+  double timestamp_period_ns = 0;  // 0: no timestamps on the compute queue
+  struct Heap {
+    uint64_t size = 0, budget = 0, usage = 0;  // budget/usage 0 without VK_EXT_memory_budget
+    bool device_local = false;
+  };
+  std::vector<Heap> heaps;
+};
+
+struct ContextOptions {
+  // Which device: an index ("1") or a case-insensitive substring of its name ("H100",
+  // "llvmpipe"). Empty: the PQVK_DEVICE environment variable, else the first discrete GPU,
+  // then integrated, then virtual, then CPU implementations (lavapipe).
+  std::string device;
+  // Khronos validation layer + a debug messenger that counts every warning and error.
+  // Also switched on by PQVK_VALIDATION=1.
+  bool validation = false;
+  // On-disk pipeline cache file. Empty: $PQVK_CACHE_DIR, else $XDG_CACHE_HOME/pqvk, else
+  // ~/.cache/pqvk, named after the device's pipelineCacheUUID. "off" disables it.
+  std::string pipeline_cache;
+};
+
+class Context;
+
+enum class MemoryKind {
+  device,    // device-local storage buffer (weights, activations)
+  upload,    // host-visible, host-coherent: CPU writes, GPU reads (staging)
+  download,  // host-visible, cached where possible: GPU writes, CPU reads (staging)
+};
+
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Buffer&&) noexcept;
+  Buffer& operator=(Buffer&&) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer();
+
+  size_t size() const { return size_; }
+  bool valid() const { return handle_ != 0; }
+  MemoryKind kind() const { return kind_; }
+  void* mapped() const { return mapped_; }  // non-null for host-visible buffers
+
+ private:
+  friend class Context;
+  friend class Commands;
+  Context* ctx_ = nullptr;
+  uint64_t handle_ = 0, memory_ = 0;  // VkBuffer, VkDeviceMemory
+  size_t size_ = 0;
+  MemoryKind kind_ = MemoryKind::device;
+  void* mapped_ = nullptr;
+  bool coherent_ = true;
+  void release();
+};
+
+// A binding of (part of) a buffer. range 0 means "to the end of the buffer".
+struct BufferView {
+  const Buffer* buffer = nullptr;
+  size_t offset = 0, range = 0;
+  BufferView() = default;
+  BufferView(const Buffer& b) : buffer(&b) {}  // NOLINT: implicit on purpose
+  BufferView(const Buffer& b, size_t off, size_t len) : buffer(&b), offset(off), range(len) {}
+  size_t bytes() const;
+};
+
+// Specialization constants: (constant_id, 32-bit value) pairs; floats as their bit pattern.
+using SpecConstants = std::vector<std::pair<uint32_t, uint32_t>>;
+
+struct PipelineDesc {
+  std::string shader;            // name of shaders/<shader>.comp
+  SpecConstants spec;            // local size is taken from spec ids 0/1/2 where the shader uses them
+  uint32_t num_buffers = 0;      // storage buffers at set 0, bindings 0..n-1
+  uint32_t push_constant_bytes = 0;
+  uint32_t required_subgroup_size = 0;  // 0: the driver's choice; else needs subgroup_size_control
+};
+
+class Pipeline {
+ public:
+  Pipeline() = default;
+  Pipeline(Pipeline&&) noexcept;
+  Pipeline& operator=(Pipeline&&) noexcept;
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+  ~Pipeline();
+  const PipelineDesc& desc() const { return desc_; }
+  bool valid() const { return pipeline_ != 0; }
+
+ private:
+  friend class Context;
+  friend class Commands;
+  Context* ctx_ = nullptr;
+  PipelineDesc desc_;
+  uint64_t pipeline_ = 0, layout_ = 0, set_layout_ = 0;
+  void release();
+};
+
+// A command buffer being recorded. Dispatches are ordered by explicit barrier() calls
+// (a full compute->compute memory barrier), so independent dispatches may overlap.
+class Commands {
+ public:
+  Commands(Commands&&) noexcept;
+  Commands& operator=(Commands&&) = delete;
+  Commands(const Commands&) = delete;
+  Commands& operator=(const Commands&) = delete;
+  ~Commands();
+
+  void dispatch(const Pipeline& p, const std::vector<BufferView>& buffers, const void* push,
+                size_t push_bytes, uint32_t groups_x, uint32_t groups_y = 1, uint32_t groups_z = 1);
+  template <class T>
+  void dispatch(const Pipeline& p, const std::vector<BufferView>& buffers, const T& push,
+                uint32_t gx, uint32_t gy = 1, uint32_t gz = 1) {
+    dispatch(p, buffers, &push, sizeof(T), gx, gy, gz);
+  }
+  void barrier();                                   // compute/transfer -> compute/transfer
+  void copy(const Buffer& src, const Buffer& dst, size_t bytes, size_t src_off = 0, size_t dst_off = 0);
+  void fill(const Buffer& dst, uint32_t value, size_t bytes = 0, size_t offset = 0);
+  // GPU timestamps: slot < the count given to Context::commands(); every slot must be written
+  // before run(). Read with timestamps_ns().
+  void timestamp(uint32_t slot);
+
+  // Ends recording (first call) and submits; waits for completion. May be called again to
+  // replay the same recording.
+  void run();
+  // Timestamps of the last run(), in nanoseconds, relative to slot 0.
+  std::vector<double> timestamps_ns() const;
+
+ private:
+  friend class Context;
+  explicit Commands(Context* ctx, uint32_t timestamp_slots);
+  Context* ctx_;
+  uint64_t pool_ = 0, cmd_ = 0, desc_pool_ = 0, query_pool_ = 0, fence_ = 0;
+  std::vector<uint64_t> desc_pools_;
+  uint32_t timestamp_slots_ = 0, sets_in_pool_ = 0;
+  bool ended_ = false;
+  uint64_t allocate_set(uint64_t layout);
+  void ensure_recording(const char* what) const;
+};
+
+class Context {
+ public:
+  explicit Context(const ContextOptions& opts = {});
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  // Every device the loader sees (creates a temporary instance).
+  static std::vector<DeviceInfo> list_devices();
+
+  const DeviceInfo& info() const { return info_; }
+  // Number of validation warnings/errors seen so far (0 when validation is off).
+  uint32_t validation_messages() const;
+  bool validation_enabled() const { return validation_; }
+  const std::string& pipeline_cache_path() const { return cache_path_; }
+
+  // Throws Error naming `what` when bytes exceed maxMemoryAllocationSize or memory runs out.
+  Buffer buffer(size_t bytes, MemoryKind kind = MemoryKind::device, const std::string& what = "");
+  // Staged copies between host memory and any buffer (blocking).
+  void upload(const Buffer& dst, const void* src, size_t bytes, size_t dst_offset = 0);
+  void download(const Buffer& src, void* dst, size_t bytes, size_t src_offset = 0);
+  template <class T> void upload(const Buffer& dst, const std::vector<T>& v) {
+    upload(dst, v.data(), v.size() * sizeof(T));
+  }
+  template <class T> Buffer upload_new(const std::vector<T>& v, const std::string& what = "") {
+    Buffer b = buffer(v.size() * sizeof(T), MemoryKind::device, what);
+    upload(b, v.data(), v.size() * sizeof(T));
+    return b;
+  }
+  template <class T> std::vector<T> download_all(const Buffer& b) {
+    std::vector<T> v(b.size() / sizeof(T));
+    download(b, v.data(), v.size() * sizeof(T));
+    return v;
+  }
+
+  Pipeline pipeline(const PipelineDesc& desc);
+  Commands commands(uint32_t timestamp_slots = 0);
+
+  // Device memory currently allocated through this context, in bytes.
+  uint64_t allocated_bytes() const { return allocated_; }
+
+  struct Impl;  // Vulkan handles; defined in context.cpp
+
+ private:
+  friend class Buffer;
+  friend class Pipeline;
+  friend class Commands;
+  void destroy();
+  std::unique_ptr<Impl> impl_;
+  DeviceInfo info_;
+  bool validation_ = false;
+  std::string cache_path_;
+  uint64_t allocated_ = 0;
+};
+
+// Throws Error("<what>: <VkResult name>") unless r is VK_SUCCESS (r as int to keep Vulkan
+// headers out of this file).
+void check(int vk_result, const char* what);
+const char* result_name(int vk_result);
+
+}  // namespace pqvk::vk

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs every Debian (bookworm) package that pqvk's build, tests and apps need.
+# Idempotent and quiet: packages already installed are skipped by apt.
+set -euo pipefail
+PKGS=(
+  build-essential cmake ninja-build pkg-config git
+  libvulkan-dev libvulkan-volk-dev glslc glslang-tools spirv-tools
+  mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
+  libgtest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
+  libsentencepiece-dev sentencepiece
+  clang-14 libclang-rt-14-dev
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "setup: all ${#PKGS[@]} packages present"
