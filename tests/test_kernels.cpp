@@ -210,6 +210,24 @@ TEST(Gemm, MatchesCpu) {
   }
 }
 
+TEST(Copy, ShaderCopyEqualsSource) {
+  for (size_t bytes : {size_t(16), size_t(16 * 1001), size_t(5u << 20) + 48}) {
+    std::vector<uint32_t> src(bytes / 4);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint32_t>(i * 2654435761u + 1);
+    vk::Buffer a = context().upload_new(src, "src");
+    vk::Buffer b = poisoned(bytes / 4 + 4);  // one element more than copied: must stay poisoned
+    auto cmd = context().commands();
+    kernels().copy(cmd, a, b, bytes);
+    cmd.run();
+    auto got = context().download_all<uint32_t>(b);
+    EXPECT_TRUE(std::equal(src.begin(), src.end(), got.begin())) << bytes;
+    for (size_t i = src.size(); i < got.size(); ++i) EXPECT_EQ(got[i], kPoison);
+  }
+  vk::Buffer a = context().buffer(64);
+  auto cmd = context().commands();
+  EXPECT_THROW(kernels().copy(cmd, a, a, 20), vk::Error);
+}
+
 // ---- fp16 baseline ---------------------------------------------------------------------------
 
 std::vector<double> f16_reference(const std::vector<float>& w, const float* x, size_t rows, size_t cols) {

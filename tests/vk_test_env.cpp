@@ -22,8 +22,20 @@ class ValidationListener : public ::testing::EmptyTestEventListener {
   }
 };
 
+// Destroys the shared context before main() returns: drivers may tear themselves down in
+// their own exit handlers, after which destroying a device would crash.
+class ContextEnvironment : public ::testing::Environment {
+  void TearDown() override {
+    g_kernels.reset();
+    g_ctx.reset();
+  }
+};
+
 struct Registrar {
-  Registrar() { ::testing::UnitTest::GetInstance()->listeners().Append(new ValidationListener); }
+  Registrar() {
+    ::testing::UnitTest::GetInstance()->listeners().Append(new ValidationListener);
+    ::testing::AddGlobalTestEnvironment(new ContextEnvironment);
+  }
 } registrar;
 }  // namespace
 

@@ -144,7 +144,7 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
 }
 
 const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecConstants& spec,
-                                      uint32_t num_buffers, uint32_t push_bytes) {
+                                      uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x) {
   std::string key = shader;
   for (const auto& [id, v] : spec) key += ":" + std::to_string(id) + "=" + std::to_string(v);
   auto it = pipelines_.find(key);
@@ -155,6 +155,7 @@ const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecC
   desc.num_buffers = num_buffers;
   desc.push_constant_bytes = push_bytes;
   desc.required_subgroup_size = cfg_.subgroup_size;
+  desc.local_size_x = local_size_x;
   auto p = std::make_unique<vk::Pipeline>(ctx_.pipeline(desc));
   return *pipelines_.emplace(key, std::move(p)).first->second;
 }
@@ -169,7 +170,7 @@ void Kernels::fwht(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, uint
   struct { uint32_t rows, cols, nblocks, out_stride; } push{rows, cols, u32((cols + block - 1) / block, "blocks"),
                                                             u32(stride, "row stride")};
   const auto& p = pipeline("fwht", {{0, block / 4}, {1, block}, {2, layout == Layout::gemv_interleaved ? 1u : 0u}}, 2,
-                           sizeof(push));
+                           sizeof(push), block / 4);
   uint32_t gx, gy;
   grid(ctx_, size_t(rows) * push.nblocks, &gx, &gy);
   cmd.dispatch(p, {x, out}, push, gx, gy);
@@ -182,7 +183,7 @@ void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   const uint32_t block = static_cast<uint32_t>(w.block);
   const auto& p = pipeline("pq_dequant",
                            {{0, block / 4}, {1, block}, {2, uint32_t(w.bits)}, {3, w.rotated ? 1u : 0u}, {4, f16_out ? 1u : 0u}},
-                           4, 16);
+                           4, 16, block / 4);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     const size_t off = out.offset + s.row0 * out_row_bytes;
@@ -202,7 +203,8 @@ void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   uint32_t rep = 32;
   while (rep > 1 && (size_t(1) << bits) * rep * 4 > ctx_.info().max_shared_memory / 2) rep /= 2;
   const auto& p = pipeline("pq_gemv",
-                           {{0, cfg_.gemv_wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)}, {4, rep}}, 5, 20);
+                           {{0, cfg_.gemv_wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)}, {4, rep}}, 5, 20,
+                           cfg_.gemv_wg);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     struct { uint32_t rows, nchunk, nblocks, y_offset, accumulate; } push{u32(s.rows, "rows"), nchunk, nblocks,
@@ -217,7 +219,7 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
   check_view(x_rot, size_t(m) * w.cols_padded, w.name + " gemm input");
   check_view(y, size_t(m) * w.rows, w.name + " gemm output");
-  const auto& p = pipeline("pq_gemm", {{0, uint32_t(w.bits)}, {1, uint32_t(w.block)}}, 5, 32);
+  const auto& p = pipeline("pq_gemm", {{0, uint32_t(w.bits)}, {1, uint32_t(w.block)}}, 5, 32, 256);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } push{
@@ -229,7 +231,7 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
 void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y) {
   check_view(x, w.cols, w.name + " gemv input");
   check_view(y, w.rows, w.name + " gemv output");
-  const auto& p = pipeline("f16_gemv", {{0, cfg_.gemv_wg}, {1, cfg_.gemv_rows}}, 3, 20);
+  const auto& p = pipeline("f16_gemv", {{0, cfg_.gemv_wg}, {1, cfg_.gemv_rows}}, 3, 20, cfg_.gemv_wg);
   for (const auto& s : w.slices) {
     struct { uint32_t rows, cols, ldw, y_offset, accumulate; } push{u32(s.rows, "rows"), u32(w.cols, "cols"),
                                                                      u32(w.cols_padded, "cols"), u32(s.row0, "row"), 0};
@@ -243,12 +245,21 @@ void Kernels::gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferVi
   if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
   check_view(x, size_t(m) * w.cols, w.name + " gemm input");
   check_view(y, size_t(m) * w.rows, w.name + " gemm output");
-  const auto& p = pipeline("f16_gemm", {}, 3, 28);
+  const auto& p = pipeline("f16_gemm", {}, 3, 28, 256);
   for (const auto& s : w.slices) {
     struct { uint32_t rows, m, cols, ldw, ldy, y_offset, accumulate; } push{
         u32(s.rows, "rows"), m, u32(w.cols, "cols"), u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"), 0};
     cmd.dispatch(p, {s.data, x, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
   }
+}
+
+void Kernels::copy(vk::Commands& cmd, const vk::Buffer& src, const vk::Buffer& dst, size_t bytes) {
+  if (bytes % 16 || bytes > src.size() || bytes > dst.size())
+    throw Error("copy: " + std::to_string(bytes) + " bytes is not a multiple of 16 or exceeds a buffer");
+  const auto& p = pipeline("copy", {}, 2, 4, 256);
+  const uint32_t n = u32(bytes / 16, "copy elements");
+  const uint32_t groups = std::min<uint32_t>((n + 255) / 256, 65535);
+  cmd.dispatch(p, {vk::BufferView(src, 0, bytes), vk::BufferView(dst, 0, bytes)}, n, groups);
 }
 
 }  // namespace pqvk

@@ -100,9 +100,13 @@ class Kernels {
   void gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y);
   void gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m);
 
+  // dst[0 .. bytes) = src[0 .. bytes) through a shader (bytes a multiple of 16): the
+  // benchmark's measure of copy bandwidth with the loads and stores kernels issue.
+  void copy(vk::Commands& cmd, const vk::Buffer& src, const vk::Buffer& dst, size_t bytes);
+
   // The pipeline for a shader + specialization, built on first use and kept.
   const vk::Pipeline& pipeline(const std::string& shader, const vk::SpecConstants& spec,
-                               uint32_t num_buffers, uint32_t push_bytes);
+                               uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x);
 
  private:
   vk::Context& ctx_;

@@ -783,7 +783,8 @@ Pipeline Context::pipeline(const PipelineDesc& desc) {
   cpi.stage.pSpecializationInfo = entries.empty() ? nullptr : &si;
   if (desc.required_subgroup_size) {
     cpi.stage.pNext = &rss;
-    if (I.full_subgroups) cpi.stage.flags |= VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT;
+    if (I.full_subgroups && desc.local_size_x && desc.local_size_x % desc.required_subgroup_size == 0)
+      cpi.stage.flags |= VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT;
   }
   cpi.layout = layout;
   VkPipeline pipe = VK_NULL_HANDLE;

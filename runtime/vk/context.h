@@ -121,6 +121,8 @@ struct PipelineDesc {
   uint32_t num_buffers = 0;      // storage buffers at set 0, bindings 0..n-1
   uint32_t push_constant_bytes = 0;
   uint32_t required_subgroup_size = 0;  // 0: the driver's choice; else needs subgroup_size_control
+  uint32_t local_size_x = 0;  // the workgroup's x size, when known: with a required subgroup size
+                              // that divides it, subgroups are also required to be full
 };
 
 class Pipeline {
