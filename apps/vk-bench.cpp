@@ -35,10 +35,10 @@ double median(std::vector<double> v) {
 double g_warmup_ms = 200;
 
 // Times `reps` repetitions of record(cmd, rep), each between two timestamps and separated by
-// barriers; returns the median in nanoseconds. The recording is replayed for g_warmup_ms
+// barriers; returns the median in nanoseconds (and the minimum through *min_ns). The recording is replayed for g_warmup_ms
 // (clocks, caches, TLBs) and the timestamps of its last replay are used.
 template <class F>
-double time_median_ns(vk::Context& ctx, int reps, F&& record) {
+double time_median_ns(vk::Context& ctx, int reps, F&& record, double* min_ns = nullptr) {
   auto cmd = ctx.commands(static_cast<uint32_t>(2 * reps));
   for (int r = 0; r < reps; ++r) {
     cmd.timestamp(2 * r);
@@ -53,6 +53,7 @@ double time_median_ns(vk::Context& ctx, int reps, F&& record) {
   auto ts = cmd.timestamps_ns();
   std::vector<double> d;
   for (int r = 0; r < reps; ++r) d.push_back(ts[2 * r + 1] - ts[2 * r]);
+  if (min_ns) *min_ns = *std::min_element(d.begin(), d.end());
   return median(d);
 }
 
@@ -93,7 +94,7 @@ pq::QuantMatrix random_quant(size_t rows, size_t cols, int bits, std::mt19937& r
 struct Row {
   std::string kernel, format, shape;
   uint32_t m = 1;
-  double us = 0, gbs = 0, pct = 0, tflops = 0;
+  double us = 0, gbs = 0, pct = 0, tflops = 0, min_us = 0;
 };
 
 struct KernelArgs {
@@ -165,11 +166,12 @@ int run_kernels(const KernelArgs& a) {
       for (auto& v : x) v = std::normal_distribution<float>()(rng);
       vk::Buffer xb = ctx.upload_new(x, "x");
       vk::Buffer xr = ctx.buffer(size_t(m) * pqvk::rotated_row_elems(in, 128, Layout::gemv_interleaved) * 4);
+      double min_ns = 0;
       double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int) {
         k.fwht(c, xb, xr, m, static_cast<uint32_t>(in), 128, m == 1 ? Layout::gemv_interleaved : Layout::row_major);
-      });
+      }, &min_ns);
       double bytes = 2.0 * m * in * 4;
-      rows.push_back({"fwht", "fp32", "1x" + std::to_string(in), m, ns / 1e3, bytes / ns, 100 * bytes / ns / bw, 0});
+      rows.push_back({"fwht", "fp32", "1x" + std::to_string(in), m, ns / 1e3, bytes / ns, 100 * bytes / ns / bw, 0, min_ns / 1e3});
     }
     std::vector<std::string> formats;
     for (int b : bits_list) formats.push_back("q" + std::to_string(b));
@@ -199,6 +201,7 @@ int run_kernels(const KernelArgs& a) {
         for (auto& v : x) v = std::normal_distribution<float>()(rng);
         vk::Buffer xb = ctx.upload_new(x, "x");
         vk::Buffer yb = ctx.buffer(size_t(m) * out * 4, vk::MemoryKind::device, "y");
+        double min_ns = 0;
         double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int r) {
           if (f16) {
             if (m == 1) k.gemv_f16(c, fs[r % copies], xb, yb);
@@ -207,26 +210,26 @@ int run_kernels(const KernelArgs& a) {
             if (m == 1) k.gemv(c, qs[r % copies], xb, yb);
             else k.gemm(c, qs[r % copies], xb, yb, m);
           }
-        });
+        }, &min_ns);
         double bytes = double(weight_bytes) + double(m) * in * 4 + double(m) * out * 4;
         double flops = 2.0 * m * double(out) * in;
         rows.push_back({m == 1 ? "gemv" : "gemm", fmt, shape, m, ns / 1e3, bytes / ns, 100 * bytes / ns / bw,
-                        flops / ns / 1e3});
+                        flops / ns / 1e3, min_ns / 1e3});
       }
     }
   }
 
-  std::printf("| kernel | format | out x in | M | time (us) | GB/s | %% of copy BW | TFLOP/s |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("| kernel | format | out x in | M | median (us) | min (us) | GB/s | %% of copy BW | TFLOP/s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows)
-    std::printf("| %s | %s | %s | %u | %.1f | %.1f | %.1f%% | %.2f |\n", r.kernel.c_str(), r.format.c_str(),
-                r.shape.c_str(), r.m, r.us, r.gbs, r.pct, r.tflops);
+    std::printf("| %s | %s | %s | %u | %.1f | %.1f | %.1f | %.1f%% | %.2f |\n", r.kernel.c_str(), r.format.c_str(),
+                r.shape.c_str(), r.m, r.us, r.min_us, r.gbs, r.pct, r.tflops);
 
   if (!json_path.empty()) {
     nlohmann::json j = {{"device", info.name}, {"driver", info.driver}, {"copy_bandwidth_gbs", bw}, {"copy_api_gbs", api_bw}, {"copy_shader_gbs", shader_bw}, {"results", nlohmann::json::array()}};
     for (const auto& r : rows)
       j["results"].push_back({{"kernel", r.kernel}, {"format", r.format}, {"shape", r.shape}, {"m", r.m},
-                              {"time_us", r.us}, {"gbs", r.gbs}, {"pct_copy_bw", r.pct}, {"tflops", r.tflops}});
+                              {"time_us", r.us}, {"min_time_us", r.min_us}, {"gbs", r.gbs}, {"pct_copy_bw", r.pct}, {"tflops", r.tflops}});
     std::ofstream f(json_path);
     if (!f) throw std::runtime_error("cannot write --json file '" + json_path + "'");
     f << j.dump(2) << "\n";

@@ -47,7 +47,7 @@ void run_fwht(const FwhtCase& c, Layout layout, Kernels& k) {
     if (layout == Layout::gemv_interleaved) {
       auto inter = interleave_for_gemv(want.data(), padded);
       for (size_t e = 0; e < padded; ++e) {
-        size_t ch = e / 32, idx = (ch & ~size_t(31)) * 32 + (e % 32) * 32 + (ch & 31);
+        size_t idx = gemv_interleaved_index(e);
         g.push_back(got[row * stride + idx]);
         r.push_back(inter[idx]);
       }

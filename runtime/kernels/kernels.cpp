@@ -54,10 +54,7 @@ size_t rotated_row_elems(size_t cols, int block, Layout layout) {
 
 std::vector<float> interleave_for_gemv(const float* row, size_t cols_padded) {
   std::vector<float> out(round_up(cols_padded, 1024), 0.0f);
-  for (size_t e = 0; e < cols_padded; ++e) {
-    size_t ch = e / 32;
-    out[(ch & ~size_t(31)) * 32 + (e % 32) * 32 + (ch & 31)] = row[e];
-  }
+  for (size_t e = 0; e < cols_padded; ++e) out[gemv_interleaved_index(e)] = row[e];
   return out;
 }
 
@@ -200,10 +197,10 @@ void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   const uint32_t bits = static_cast<uint32_t>(w.bits);
   // Codebook replicas: 32 (one per bank) where shared memory allows, fewer for 8 bits on
   // devices with little shared memory.
-  uint32_t rep = 32;
-  while (rep > 1 && (size_t(1) << bits) * rep * 4 > ctx_.info().max_shared_memory / 2) rep /= 2;
+  uint32_t rep_shift = 5;
+  while (rep_shift > 0 && (size_t(1) << (bits + rep_shift)) * 4 > ctx_.info().max_shared_memory / 2) --rep_shift;
   const auto& p = pipeline("pq_gemv",
-                           {{0, cfg_.gemv_wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)}, {4, rep}}, 5, 20,
+                           {{0, cfg_.gemv_wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)}, {4, rep_shift}}, 5, 20,
                            cfg_.gemv_wg);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {

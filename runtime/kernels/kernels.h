@@ -7,9 +7,9 @@
 // Activation layouts (docs/packed-layout.md):
 //   row-major  [rows][cols_padded] fp32, zero padded to a multiple of the block size
 //   gemv-interleaved  the layout the fused GEMV reads: element i of 32-element chunk ch of a
-//              vector lives at (ch & ~31) * 32 + i * 32 + (ch & 31), padded to a multiple of
-//              1024 elements, so that 32 threads reading element i of 32 consecutive chunks
-//              read 128 contiguous bytes.
+//              vector lives at (ch & ~31) * 32 + (i / 4) * 128 + (ch & 31) * 4 + i % 4, padded
+//              to a multiple of 1024 elements, so that 32 threads reading elements 4q..4q+3 of
+//              32 consecutive chunks issue one 512-byte contiguous load of 16 bytes each.
 #pragma once
 
 #include <cstdint>
@@ -89,8 +89,7 @@ class Kernels {
   void dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView out, bool f16_out = false);
 
   // y[rows] = W x for one token. x_rot is the rotated input in gemv-interleaved layout when
-  // w.rotated, else the plain input in the same layout (fwht is then skipped by the caller;
-  // see interleave()). y is fp32.
+  // w.rotated, else the plain input in the same layout (interleave_for_gemv()). y is fp32.
   void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y);
 
   // Y [m][rows] = X W^T for m tokens; X_rot [m][cols_padded] row-major, rotated when w.rotated.
@@ -115,6 +114,11 @@ class Kernels {
 };
 
 // CPU helpers matching the GPU layouts (used by the tests and the CPU reference).
+// Position of element e of a vector in gemv-interleaved layout.
+inline size_t gemv_interleaved_index(size_t e) {
+  const size_t ch = e / 32, i = e % 32;
+  return (ch & ~size_t(31)) * 32 + (i / 4) * 128 + (ch & 31) * 4 + i % 4;
+}
 // Reorders one row-major rotated row (cols_padded elements) into gemv-interleaved layout.
 std::vector<float> interleave_for_gemv(const float* row, size_t cols_padded);
 

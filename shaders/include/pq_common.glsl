@@ -12,17 +12,22 @@ uint pq_word_index(uint row, uint nchunk, uint bits, uint ch, uint word) {
   return row * nchunk * bits + g * 32u * bits + word * gs + (ch & 31u);
 }
 
-// Code i (0..31) of a chunk whose `bits` words are w[0..bits-1]: bits [i*bits, i*bits+bits)
-// of the little-endian stream. With constant i and bits the compiler folds every shift.
-#define PQ_EXTRACT(w, i, bits) \
-  ((((w)[((i) * (bits)) >> 5u] >> (((i) * (bits)) & 31u)) | \
-    (((((i) * (bits)) & 31u) + (bits) > 32u) ? ((w)[(((i) * (bits)) >> 5u) + 1u] << (32u - (((i) * (bits)) & 31u))) : 0u)) & \
-   ((1u << (bits)) - 1u))
+// Code i (0..31) of a chunk whose `bits` words are w[0..bits-1] (bits [i*bits, i*bits+bits)
+// of the little-endian stream), returned already shifted left by `sh` (< 8) and masked: the
+// shape a lookup table index (code << sh) | lane needs. With constant i, bits and sh every
+// shift folds: one shift (a funnel shift where the code straddles two words) and one
+// AND/OR per code.
+#define PQ_CODE_SHIFTED(w, i, bits, sh) \
+  ((((((i) * (bits)) & 31u) >= (sh) ? ((w)[((i) * (bits)) >> 5u] >> ((((i) * (bits)) & 31u) - (sh))) \
+                                     : ((w)[((i) * (bits)) >> 5u] << ((sh) - (((i) * (bits)) & 31u)))) | \
+    (((((i) * (bits)) & 31u) + (bits) > 32u) ? ((w)[(((i) * (bits)) >> 5u) + 1u] << (32u + (sh) - (((i) * (bits)) & 31u))) : 0u)) & \
+   (((1u << (bits)) - 1u) << (sh)))
 
-// Element e of a rotated vector in gemv-interleaved layout.
+// Position of element e of a rotated vector in gemv-interleaved layout (kernels.h): element i
+// of chunk ch at (ch & ~31) * 32 + (i / 4) * 128 + (ch & 31) * 4 + i % 4.
 uint gemv_interleaved_index(uint e) {
-  uint ch = e >> 5u;
-  return ((ch & ~31u) << 5u) + ((e & 31u) << 5u) + (ch & 31u);
+  uint ch = e >> 5u, i = e & 31u;
+  return ((ch & ~31u) << 5u) + ((i >> 2u) << 7u) + ((ch & 31u) << 2u) + (i & 3u);
 }
 
 // fp16 value number `idx` of an array of fp16 pairs packed in 32-bit words.
