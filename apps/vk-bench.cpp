@@ -30,13 +30,13 @@ double median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-// GPU clocks drop while the host prepares the next case: every measurement first replays its
-// command buffer for at least this long.
-double g_warmup_ms = 200;
+// GPU clocks drop while the host prepares the next case and take a second or more to climb
+// back: every measurement replays its command buffer until three consecutive replays agree
+// within 3% (at least g_warmup_ms, at most 20 times that) and reports the last replay.
+double g_warmup_ms = 1000;
 
 // Times `reps` repetitions of record(cmd, rep), each between two timestamps and separated by
-// barriers; returns the median in nanoseconds (and the minimum through *min_ns). The recording is replayed for g_warmup_ms
-// (clocks, caches, TLBs) and the timestamps of its last replay are used.
+// barriers; returns the median in nanoseconds (and the minimum through *min_ns).
 template <class F>
 double time_median_ns(vk::Context& ctx, int reps, F&& record, double* min_ns = nullptr) {
   auto cmd = ctx.commands(static_cast<uint32_t>(2 * reps));
@@ -46,10 +46,23 @@ double time_median_ns(vk::Context& ctx, int reps, F&& record, double* min_ns = n
     cmd.timestamp(2 * r + 1);
     cmd.barrier();
   }
-  const auto start = std::chrono::steady_clock::now();
-  do {
+  auto replay_median = [&] {
     cmd.run();
-  } while (std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() < g_warmup_ms);
+    auto ts = cmd.timestamps_ns();
+    std::vector<double> d;
+    for (int r = 0; r < reps; ++r) d.push_back(ts[2 * r + 1] - ts[2 * r]);
+    return median(d);
+  };
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed_ms = [&] { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count(); };
+  std::vector<double> history;
+  for (;;) {
+    history.push_back(replay_median());
+    const size_t n = history.size();
+    const bool stable = n >= 3 && std::max({history[n - 1], history[n - 2], history[n - 3]}) <=
+                                      1.03 * std::min({history[n - 1], history[n - 2], history[n - 3]});
+    if ((stable && elapsed_ms() >= g_warmup_ms) || elapsed_ms() >= 20 * g_warmup_ms || g_warmup_ms == 0) break;
+  }
   auto ts = cmd.timestamps_ns();
   std::vector<double> d;
   for (int r = 0; r < reps; ++r) d.push_back(ts[2 * r + 1] - ts[2 * r]);
@@ -256,7 +269,7 @@ int main(int argc, char** argv) {
   kern->add_flag("--no-f16", ka.no_f16, "Skip the fp16 baseline");
   kern->add_flag("--smoke", ka.smoke, "Tiny shapes: checks that everything runs (CI), measures nothing useful");
   kern->add_option("--json", ka.json_path, "Also write the results as JSON to this file");
-  kern->add_option("--warmup-ms", g_warmup_ms, "Replay each measurement this long before timing it (default 200)");
+  kern->add_option("--warmup-ms", g_warmup_ms, "Replay each measurement at least this long before timing it (default 1000)");
   kern->add_option("--gemv-wg", ka.gemv_wg, "GEMV workgroup size (multiple of 32)");
   kern->add_option("--gemv-rows", ka.gemv_rows, "GEMV rows per workgroup");
   CLI11_PARSE(app, argc, argv);

@@ -46,7 +46,9 @@ void main() {
   const uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
   const uint row0 = wg * ROWS;
   const uint rep = t & (CB_REP - 1u);
-  for (uint i = t; i < (1u << BITS) * CB_REP; i += WG) cb[i] = codebook[i / CB_REP];
+  // Replicate the codebook: each group of CB_REP invocations writes every copy of a few
+  // entries, so each entry is fetched from memory once per workgroup.
+  for (uint k = t >> CB_SHIFT; k < (1u << BITS); k += WG >> CB_SHIFT) cb[(k << CB_SHIFT) | rep] = codebook[k];
   barrier();
   if (row0 >= p.rows) return;  // uniform over the workgroup
 
@@ -64,17 +66,17 @@ void main() {
     const uint in_row = g * 32u * BITS + (ch & 31u);
     const uint blk = ch / chunks_per_block;
     [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
-      const uint row = row0 + r;
-      if (row < p.rows) {  // uniform: depends on the workgroup only
-        uint w[9];  // one spare word: PQ_CODE_SHIFTED may name w[BITS] in a branch it never takes
-        const uint base = row * row_words + in_row;
-        [[unroll]] for (uint j = 0u; j < 9u; ++j) w[j] = j < BITS ? codes[base + j * gs] : 0u;
-        float s = 0.0;
-        [[unroll]] for (uint i = 0u; i < 32u; ++i)
-          s = fma(cb[PQ_CODE_SHIFTED(w, i, BITS, CB_SHIFT) | rep], xv[i >> 2u][i & 3u], s);
-        const uint sidx = row * p.nblocks + blk;
-        acc[r] = fma(s, half_at(scales[sidx >> 1u], sidx), acc[r]);
-      }
+      // Rows past the end (last workgroup only) recompute the last row and are not written:
+      // no branch, so the compiler may issue every row's loads before the first lookup.
+      const uint row = min(row0 + r, p.rows - 1u);
+      uint w[9];  // one spare word: PQ_CODE_SHIFTED may name w[BITS] in a branch it never takes
+      const uint base = row * row_words + in_row;
+      [[unroll]] for (uint j = 0u; j < 9u; ++j) w[j] = j < BITS ? codes[base + j * gs] : 0u;
+      vec4 s = vec4(0.0);  // four short FMA chains instead of one long one
+      [[unroll]] for (uint i = 0u; i < 32u; ++i)
+        s[i & 3u] = fma(cb[PQ_CODE_SHIFTED(w, i, BITS, CB_SHIFT) | rep], xv[i >> 2u][i & 3u], s[i & 3u]);
+      const uint sidx = row * p.nblocks + blk;
+      acc[r] = fma((s.x + s.y) + (s.z + s.w), half_at(scales[sidx >> 1u], sidx), acc[r]);
     }
   }
 
