@@ -1,11 +1,15 @@
-// pq-info: what the Vulkan devices here can do (and, later, what a .pqm model holds).
+// pq-info: what the Vulkan devices here can do, or what a .pqm model holds.
 //   pq-info                 every device, with the one pqvk would pick marked
 //   pq-info --device H100   only the matching device, as the runtime opens it
 //   pq-info --json          the same as JSON
+//   pq-info model.pqm       the model's metadata and tensor table (no GPU needed; checksums
+//                           verified unless --no-verify); with --json, the file's index JSON
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "model/checked_math.h"
+#include "model/pqm.h"
 #include "vk/context.h"
 #include "vk/shader_registry.h"
 
@@ -56,15 +60,91 @@ void print(const pqvk::vk::DeviceInfo& d, bool chosen) {
   }
 }
 
+// ---- pq-info model.pqm ------------------------------------------------------------------------
+
+std::string yes_no(bool b) { return b ? "yes" : "no"; }
+
+void print_model(const pqvk::model::ModelConfig& c) {
+  std::printf("model        %s: dim %lld, hidden %lld, %lld layers, %lld heads (%lld kv, head_dim %lld), vocab %lld, context %lld\n",
+              c.architecture.c_str(), (long long)c.dim, (long long)c.hidden_dim, (long long)c.n_layers, (long long)c.n_heads,
+              (long long)c.n_kv_heads, (long long)c.head_dim, (long long)c.vocab_size, (long long)c.max_seq_len);
+  std::printf("             rope theta %g, scaling %s", c.rope_theta, c.rope_scaling.type.c_str());
+  if (c.rope_scaling.type != "none") std::printf(" (factor %g", c.rope_scaling.factor);
+  if (c.rope_scaling.type == "llama3")
+    std::printf(", low %g, high %g, original context %lld", c.rope_scaling.low_freq_factor, c.rope_scaling.high_freq_factor,
+                (long long)c.rope_scaling.original_max_position_embeddings);
+  if (c.rope_scaling.type != "none") std::printf(")");
+  std::printf("; rms_norm_eps %g\n", c.rms_norm_eps);
+  std::printf("             tied embeddings %s, qkv bias %s, o bias %s, q/k norm %s, sliding window %lld\n",
+              yes_no(c.tie_word_embeddings).c_str(), yes_no(c.qkv_bias).c_str(), yes_no(c.o_bias).c_str(),
+              yes_no(c.qk_norm).c_str(), (long long)c.sliding_window);
+  std::string eos;
+  for (int64_t e : c.eos_ids) eos += (eos.empty() ? "" : ", ") + std::to_string(e);
+  std::printf("             bos %lld, eos [%s]\n", (long long)c.bos_id, eos.c_str());
+}
+
+void print_tokenizer(const pqvk::model::PqmFile& f) {
+  const auto& t = f.tokenizer();
+  std::printf("tokenizer    %s", t.kind.c_str());
+  if (t.kind == "sentencepiece") std::printf(" (model %llu bytes)", (unsigned long long)f.tensor("tokenizer.model").size);
+  if (t.kind == "bpe" || t.kind == "llama2c")
+    std::printf(" (%zu tokens)", f.read_strings(f.tensor("tokenizer.vocab")).size());
+  if (t.kind == "bpe") std::printf(", %zu merges", f.read_strings(f.tensor("tokenizer.merges")).size() / 2);
+  std::printf(", %zu added tokens, chat template: %s\n", t.added_tokens.size(),
+              t.chat_template.empty() ? "none" : (std::to_string(t.chat_template.size()) + " characters").c_str());
+}
+
+void print_tensors(const pqvk::model::PqmFile& f) {
+  uint64_t bytes = 0;
+  for (const auto& t : f.tensors()) bytes += t.size;
+  std::printf("tensors      %zu, %llu bytes\n", f.tensors().size(), (unsigned long long)bytes);
+  std::printf("  %-28s %-5s %-14s %-24s %11s %11s %10s\n", "name", "kind", "shape", "quantization", "bytes", "offset", "crc32");
+  for (const auto& t : f.tensors()) {
+    std::string quant = "-";
+    if (t.kind == pqvk::model::TensorKind::pq)
+      quant = std::string(pq::method_name(t.quant.method)) + " q" + std::to_string(t.quant.bits) + " B" +
+              std::to_string(t.quant.block) + (t.quant.rotated ? " rot" : "");
+    std::printf("  %-28s %-5s %-14s %-24s %11llu %11llu   %08x\n", t.name.c_str(), pqvk::model::kind_name(t.kind),
+                pqvk::model::shape_string(t.shape).c_str(), quant.c_str(), (unsigned long long)t.size,
+                (unsigned long long)t.offset, t.crc32);
+  }
+}
+
+int show_model(const std::string& path, bool verify, bool json) {
+  const auto f = pqvk::model::PqmFile::open(path, {.verify_checksums = verify});
+  if (json) {
+    std::printf("%s\n", f.index().dump(2).c_str());
+    return 0;
+  }
+  std::printf("file         %s: %llu bytes, .pqm version %u, alignment %u, checksums %s\n", path.c_str(),
+              (unsigned long long)f.file_size(), f.version(), f.alignment(), verify ? "verified" : "not checked");
+  print_model(f.config());
+  print_tokenizer(f);
+  if (f.index().contains("quantization")) std::printf("quantization %s\n", f.index()["quantization"].dump().c_str());
+  print_tensors(f);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"pq-info: the Vulkan devices pqvk sees and what they can do"};
   std::string device;
-  bool json = false;
+  bool json = false, no_verify = false;
+  std::string model;
+  app.add_option("MODEL", model, "A .pqm file: print its metadata and tensor table instead of the devices (no GPU needed)");
+  app.add_flag("--no-verify", no_verify, "With MODEL: skip the tensor checksums");
   app.add_option("-d,--device", device, "Device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
   app.add_flag("--json", json, "Print JSON");
   CLI11_PARSE(app, argc, argv);
+  if (!model.empty()) {
+    try {
+      return show_model(model, !no_verify, json);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pq-info: error: %s\n", e.what());
+      return 1;
+    }
+  }
   try {
     auto all = pqvk::vk::Context::list_devices();
     pqvk::vk::ContextOptions opts;

@@ -109,17 +109,22 @@ uint64_t TensorInfo::elements() const {
 
 // ---- string lists --------------------------------------------------------------------------------
 std::vector<uint8_t> encode_string_list(const std::vector<std::string>& list) {
-  std::vector<uint8_t> out;
-  auto put_u32 = [&](uint64_t v) {
-    if (v > UINT32_MAX) throw ModelError("string list: more than 2^32-1 entries or bytes");
+  size_t total = 4;
+  for (const std::string& s : list) total += 4 + s.size();
+  if (list.size() > UINT32_MAX) throw ModelError("string list: more than 2^32-1 entries");
+  std::vector<uint8_t> out(total);
+  size_t pos = 0;
+  auto put_u32 = [&](size_t v) {
     const auto x = static_cast<uint32_t>(v);
-    const auto* p = reinterpret_cast<const uint8_t*>(&x);
-    out.insert(out.end(), p, p + 4);
+    std::memcpy(out.data() + pos, &x, 4);
+    pos += 4;
   };
   put_u32(list.size());
   for (const std::string& s : list) {
+    if (s.size() > UINT32_MAX) throw ModelError("string list: a string longer than 2^32-1 bytes");
     put_u32(s.size());
-    out.insert(out.end(), s.begin(), s.end());
+    if (!s.empty()) std::memcpy(out.data() + pos, s.data(), s.size());
+    pos += s.size();
   }
   return out;
 }

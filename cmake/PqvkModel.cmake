@@ -1,0 +1,50 @@
+# The model library (runtime/model), pq-quantize, and, with PQVK_FUZZ, the libFuzzer target.
+# Included from the top-level CMakeLists.txt right after pqvk_quant is defined.
+find_library(SENTENCEPIECE_LIBRARY sentencepiece REQUIRED)   # libsentencepiece-dev
+find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h REQUIRED)
+
+if(PQVK_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "PQVK_FUZZ needs clang (configure with -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_C_COMPILER=clang-14)")
+  endif()
+  # Coverage instrumentation + sanitizers for everything the fuzz target links.
+  set(PQVK_FUZZ_FLAGS -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g)
+  target_compile_options(pqvk_quant PRIVATE ${PQVK_FUZZ_FLAGS} -fsanitize=fuzzer-no-link)
+endif()
+
+add_library(pqvk_model STATIC
+  runtime/model/crc32.cpp
+  runtime/model/config.cpp
+  runtime/model/convert.cpp
+  runtime/model/files.cpp
+  runtime/model/hf_checkpoint.cpp
+  runtime/model/import_hf.cpp
+  runtime/model/import_llama2c.cpp
+  runtime/model/import_reference.cpp
+  runtime/model/importers.cpp
+  runtime/model/json_fields.cpp
+  runtime/model/pqm.cpp
+  runtime/model/pqm_writer.cpp
+  runtime/model/safetensors.cpp
+  runtime/model/tokenizer_import.cpp)
+target_include_directories(pqvk_model PUBLIC ${CMAKE_SOURCE_DIR}/runtime PRIVATE ${SENTENCEPIECE_INCLUDE_DIR})
+target_link_libraries(pqvk_model PUBLIC pqvk_quant nlohmann_json::nlohmann_json Threads::Threads
+                                 PRIVATE ${SENTENCEPIECE_LIBRARY})
+target_compile_options(pqvk_model PRIVATE ${PQVK_WARNINGS})
+
+if(PQVK_FUZZ)
+  target_compile_options(pqvk_model PRIVATE ${PQVK_FUZZ_FLAGS} -fsanitize=fuzzer-no-link)
+  # The reader's fuzz target, and a tool writing its seed corpus (small valid .pqm files).
+  add_executable(fuzz_pqm tests/fuzz_pqm.cpp)
+  target_link_libraries(fuzz_pqm PRIVATE pqvk_model)
+  target_compile_options(fuzz_pqm PRIVATE ${PQVK_WARNINGS} ${PQVK_FUZZ_FLAGS} -fsanitize=fuzzer)
+  target_link_options(fuzz_pqm PRIVATE -fsanitize=fuzzer,address,undefined)
+  add_executable(fuzz_pqm_seeds tests/fuzz_pqm_seeds.cpp)
+  target_link_libraries(fuzz_pqm_seeds PRIVATE pqvk_model)
+  target_compile_options(fuzz_pqm_seeds PRIVATE ${PQVK_WARNINGS} ${PQVK_FUZZ_FLAGS})
+  target_link_options(fuzz_pqm_seeds PRIVATE -fsanitize=address,undefined)
+else()
+  add_executable(pq-quantize apps/pq-quantize.cpp)
+  target_link_libraries(pq-quantize PRIVATE pqvk_model CLI11::CLI11)
+  target_compile_options(pq-quantize PRIVATE ${PQVK_WARNINGS})
+endif()
