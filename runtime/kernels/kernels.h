@@ -67,7 +67,7 @@ DeviceF16Matrix upload_f16(vk::Context& ctx, const float* w, size_t rows, size_t
 // Tuning knobs, chosen per device by Kernels' constructor (and overridable by benchmarks).
 struct KernelConfig {
   uint32_t gemv_wg = 128;        // threads per GEMV workgroup (a multiple of 32)
-  uint32_t gemv_rows = 4;        // rows per GEMV workgroup
+  uint32_t gemv_rows = 2;        // rows per GEMV workgroup (bench/RESULTS.md: the H100 sweep)
   uint32_t gemm_tile_m = 64, gemm_tile_n = 64;  // GEMM output tile (tokens x rows)
   uint32_t subgroup_size = 0;    // 0: the device's default; else pinned (subgroup size control)
 };

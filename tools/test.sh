@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command (README.md; .ci/run calls exactly this): installs what is missing, builds
+# everything with warnings as errors (shaders are compiled once, by the build), and runs the
+# whole test suite with the Vulkan validation layer on. Without a GPU the tests run on Mesa's
+# lavapipe; PQVK_DEVICE selects another device.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup-debian.sh
+BUILD=${PQVK_BUILD_DIR:-build}
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPQVK_WERROR=ON >/dev/null
+cmake --build "$BUILD"
+export PQVK_VALIDATION=1
+ctest --test-dir "$BUILD" --output-on-failure -j "$(nproc)" --no-tests=error
