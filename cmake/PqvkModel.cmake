@@ -48,3 +48,24 @@ else()
   target_link_libraries(pq-quantize PRIVATE pqvk_model CLI11::CLI11)
   target_compile_options(pq-quantize PRIVATE ${PQVK_WARNINGS})
 endif()
+
+# ---- tests of runtime/model (no GPU): pqvk_model_tests --------------------------------------
+if(PQVK_BUILD_TESTS AND NOT PQVK_FUZZ)
+  enable_testing()
+  find_package(GTest REQUIRED)
+  include(GoogleTest)
+  add_executable(pqvk_model_tests
+    tests/model_fixtures.cpp
+    tests/test_model.cpp
+    tests/test_import.cpp
+    tests/test_model_cli.cpp)
+  target_include_directories(pqvk_model_tests PRIVATE ${CMAKE_SOURCE_DIR}/tests)
+  target_link_libraries(pqvk_model_tests PRIVATE pqvk_model GTest::gtest GTest::gtest_main)
+  target_compile_options(pqvk_model_tests PRIVATE ${PQVK_WARNINGS})
+  target_compile_definitions(pqvk_model_tests PRIVATE
+    PQVK_TEST_DATA="${CMAKE_SOURCE_DIR}/tests/data"
+    PQVK_QUANTIZE_BIN="$<TARGET_FILE:pq-quantize>"
+    PQVK_INFO_BIN="$<TARGET_FILE:pq-info>")
+  add_dependencies(pqvk_model_tests pq-quantize pq-info)
+  gtest_discover_tests(pqvk_model_tests DISCOVERY_TIMEOUT 60)
+endif()

@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <set>
 
 #include "model/checked_math.h"
 #include "model/crc32.h"
@@ -177,6 +178,7 @@ void PqmFile::parse(const PqmOptions& options) {
   parse_index();
   check_model();
   if (options.verify_checksums) verify_checksums();
+  check_tokenizer_tensors();  // reads tensor contents: after their checksums
 }
 
 void PqmFile::parse_header() {
@@ -263,9 +265,13 @@ void PqmFile::parse_index() {
 std::string PqmFile::where(const TensorInfo& t) const { return name_ + ": tensor '" + t.name + "'"; }
 
 void PqmFile::check_model() {
-  std::map<std::string, bool, std::less<>> expected;  // name -> seen
-  for (const TensorSpec& spec : model_tensors(config_)) {
-    expected[spec.name] = true;
+  const std::vector<TensorSpec> specs = model_tensors(config_);
+  const std::vector<std::string> tok_names = tokenizer_tensor_names(tokenizer_.kind);
+  std::set<std::string, std::less<>> expected(tok_names.begin(), tok_names.end());
+  for (const TensorSpec& spec : specs) expected.insert(spec.name);
+  for (const TensorInfo& t : tensors_)
+    if (!expected.count(t.name)) model_fail(where(t), "is not part of this model (unknown tensor name)");
+  for (const TensorSpec& spec : specs) {
     const TensorInfo* t = find(spec.name);
     if (!t) model_fail(name_, "missing tensor '" + spec.name + "' (required by the model config)");
     if (t->shape != spec.shape)
@@ -274,16 +280,12 @@ void PqmFile::check_model() {
                          (is_matrix(spec.role) && t->kind == TensorKind::pq);
     if (!ok_kind) model_fail(where(*t), std::string("kind ") + kind_name(t->kind) + " is not allowed for a " + role_name(spec.role));
   }
-  for (const std::string& name : tokenizer_tensor_names(tokenizer_.kind)) {
-    expected[name] = true;
+  for (const std::string& name : tok_names) {
     const TensorInfo* t = find(name);
     if (!t) model_fail(name_, "missing tensor '" + name + "' (required by tokenizer kind " + tokenizer_.kind + ")");
     const TensorKind want = name == "tokenizer.scores" ? TensorKind::f32 : TensorKind::blob;
     if (t->kind != want) model_fail(where(*t), std::string("must be of kind ") + kind_name(want));
   }
-  for (const TensorInfo& t : tensors_)
-    if (!expected.count(t.name)) model_fail(where(t), "is not part of this model (unknown tensor name)");
-  check_tokenizer_tensors();
 }
 
 void PqmFile::check_tokenizer_tensors() const {
