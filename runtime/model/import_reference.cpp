@@ -16,6 +16,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include "model/checked_math.h"
@@ -96,7 +97,7 @@ std::vector<float> lloyd_codebook(int bits, int block) {
 class RefLayer {
  public:
   RefLayer(const HfCheckpoint& ck, const RefSettings& s, const TensorSpec& spec, const std::string& weight_name);
-  bool quantized() const { return codes_ != nullptr; }
+  bool quantized() const { return codes_.has_value(); }
   const std::vector<std::string>& consumed() const { return consumed_; }
   pq::QuantMatrix load() const;
   std::string where() const { return codes_->where(); }
@@ -109,9 +110,8 @@ class RefLayer {
   int block_ = 128, bits_ = 0;
   uint64_t in_padded_ = 0;
   Packing packing_ = Packing::int8;
-  const HfCheckpoint::Ref* codes_ = nullptr;
-  const HfCheckpoint::Ref* norms_ = nullptr;
-  const HfCheckpoint::Ref* ct_ = nullptr;
+  // Copies (each holds its file open): the checkpoint index does not outlive the import.
+  std::optional<HfCheckpoint::Ref> codes_, norms_, ct_;
   std::vector<std::string> consumed_;
 };
 
@@ -121,11 +121,12 @@ RefLayer::RefLayer(const HfCheckpoint& ck, const RefSettings& s, const TensorSpe
   const bool hlwq = ck.find(weight_name + "__packed") != nullptr;
   const std::string codes_name = hlwq ? weight_name + "__packed" : module + ".codes";
   const std::string norms_name = hlwq ? weight_name + "__norms" : module + ".norms";
-  codes_ = ck.find(codes_name);
+  auto copy = [](const HfCheckpoint::Ref* r) { return r ? std::optional<HfCheckpoint::Ref>(*r) : std::nullopt; };
+  codes_ = copy(ck.find(codes_name));
   if (!codes_) return;  // stored unquantized
-  norms_ = ck.find(norms_name);
+  norms_ = copy(ck.find(norms_name));
   if (!norms_) model_fail(codes_->where(), "has no '" + norms_name + "' beside it");
-  ct_ = ck.find(module + ".ct_scaled");
+  ct_ = copy(ck.find(module + ".ct_scaled"));
   consumed_ = {codes_name, norms_name};
   if (ct_) consumed_.push_back(module + ".ct_scaled");
   if (hlwq) {
