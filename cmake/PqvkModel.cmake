@@ -69,4 +69,12 @@ if(PQVK_BUILD_TESTS AND NOT PQVK_FUZZ)
     PQVK_INFO_BIN="$<TARGET_FILE:pq-info>")
   add_dependencies(pqvk_model_tests pq-quantize pq-info)
   gtest_discover_tests(pqvk_model_tests DISCOVERY_TIMEOUT 60)
+
+  # .pqm tensors through the GPU kernels (pqvk_runtime is defined after this file is included).
+  add_executable(pqvk_model_gpu_tests tests/test_model_gpu.cpp tests/model_fixtures.cpp tests/vk_test_env.cpp)
+  target_include_directories(pqvk_model_gpu_tests PRIVATE ${CMAKE_SOURCE_DIR}/tests)
+  target_link_libraries(pqvk_model_gpu_tests PRIVATE pqvk_model pqvk_runtime GTest::gtest GTest::gtest_main)
+  target_compile_options(pqvk_model_gpu_tests PRIVATE ${PQVK_WARNINGS})
+  target_compile_definitions(pqvk_model_gpu_tests PRIVATE PQVK_TEST_DATA="${CMAKE_SOURCE_DIR}/tests/data")
+  gtest_discover_tests(pqvk_model_gpu_tests DISCOVERY_TIMEOUT 60 PROPERTIES ENVIRONMENT "PQVK_VALIDATION=1")
 endif()

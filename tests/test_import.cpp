@@ -9,6 +9,7 @@
 #include <bit>
 #include <cstring>
 #include <filesystem>
+#include <ostream>
 #include <string>
 
 #include "model/convert.h"
@@ -61,6 +62,10 @@ struct HfCase {
   bool tied, llama3, bias;
   int head_dim;
 };
+
+void PrintTo(const HfCase& c, std::ostream* os) {
+  *os << c.arch << " " << c.dtype << " shards=" << c.shards << (c.tied ? " tied" : " untied");
+}
 
 class HfImport : public ::testing::TestWithParam<HfCase> {};
 
@@ -565,6 +570,8 @@ struct RefCase {
   std::string packing;
   int bits, block;
 };
+void PrintTo(const RefCase& c, std::ostream* os) { *os << c.packing << " q" << c.bits << " B" << c.block; }
+
 class ReferenceImport : public ::testing::TestWithParam<RefCase> {};
 
 TEST_P(ReferenceImport, CodesComeBackExactly) {
