@@ -103,8 +103,8 @@ MatrixResult quantize_rows(const std::vector<float>& w, const TensorSpec& spec, 
     std::copy(sub.codes.begin(), sub.codes.end(), q.codes.begin() + static_cast<ptrdiff_t>(r0 * row_words));
     std::copy(sub.scales.begin(), sub.scales.end(), q.scales.begin() + static_cast<ptrdiff_t>(r0 * row_scales));
     if (c == 0) q.codebook = sub.codebook;
-    std::vector<float> local;
-    float* deq = keep_dequant ? r.dequant.data() + r0 * cols : (local.resize(n * cols), local.data());
+    std::vector<float> local(keep_dequant ? 0 : n * cols);
+    float* deq = keep_dequant ? r.dequant.data() + r0 * cols : local.data();
     pq::dequantize(sub, deq);
     for (size_t i = 0; i < n * cols; ++i) {
       const double d = double{src[i]} - deq[i];
