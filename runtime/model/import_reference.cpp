@@ -103,8 +103,9 @@ class RefLayer {
   std::string where() const { return codes_->where(); }
 
  private:
-  void resolve_packing();
   void resolve_codebook(const RefSettings& s, const std::string& module);
+  void resolve_packing();  // from the byte count of the codes (hlwq-q5: checks it)
+  void check_norms() const;
 
   TensorSpec spec_;
   int block_ = 128, bits_ = 0;
@@ -116,7 +117,7 @@ class RefLayer {
 };
 
 RefLayer::RefLayer(const HfCheckpoint& ck, const RefSettings& s, const TensorSpec& spec, const std::string& weight_name)
-    : spec_(spec), block_(s.block) {
+    : spec_(spec), block_(s.block), in_padded_(round_up(spec.shape[1], static_cast<uint64_t>(s.block))) {
   const std::string module = weight_name.substr(0, weight_name.size() - std::string(".weight").size());
   const bool hlwq = ck.find(weight_name + "__packed") != nullptr;
   const std::string codes_name = hlwq ? weight_name + "__packed" : module + ".codes";
@@ -134,18 +135,17 @@ RefLayer::RefLayer(const HfCheckpoint& ck, const RefSettings& s, const TensorSpe
     consumed_.push_back(weight_name + "__meta");
     packing_ = Packing::five_msb;
   }
-  in_padded_ = round_up(spec.shape[1], static_cast<uint64_t>(block_));
   resolve_codebook(s, module);
-  if (!hlwq) resolve_packing();
-  const uint64_t want = packing_ == Packing::five_msb ? spec.shape[0] * in_padded_ * 5 / 8 : 0;
-  if (hlwq && codes_->tensor->end - codes_->tensor->begin != want)
-    model_fail(codes_->where(), std::to_string(codes_->tensor->end - codes_->tensor->begin) + " bytes, but " +
-                                    shape_string(spec.shape) + " at 5 bits needs " + std::to_string(want));
+  resolve_packing();
+  check_norms();
+}
+
+void RefLayer::check_norms() const {
   const SafeTensor& n = *norms_->tensor;
-  if ((n.dtype != "F16" && n.dtype != "F32") || n.elements() != spec.shape[0] * (in_padded_ / block_))
-    model_fail(norms_->where(), "expected " + std::to_string(spec.shape[0] * (in_padded_ / block_)) +
-                                    " F16 norms (one per block of " + std::to_string(block_) + "), got " +
-                                    std::to_string(n.elements()) + " " + n.dtype);
+  const uint64_t want = spec_.shape[0] * (in_padded_ / static_cast<uint64_t>(block_));
+  if ((n.dtype != "F16" && n.dtype != "F32") || n.elements() != want)
+    model_fail(norms_->where(), "expected " + std::to_string(want) + " F16 norms (one per block of " + std::to_string(block_) +
+                                    "), got " + std::to_string(n.elements()) + " " + n.dtype);
 }
 
 void RefLayer::resolve_codebook(const RefSettings& s, const std::string& module) {
@@ -170,18 +170,23 @@ void RefLayer::resolve_codebook(const RefSettings& s, const std::string& module)
 void RefLayer::resolve_packing() {
   const SafeTensor& t = *codes_->tensor;
   if (t.dtype != "I8" && t.dtype != "U8") model_fail(codes_->where(), "codes must be I8 or U8, got " + t.dtype);
-  const uint64_t bytes = t.end - t.begin, per_row = bytes / spec_.shape[0];
-  if (per_row * spec_.shape[0] == bytes && per_row == in_padded_) {
+  const uint64_t bytes = t.end - t.begin, rows = spec_.shape[0];
+  auto fits = [&](uint64_t num, uint64_t den) { return bytes * den == rows * in_padded_ * num; };  // bytes = rows*in_padded*num/den
+  if (packing_ == Packing::five_msb) {  // hlwq-q5: the packing is known, the size must match
+    if (fits(5, 8)) return;
+  } else if (fits(1, 1)) {
     packing_ = Packing::int8;
-  } else if (per_row * spec_.shape[0] == bytes && per_row * 2 == in_padded_ && bits_ <= 4) {
+    return;
+  } else if (fits(1, 2) && bits_ <= 4) {
     packing_ = Packing::nibble;
-  } else if (per_row * spec_.shape[0] == bytes && per_row * 8 == in_padded_ * 5 && bits_ == 5) {
+    return;
+  } else if (fits(5, 8) && bits_ == 5) {
     packing_ = Packing::five_lsb;
-  } else {
-    model_fail(codes_->where(), std::to_string(bytes) + " bytes of " + std::to_string(bits_) + "-bit codes fit no known packing for " +
-                                    shape_string(spec_.shape) + " padded to " + std::to_string(in_padded_) +
-                                    " columns (int8: 1 byte per code, nibble: 1/2, 5-bit: 5/8)");
+    return;
   }
+  model_fail(codes_->where(), std::to_string(bytes) + " bytes of " + std::to_string(bits_) + "-bit codes fit no known packing for " +
+                                  shape_string(spec_.shape) + " padded to " + std::to_string(in_padded_) +
+                                  " columns (int8: 1 byte per code, nibble: 1/2, 5-bit: 5/8)");
 }
 
 pq::QuantMatrix RefLayer::load() const {
