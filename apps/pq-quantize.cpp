@@ -5,7 +5,7 @@
 // Progress goes to stderr (a bar with ETA on a terminal, plain lines otherwise); the summary
 // table (per tensor: storage, bits, bits per weight as stored (codes, scales, codebook and the
 // padding of the last block: bits + 16/B for wide matrices), SQNR, relative RMSE, kurtosis of the
-// block coordinates before/after the Hadamard rotation) goes to stdout.
+// block coordinates before/after the Hadamard rotation, seconds) goes to stdout.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -72,17 +72,18 @@ std::string num(double v, const char* f) {
 }
 
 void print_summary(const QuantizeResult& r, const std::string& out) {
-  std::printf("%-26s %-14s %-14s %4s %6s %8s %9s %8s %8s\n", "tensor", "shape", "storage", "bits", "bpw", "SQNR dB",
-              "rel RMSE", "kurt in", "kurt rot");
+  std::printf("%-26s %-14s %-14s %4s %6s %8s %9s %8s %8s %7s\n", "tensor", "shape", "storage", "bits", "bpw", "SQNR dB",
+              "rel RMSE", "kurt in", "kurt rot", "seconds");
   uint64_t params = 0, bytes = 0;
   for (const TensorReport& t : r.tensors) {
     const uint64_t n = t.shape[0] * (t.shape.size() > 1 ? t.shape[1] : 1);
     params += n;
     bytes += t.bytes;
     const double bpw = 8.0 * static_cast<double>(t.bytes) / static_cast<double>(n);  // as stored: padding, codebook included
-    std::printf("%-26s %-14s %-14s %4s %6.3f %8s %9s %8s %8s\n", t.name.c_str(), pqvk::model::shape_string(t.shape).c_str(),
+    std::printf("%-26s %-14s %-14s %4s %6.3f %8s %9s %8s %8s %7.3f\n", t.name.c_str(), pqvk::model::shape_string(t.shape).c_str(),
                 t.storage.c_str(), t.bits ? std::to_string(t.bits).c_str() : "-", bpw, num(t.sqnr_db, "%.2f").c_str(),
-                num(t.rel_rmse, "%.5f").c_str(), num(t.kurtosis_before, "%.3f").c_str(), num(t.kurtosis_after, "%.3f").c_str());
+                num(t.rel_rmse, "%.5f").c_str(), num(t.kurtosis_before, "%.3f").c_str(), num(t.kurtosis_after, "%.3f").c_str(),
+                t.seconds);
   }
   std::printf("%s: %zu tensors, %llu parameters in %llu bytes of tensors (%.3f bits per parameter), file %llu bytes, %.2f s\n",
               out.c_str(), r.tensors.size(), static_cast<unsigned long long>(params), static_cast<unsigned long long>(bytes),
