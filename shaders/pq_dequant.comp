@@ -5,8 +5,10 @@
 //          2 codebook (2^BITS fp32); 3 out [rows][cols], fp32 or fp16 pairs (F16_OUT; cols even).
 // Workgroup: B/4 invocations per block, 4 consecutive codes each; the inverse rotation is the
 //          same butterfly as fwht.comp (include/fwht_block.glsl).
+//          GATHER: output row r is matrix row tokens[r] (the embedding lookup); a workgroup
+//          whose token lies outside this slice's rows [row0, row0 + slice_rows) writes nothing.
 // Dispatch: rows * nblocks workgroups, flattened over x and y.
-// Specialization: 0 local_size_x (= B/4), 1 B, 2 BITS, 3 ROTATED, 4 F16_OUT.
+// Specialization: 0 local_size_x (= B/4), 1 B, 2 BITS, 3 ROTATED, 4 F16_OUT, 5 GATHER.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_EXT_control_flow_attributes : require
@@ -16,13 +18,16 @@ layout(constant_id = 1) const uint B = 128u;
 layout(constant_id = 2) const uint BITS = 4u;
 layout(constant_id = 3) const uint ROTATED = 1u;
 layout(constant_id = 4) const uint F16_OUT = 0u;
+layout(constant_id = 5) const uint GATHER = 0u;
 
 layout(std430, binding = 0) readonly buffer Codes { uint codes[]; };
 layout(std430, binding = 1) readonly buffer Scales { uint scales[]; };
 layout(std430, binding = 2) readonly buffer Codebook { float codebook[]; };
 layout(std430, binding = 3) writeonly buffer O { float o[]; };
 layout(std430, binding = 3) writeonly buffer O16 { uint o16[]; };
-layout(push_constant) uniform Push { uint rows, cols, nblocks, nchunk; } p;
+layout(std430, binding = 4) readonly buffer Tokens { int tokens[]; };
+// rows: output rows; row0 / slice_rows: the matrix rows this slice's buffers hold (GATHER)
+layout(push_constant) uniform Push { uint rows, cols, nblocks, nchunk, row0, slice_rows; } p;
 
 shared vec4 fwht_sh[B / 4u];
 #include "pq_common.glsl"
@@ -38,8 +43,14 @@ uint code_at(uint row, uint col) {  // one code through the packed layout
 
 void main() {
   uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
-  uint row = wg / p.nblocks, blk = wg % p.nblocks;
-  if (row >= p.rows) return;  // uniform over the workgroup
+  uint orow = wg / p.nblocks, blk = wg % p.nblocks;
+  if (orow >= p.rows) return;  // uniform over the workgroup
+  uint row = orow;
+  if (GATHER != 0u) {
+    int tok = tokens[orow] - int(p.row0);
+    if (tok < 0 || uint(tok) >= p.slice_rows) return;  // another slice holds this row
+    row = uint(tok);
+  }
   uint t = fwht_thread_index();
   uint col = blk * B + 4u * t;
   vec4 v;
@@ -49,9 +60,9 @@ void main() {
   v *= half_at(scales[sidx >> 1u], sidx);
   if (F16_OUT != 0u) {
     [[unroll]] for (uint k = 0u; k < 4u; k += 2u)
-      if (col + k < p.cols) o16[(row * p.cols + col + k) >> 1u] = packHalf2x16(vec2(v[k], v[k + 1u]));
+      if (col + k < p.cols) o16[(orow * p.cols + col + k) >> 1u] = packHalf2x16(vec2(v[k], v[k + 1u]));
   } else {
     [[unroll]] for (uint k = 0u; k < 4u; ++k)
-      if (col + k < p.cols) o[row * p.cols + col + k] = v[k];
+      if (col + k < p.cols) o[orow * p.cols + col + k] = v[k];
   }
 }

@@ -81,6 +81,58 @@ TEST(Fwht, EverySupportedSubgroupSize) {
   EXPECT_GE(sizes_run, 1);
 }
 
+// fwht's prologues: RMSNorm and SwiGLU, with and without the rotation.
+TEST(Prepare, RmsNormAndSwigluMatchCpu) {
+  for (uint32_t block : {64u, 128u})
+    for (auto [rows, cols] : {std::pair{1u, 200u}, {5u, 384u}, {3u, 1000u}})
+      for (int mode : {1, 2})
+        for (bool rotate : {true, false})
+          for (Layout layout : {Layout::row_major, Layout::gemv_interleaved}) {
+            if (layout == Layout::gemv_interleaved && rows != 1) continue;
+            const uint32_t in_row0 = rows == 1 ? 2 : 0;  // read a later row of a taller input
+            const size_t in_rows = rows + in_row0;
+            auto x = random_vector(in_rows * cols, cols + 5 * rows + mode);
+            auto aux = random_vector(mode == 1 ? cols : in_rows * cols, cols + 77);
+            const float eps = 1e-5f;
+            vk::Buffer xb = context().upload_new(x, "x"), ab = context().upload_new(aux, "aux");
+            const size_t stride = rotated_row_elems(cols, block, layout);
+            vk::Buffer out = poisoned(rows * stride);
+            auto cmd = context().commands();
+            Prologue pro{mode == 1 ? Prologue::rmsnorm : Prologue::swiglu, ab, eps};
+            kernels().prepare(cmd, xb, out, rows, cols, block, layout, rotate, pro, in_row0);
+            cmd.run();
+            auto got = read_floats(out, rows * stride);
+            // CPU twin: the prologue in fp64, then the blockwise rotation of pq::fwht_rows.
+            std::vector<float> pre(rows * cols);
+            for (uint32_t r = 0; r < rows; ++r) {
+              const float* xr = &x[(r + in_row0) * cols];
+              double ss = 0;
+              for (uint32_t c = 0; c < cols; ++c) ss += double(xr[c]) * xr[c];
+              const double inv = 1.0 / std::sqrt(ss / cols + eps);
+              for (uint32_t c = 0; c < cols; ++c) {
+                const double a = xr[c];
+                pre[r * cols + c] = static_cast<float>(
+                    mode == 1 ? a * inv * aux[c] : a / (1.0 + std::exp(-a)) * aux[(r + in_row0) * cols + c]);
+              }
+            }
+            const size_t padded = rotated_row_elems(cols, block, Layout::row_major);
+            std::vector<float> ref(rows * padded, 0.0f);
+            if (rotate) {
+              pq::fwht_rows(pre.data(), rows, cols, static_cast<int>(block), ref.data());
+            } else {
+              for (uint32_t r = 0; r < rows; ++r) std::copy(&pre[r * cols], &pre[r * cols] + cols, &ref[r * padded]);
+            }
+            std::vector<float> g, want;
+            for (uint32_t r = 0; r < rows; ++r)
+              for (size_t e = 0; e < padded; ++e) {
+                g.push_back(got[r * stride + (layout == Layout::gemv_interleaved ? gemv_interleaved_index(e) : e)]);
+                want.push_back(ref[r * padded + e]);
+              }
+            EXPECT_LT(rel_error(g, want), kFwhtTol)
+                << "mode " << mode << " rotate " << rotate << " rows " << rows << " cols " << cols << " B " << block;
+          }
+}
+
 // ---- quantized matrices -----------------------------------------------------------------------
 
 struct MatCase { size_t rows, cols; int bits, block; pq::Method method; };
@@ -226,6 +278,189 @@ TEST(Copy, ShaderCopyEqualsSource) {
   vk::Buffer a = context().buffer(64);
   auto cmd = context().commands();
   EXPECT_THROW(kernels().copy(cmd, a, a, 20), vk::Error);
+}
+
+TEST(Embed, GathersDequantizedRowsAcrossSlices) {
+  for (const MatCase& c : {MatCase{97, 200, 5, 128, pq::Method::pq}, MatCase{50, 64, 3, 64, pq::Method::absmax}}) {
+    auto q = make_matrix(c);
+    // Slices of 10 rows: tokens land in different slices.
+    const size_t row_bytes = pq::packed_words(1, q.cols_padded, c.bits) * 4;
+    auto d = upload_quant(context(), q, describe(c), 10 * row_bytes);
+    ASSERT_GT(d.slices.size(), 3u);
+    const std::vector<int32_t> tokens = {0, static_cast<int32_t>(c.rows - 1), 13, 13, 42, 7};
+    vk::Buffer tb = context().upload_new(tokens, "tokens");
+    vk::Buffer out = poisoned(tokens.size() * c.cols);
+    auto cmd = context().commands();
+    kernels().embed(cmd, d, tb, out, static_cast<uint32_t>(tokens.size()));
+    cmd.run();
+    std::vector<float> all(c.rows * c.cols), ref;
+    pq::dequantize(q, all.data());
+    for (int32_t t : tokens) ref.insert(ref.end(), all.begin() + t * c.cols, all.begin() + (t + 1) * c.cols);
+    EXPECT_LT(rel_error(read_floats(out, tokens.size() * c.cols), ref), kFwhtTol) << describe(c);
+  }
+  // fp16 tables
+  const size_t rows = 33, cols = 77;
+  auto w = random_vector(rows * cols, 5);
+  auto d = upload_f16(context(), w.data(), rows, cols, "f16 table", 8 * 80 * 2);
+  const std::vector<int32_t> tokens = {32, 0, 9, 17};
+  vk::Buffer tb = context().upload_new(tokens, "tokens");
+  vk::Buffer out = poisoned(tokens.size() * cols);
+  auto cmd = context().commands();
+  kernels().embed_f16(cmd, d, tb, out, static_cast<uint32_t>(tokens.size()));
+  cmd.run();
+  std::vector<float> ref;
+  for (int32_t t : tokens)
+    for (size_t k = 0; k < cols; ++k) ref.push_back(pq::f16_to_f32(pq::f32_to_f16(w[t * cols + k])));
+  EXPECT_EQ(rel_error(read_floats(out, tokens.size() * cols), ref), 0.0);
+}
+
+TEST(Argmax, LowestIndexOfTheLargest) {
+  for (size_t n : {size_t(1), size_t(257), size_t(151936)}) {
+    auto x = random_vector(n, static_cast<uint32_t>(n));
+    const size_t top = n / 3;
+    x[top] = 100.0f;
+    if (n > 10) x[n - 2] = 100.0f;  // a tie: the lower index wins
+    vk::Buffer xb = context().upload_new(x, "logits");
+    vk::Buffer out = poisoned(4), tokens = poisoned(4);
+    auto cmd = context().commands();
+    kernels().argmax(cmd, xb, static_cast<uint32_t>(n), out, tokens);
+    cmd.run();
+    EXPECT_EQ(context().download_all<int32_t>(out)[0], static_cast<int32_t>(top)) << n;
+    EXPECT_EQ(context().download_all<int32_t>(tokens)[0], static_cast<int32_t>(top)) << n;
+  }
+}
+
+// qkv_rope + attention against a direct fp64 computation over the same fp16-rounded cache.
+TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
+  struct Case { uint32_t n_heads, n_kv, hd, m, pos0, window; bool bias, norm; };
+  for (const Case& c : {Case{4, 2, 16, 1, 0, 0, false, false}, Case{6, 2, 12, 5, 3, 0, true, false},
+                        Case{4, 1, 20, 3, 130, 0, false, true}, Case{2, 2, 64, 4, 200, 7, true, true},
+                        Case{8, 8, 128, 2, 140, 0, false, false}}) {
+    Kernels::AttentionShape a{c.n_heads, c.n_kv, c.hd, 512, c.window, 1e-6f};
+    const size_t q_dim = size_t(c.n_heads) * c.hd, kv_dim = size_t(c.n_kv) * c.hd, half = c.hd / 2;
+    const size_t ctx_len = c.pos0 + c.m;
+    // Earlier positions' keys and values: random fp16 words already in the cache.
+    std::mt19937 rng(c.hd * 31 + c.m);
+    std::normal_distribution<float> nd;
+    std::vector<uint32_t> kc(512 * kv_dim / 2), vc(512 * kv_dim / 2);
+    for (size_t i = 0; i < c.pos0 * kv_dim / 2; ++i) {
+      kc[i] = pq::f32_to_f16(nd(rng)) | (uint32_t(pq::f32_to_f16(nd(rng))) << 16);
+      vc[i] = pq::f32_to_f16(nd(rng)) | (uint32_t(pq::f32_to_f16(nd(rng))) << 16);
+    }
+    auto q = random_vector(c.m * q_dim, 1 + c.hd), k = random_vector(c.m * kv_dim, 2 + c.hd),
+         v = random_vector(c.m * kv_dim, 3 + c.hd), bias = random_vector(q_dim + 2 * kv_dim, 4),
+         norm = random_vector(2 * c.hd, 5);
+    std::vector<float> inv_freq(half);
+    for (size_t j = 0; j < half; ++j) inv_freq[j] = static_cast<float>(std::pow(10000.0, -2.0 * j / c.hd));
+    vk::Buffer qb = context().upload_new(q, "q"), kb = context().upload_new(k, "k"), vb = context().upload_new(v, "v");
+    vk::Buffer kcb = context().upload_new(kc, "kc"), vcb = context().upload_new(vc, "vc");
+    vk::Buffer fb = context().upload_new(inv_freq, "freq"), bb = context().upload_new(bias, "bias"),
+               nb = context().upload_new(norm, "norm");
+    vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
+    vk::Buffer out = poisoned(c.m * q_dim);
+    auto cmd = context().commands();
+    kernels().qkv_rope(cmd, a, qb, kb, vb, kcb, vcb, fb, c.bias ? vk::BufferView(bb) : vk::BufferView(),
+                       c.norm ? vk::BufferView(nb) : vk::BufferView(), step, c.m);
+    cmd.barrier();
+    kernels().attention(cmd, a, qb, kcb, vcb, out, step, c.m);
+    cmd.run();
+
+    // CPU twin.
+    auto rope = [&](std::vector<double>& h, size_t pos, const float* nw) {
+      if (nw) {
+        double ss = 0;
+        for (double e : h) ss += e * e;
+        const double inv = 1.0 / std::sqrt(ss / c.hd + 1e-6);
+        for (size_t j = 0; j < c.hd; ++j) h[j] *= inv * nw[j];
+      }
+      for (size_t j = 0; j < half; ++j) {
+        const double ang = double(float(pos) * inv_freq[j]), a0 = h[j], b0 = h[j + half];
+        h[j] = a0 * std::cos(ang) - b0 * std::sin(ang);
+        h[j + half] = b0 * std::cos(ang) + a0 * std::sin(ang);
+      }
+    };
+    auto r16 = [](double x) { return double(pq::f16_to_f32(pq::f32_to_f16(static_cast<float>(x)))); };
+    std::vector<std::vector<double>> K(ctx_len * c.n_kv), V(ctx_len * c.n_kv);
+    for (size_t p = 0; p < c.pos0; ++p)
+      for (size_t h = 0; h < c.n_kv; ++h) {
+        auto& kk = K[p * c.n_kv + h];
+        auto& vv = V[p * c.n_kv + h];
+        kk.assign(c.hd, 0);
+        vv.assign(c.hd, 0);
+        for (size_t j = 0; j < half; ++j) {
+          const uint32_t kw = kc[(p * c.n_kv + h) * half + j], vw = vc[(p * c.n_kv + h) * half + j];
+          kk[j] = pq::f16_to_f32(kw & 0xffff), kk[j + half] = pq::f16_to_f32(kw >> 16);
+          vv[2 * j] = pq::f16_to_f32(vw & 0xffff), vv[2 * j + 1] = pq::f16_to_f32(vw >> 16);
+        }
+      }
+    std::vector<double> ref;
+    std::vector<std::vector<double>> Q(c.m * c.n_heads);
+    for (size_t m = 0; m < c.m; ++m) {
+      const size_t pos = c.pos0 + m;
+      for (size_t h = 0; h < c.n_kv; ++h) {
+        std::vector<double> kk(c.hd), vv(c.hd);
+        for (size_t j = 0; j < c.hd; ++j) {
+          kk[j] = k[m * kv_dim + h * c.hd + j] + (c.bias ? bias[q_dim + h * c.hd + j] : 0.0);
+          vv[j] = v[m * kv_dim + h * c.hd + j] + (c.bias ? bias[q_dim + kv_dim + h * c.hd + j] : 0.0);
+        }
+        rope(kk, pos, c.norm ? norm.data() + c.hd : nullptr);
+        for (auto& e : kk) e = r16(e);
+        for (auto& e : vv) e = r16(e);
+        K[pos * c.n_kv + h] = kk;
+        V[pos * c.n_kv + h] = vv;
+      }
+      for (size_t h = 0; h < c.n_heads; ++h) {
+        auto& qq = Q[m * c.n_heads + h];
+        qq.resize(c.hd);
+        for (size_t j = 0; j < c.hd; ++j) qq[j] = q[m * q_dim + h * c.hd + j] + (c.bias ? bias[h * c.hd + j] : 0.0);
+        rope(qq, pos, c.norm ? norm.data() : nullptr);
+      }
+    }
+    for (size_t m = 0; m < c.m; ++m) {
+      const size_t pos = c.pos0 + m, lo = c.window && pos + 1 > c.window ? pos + 1 - c.window : 0;
+      for (size_t h = 0; h < c.n_heads; ++h) {
+        const size_t kvh = h / (c.n_heads / c.n_kv);
+        std::vector<double> s;
+        double mx = -INFINITY;
+        for (size_t t = lo; t <= pos; ++t) {
+          double d = 0;
+          for (size_t j = 0; j < c.hd; ++j) d += Q[m * c.n_heads + h][j] * K[t * c.n_kv + kvh][j];
+          s.push_back(d / std::sqrt(double(c.hd)));
+          mx = std::max(mx, s.back());
+        }
+        double sum = 0;
+        for (auto& e : s) sum += (e = std::exp(e - mx));
+        for (size_t j = 0; j < c.hd; ++j) {
+          double o = 0;
+          for (size_t t = lo; t <= pos; ++t) o += s[t - lo] * V[t * c.n_kv + kvh][j];
+          ref.push_back(o / sum);
+        }
+      }
+    }
+    EXPECT_LT(rel_error(read_floats(out, c.m * q_dim), ref), 1e-4)
+        << "heads " << c.n_heads << "/" << c.n_kv << " hd " << c.hd << " m " << c.m << " pos0 " << c.pos0;
+  }
+}
+
+TEST(RandomFill, MatchesCpuTwin) {
+  const size_t n = 300001;
+  vk::Buffer b = poisoned(n), h = poisoned(n);
+  auto cmd = context().commands();
+  kernels().random_fill(cmd, b, n, 42);
+  kernels().random_fill(cmd, h, n, 7, true, 0.5f, 1.5f);
+  cmd.run();
+  auto words = context().download_all<uint32_t>(b), halves = context().download_all<uint32_t>(h);
+  size_t distinct_bits = 0;
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(words[i], random_fill_word(42, static_cast<uint32_t>(i))) << i;
+    distinct_bits |= words[i];
+    for (int k = 0; k < 2; ++k) {
+      const float v = pq::f16_to_f32(static_cast<uint16_t>(halves[i] >> (16 * k)));
+      ASSERT_GE(v, 0.5f);
+      ASSERT_LE(v, 1.5f);
+    }
+  }
+  EXPECT_EQ(distinct_bits, 0xffffffffu);  // every bit position varies
 }
 
 // ---- fp16 baseline ---------------------------------------------------------------------------

@@ -138,6 +138,7 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
   if (cfg_.gemv_wg % 32 || cfg_.gemv_wg == 0 || cfg_.gemv_wg > ctx.info().max_workgroup_invocations)
     throw Error("gemv workgroup size " + std::to_string(cfg_.gemv_wg) + " must be a multiple of 32 within the device limit");
   if (cfg_.gemv_rows == 0 || cfg_.gemv_rows > 16) throw Error("gemv rows per workgroup must be 1..16");
+  dummy_ = ctx_.buffer(64, vk::MemoryKind::device, "unused binding");
 }
 
 const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecConstants& spec,
@@ -159,18 +160,28 @@ const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecC
 
 void Kernels::fwht(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, uint32_t rows, uint32_t cols,
                    uint32_t block, Layout layout) {
+  prepare(cmd, x, out, rows, cols, block, layout, true, Prologue{});
+}
+
+void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, uint32_t rows, uint32_t cols,
+                      uint32_t block, Layout layout, bool rotate, const Prologue& pro, uint32_t in_row0) {
   check_block(block, "fwht");
   if (rows == 0 || cols == 0) throw Error("fwht: empty input");
   const size_t stride = rotated_row_elems(cols, static_cast<int>(block), layout);
-  check_view(x, size_t(rows) * cols, "fwht input");
+  check_view(x, (size_t(in_row0) + rows) * cols, "fwht input");
   check_view(out, size_t(rows) * stride, "fwht output");
-  struct { uint32_t rows, cols, nblocks, out_stride; } push{rows, cols, u32((cols + block - 1) / block, "blocks"),
-                                                            u32(stride, "row stride")};
-  const auto& p = pipeline("fwht", {{0, block / 4}, {1, block}, {2, layout == Layout::gemv_interleaved ? 1u : 0u}}, 2,
-                           sizeof(push), block / 4);
+  if (pro.kind == Prologue::rmsnorm) check_view(pro.aux, cols, "rmsnorm weight");
+  if (pro.kind == Prologue::swiglu) check_view(pro.aux, (size_t(in_row0) + rows) * cols, "swiglu up input");
+  struct { uint32_t rows, cols, nblocks, out_stride, in_row0; float eps; } push{
+      rows, cols, u32((cols + block - 1) / block, "blocks"), u32(stride, "row stride"), in_row0, pro.eps};
+  const uint32_t mode = pro.kind == Prologue::rmsnorm ? 1u : pro.kind == Prologue::swiglu ? 2u : 0u;
+  const auto& p = pipeline("fwht",
+                           {{0, block / 4}, {1, block}, {2, layout == Layout::gemv_interleaved ? 1u : 0u}, {3, mode},
+                            {4, rotate ? 1u : 0u}},
+                           3, sizeof(push), block / 4);
   uint32_t gx, gy;
   grid(ctx_, size_t(rows) * push.nblocks, &gx, &gy);
-  cmd.dispatch(p, {x, out}, push, gx, gy);
+  cmd.dispatch(p, {x, out, pro.kind == Prologue::none ? vk::BufferView(dummy_) : pro.aux}, push, gx, gy);
 }
 
 void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView out, bool f16_out) {
@@ -179,19 +190,23 @@ void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   if (!out.buffer || out.bytes() < w.rows * out_row_bytes) throw Error(w.name + ": dequant output buffer too small");
   const uint32_t block = static_cast<uint32_t>(w.block);
   const auto& p = pipeline("pq_dequant",
-                           {{0, block / 4}, {1, block}, {2, uint32_t(w.bits)}, {3, w.rotated ? 1u : 0u}, {4, f16_out ? 1u : 0u}},
-                           4, 16, block / 4);
+                           {{0, block / 4}, {1, block}, {2, uint32_t(w.bits)}, {3, w.rotated ? 1u : 0u}, {4, f16_out ? 1u : 0u},
+                            {5, 0u}},
+                           5, 24, block / 4);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     const size_t off = out.offset + s.row0 * out_row_bytes;
-    struct { uint32_t rows, cols, nblocks, nchunk; } push{u32(s.rows, "rows"), u32(w.cols, "cols"), nblocks, nchunk};
+    struct { uint32_t rows, cols, nblocks, nchunk, row0, slice_rows; } push{
+        u32(s.rows, "rows"), u32(w.cols, "cols"), nblocks, nchunk, u32(s.row0, "row"), u32(s.rows, "rows")};
     uint32_t gx, gy;
     grid(ctx_, s.rows * nblocks, &gx, &gy);
-    cmd.dispatch(p, {s.codes, s.scales, w.codebook, vk::BufferView(*out.buffer, off, s.rows * out_row_bytes)}, push, gx, gy);
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, vk::BufferView(*out.buffer, off, s.rows * out_row_bytes), dummy_},
+                 push, gx, gy);
   }
 }
 
-void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y) {
+void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y,
+                   bool accumulate) {
   check_view(x_rot, rotated_row_elems(w.cols, w.block, Layout::gemv_interleaved), w.name + " gemv input");
   check_view(y, w.rows, w.name + " gemv output");
   const uint32_t bits = static_cast<uint32_t>(w.bits);
@@ -205,14 +220,15 @@ void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     struct { uint32_t rows, nchunk, nblocks, y_offset, accumulate; } push{u32(s.rows, "rows"), nchunk, nblocks,
-                                                                          u32(s.row0, "row"), 0};
+                                                                          u32(s.row0, "row"), accumulate ? 1u : 0u};
     uint32_t gx, gy;
     grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
     cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, gx, gy);
   }
 }
 
-void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m) {
+void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
+                   bool accumulate) {
   if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
   check_view(x_rot, size_t(m) * w.cols_padded, w.name + " gemm input");
   check_view(y, size_t(m) * w.rows, w.name + " gemm output");
@@ -220,34 +236,125 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } push{
-        u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"), 0};
+        u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"),
+        accumulate ? 1u : 0u};
     cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
   }
 }
 
-void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y) {
+void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,
+                       bool accumulate) {
   check_view(x, w.cols, w.name + " gemv input");
   check_view(y, w.rows, w.name + " gemv output");
   const auto& p = pipeline("f16_gemv", {{0, cfg_.gemv_wg}, {1, cfg_.gemv_rows}}, 3, 20, cfg_.gemv_wg);
   for (const auto& s : w.slices) {
     struct { uint32_t rows, cols, ldw, y_offset, accumulate; } push{u32(s.rows, "rows"), u32(w.cols, "cols"),
-                                                                     u32(w.cols_padded, "cols"), u32(s.row0, "row"), 0};
+                                                                     u32(w.cols_padded, "cols"), u32(s.row0, "row"),
+                                                                     accumulate ? 1u : 0u};
     uint32_t gx, gy;
     grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
     cmd.dispatch(p, {s.data, x, y}, push, gx, gy);
   }
 }
 
-void Kernels::gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m) {
+void Kernels::gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m,
+                       bool accumulate, uint32_t ldx) {
   if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
-  check_view(x, size_t(m) * w.cols, w.name + " gemm input");
+  if (ldx == 0) ldx = u32(w.cols, "cols");
+  if (ldx < w.cols) throw Error(w.name + ": gemm input stride below the column count");
+  check_view(x, size_t(m - 1) * ldx + w.cols, w.name + " gemm input");
   check_view(y, size_t(m) * w.rows, w.name + " gemm output");
-  const auto& p = pipeline("f16_gemm", {}, 3, 28, 256);
+  const auto& p = pipeline("f16_gemm", {}, 3, 32, 256);
   for (const auto& s : w.slices) {
-    struct { uint32_t rows, m, cols, ldw, ldy, y_offset, accumulate; } push{
-        u32(s.rows, "rows"), m, u32(w.cols, "cols"), u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"), 0};
+    struct { uint32_t rows, m, cols, ldw, ldy, y_offset, accumulate, ldx; } push{
+        u32(s.rows, "rows"), m, u32(w.cols, "cols"), u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"),
+        accumulate ? 1u : 0u, ldx};
     cmd.dispatch(p, {s.data, x, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
   }
+}
+
+void Kernels::embed(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView tokens, vk::BufferView out, uint32_t m) {
+  if (m == 0) throw Error(w.name + ": embedding lookup of 0 tokens");
+  check_view(tokens, m, w.name + " tokens");
+  check_view(out, size_t(m) * w.cols, w.name + " embedding output");
+  const uint32_t block = static_cast<uint32_t>(w.block);
+  const auto& p = pipeline("pq_dequant",
+                           {{0, block / 4}, {1, block}, {2, uint32_t(w.bits)}, {3, w.rotated ? 1u : 0u}, {4, 0u}, {5, 1u}},
+                           5, 24, block / 4);
+  const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  for (const auto& s : w.slices) {
+    struct { uint32_t rows, cols, nblocks, nchunk, row0, slice_rows; } push{
+        m, u32(w.cols, "cols"), nblocks, nchunk, u32(s.row0, "row"), u32(s.rows, "rows")};
+    uint32_t gx, gy;
+    grid(ctx_, size_t(m) * nblocks, &gx, &gy);
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, out, tokens}, push, gx, gy);
+  }
+}
+
+void Kernels::embed_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView tokens, vk::BufferView out, uint32_t m) {
+  if (m == 0) throw Error(w.name + ": embedding lookup of 0 tokens");
+  check_view(tokens, m, w.name + " tokens");
+  check_view(out, size_t(m) * w.cols, w.name + " embedding output");
+  const auto& p = pipeline("f16_gather", {}, 3, 16, 256);
+  for (const auto& s : w.slices) {
+    struct { uint32_t cols, ldw, row0, slice_rows; } push{u32(w.cols, "cols"), u32(w.cols_padded, "cols"),
+                                                          u32(s.row0, "row"), u32(s.rows, "rows")};
+    cmd.dispatch(p, {s.data, tokens, out}, push, u32((w.cols + 255) / 256, "cols"), m);
+  }
+}
+
+void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView k,
+                       vk::BufferView v, vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq,
+                       vk::BufferView bias, vk::BufferView norm, vk::BufferView step, uint32_t m) {
+  if (a.head_dim % 2 || a.n_kv == 0 || a.n_heads % a.n_kv) throw Error("qkv_rope: bad attention shape");
+  const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
+  check_view(q, m * q_dim, "q");
+  check_view(k, m * kv_dim, "k");
+  check_view(v, m * kv_dim, "v");
+  check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
+  check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
+  check_view(inv_freq, a.head_dim / 2, "rope frequencies");
+  const bool has_bias = bias.buffer != nullptr, has_norm = norm.buffer != nullptr;
+  if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
+  if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
+  const auto& p = pipeline("qkv_rope", {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}}, 9, 20, 64);
+  struct { uint32_t n_heads, n_kv, hd, max_ctx; float eps; } push{a.n_heads, a.n_kv, a.head_dim, a.max_ctx, a.eps};
+  cmd.dispatch(p, {q, k, v, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
+                   has_norm ? norm : vk::BufferView(dummy_), step},
+               push, a.n_heads + a.n_kv, m);
+}
+
+void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
+                        vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m) {
+  if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv)
+    throw Error("attention: head size " + std::to_string(a.head_dim) + " (even, at most 256) or head counts unsupported");
+  const size_t q_dim = size_t(a.n_heads) * a.head_dim;
+  check_view(q, m * q_dim, "attention q");
+  check_view(out, m * q_dim, "attention output");
+  const auto& p = pipeline("attention", {}, 5, 16, 128);
+  struct { uint32_t n_heads, n_kv, hd, window; } push{a.n_heads, a.n_kv, a.head_dim, a.window};
+  cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, m);
+}
+
+void Kernels::argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens) {
+  check_view(x, n, "argmax input");
+  const auto& p = pipeline("argmax", {}, 3, 4, 256);
+  cmd.dispatch(p, {x, out, tokens}, n, 1);
+}
+
+uint32_t random_fill_word(uint32_t seed, uint32_t x) {
+  x ^= seed * 0x9e3779b9u;
+  x = x * 747796405u + 2891336453u;
+  x = ((x >> ((x >> 28u) + 4u)) ^ x) * 277803737u;
+  return (x >> 22u) ^ x;
+}
+
+void Kernels::random_fill(vk::Commands& cmd, vk::BufferView dst, size_t words, uint32_t seed, bool fp16_range,
+                          float lo, float hi) {
+  check_view(dst, words, "random_fill output");
+  const auto& p = pipeline("random_fill", {{0, fp16_range ? 1u : 0u}}, 1, 16, 256);
+  struct { uint32_t n, seed; float lo, hi; } push{u32(words, "words"), seed, lo, hi};
+  cmd.dispatch(p, {dst}, push, static_cast<uint32_t>(std::min<size_t>((words + 255) / 256, 4096)));
 }
 
 void Kernels::copy(vk::Commands& cmd, const vk::Buffer& src, const vk::Buffer& dst, size_t bytes) {

@@ -72,6 +72,13 @@ struct KernelConfig {
   uint32_t subgroup_size = 0;    // 0: the device's default; else pinned (subgroup size control)
 };
 
+// What fwht/prepare computes before the (optional) rotation of each block.
+struct Prologue {
+  enum Kind { none, rmsnorm, swiglu } kind = none;
+  vk::BufferView aux;  // rmsnorm: the weight [cols]; swiglu: the up projection [rows][cols]
+  float eps = 1e-5f;   // rmsnorm
+};
+
 class Kernels {
  public:
   explicit Kernels(vk::Context& ctx, KernelConfig cfg = {});
@@ -83,6 +90,11 @@ class Kernels {
   // out holds rows * rotated_row_elems(cols, block, layout) floats.
   void fwht(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, uint32_t rows, uint32_t cols,
             uint32_t block, Layout layout = Layout::row_major);
+  // The general form: out = [rotate] prologue(x), rows taken from x starting at row in_row0.
+  // rmsnorm: x * w / rms(x row); swiglu: silu(x) * up. Without rotation the output is still
+  // padded to a multiple of `block` and laid out as `layout`.
+  void prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, uint32_t rows, uint32_t cols,
+               uint32_t block, Layout layout, bool rotate, const Prologue& prologue, uint32_t in_row0 = 0);
 
   // out [rows][cols] = the dequantized matrix (fp32, or fp16 packed in pairs when f16_out;
   // cols must then be even).
@@ -90,14 +102,45 @@ class Kernels {
 
   // y[rows] = W x for one token. x_rot is the rotated input in gemv-interleaved layout when
   // w.rotated, else the plain input in the same layout (interleave_for_gemv()). y is fp32.
-  void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y);
+  // accumulate: y += W x instead of y = W x (residual connections).
+  void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y,
+            bool accumulate = false);
 
   // Y [m][rows] = X W^T for m tokens; X_rot [m][cols_padded] row-major, rotated when w.rotated.
-  void gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m);
+  void gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
+            bool accumulate = false);
 
   // fp16 baseline: y[rows] = W x (x [cols] fp32) and Y [m][rows] = X W^T (X [m][cols] fp32).
-  void gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y);
-  void gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m);
+  void gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,
+                bool accumulate = false);
+  // ldx: the row stride of x in floats (0: cols).
+  void gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m,
+                bool accumulate = false, uint32_t ldx = 0);
+
+  // Embedding lookup: out [m][cols] fp32 = rows tokens[0..m) of the table (dequantized).
+  void embed(vk::Commands& cmd, const DeviceQuantMatrix& table, vk::BufferView tokens, vk::BufferView out, uint32_t m);
+  void embed_f16(vk::Commands& cmd, const DeviceF16Matrix& table, vk::BufferView tokens, vk::BufferView out, uint32_t m);
+
+  // Attention pieces (shaders/qkv_rope.comp, shaders/attention.comp): the geometry of a layer.
+  struct AttentionShape {
+    uint32_t n_heads = 0, n_kv = 0, head_dim = 0, max_ctx = 0, window = 0;
+    float eps = 1e-6f;  // q/k norms
+  };
+  // q, k, v [m][...] -> biases, q/k norms, RoPE at positions step[0] + i; k, v into the caches.
+  // bias / norm may be empty views when the model has none.
+  void qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView k, vk::BufferView v,
+                vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias,
+                vk::BufferView norm, vk::BufferView step, uint32_t m);
+  // out [m][n_heads * head_dim] = causal attention of q over the caches.
+  void attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
+                 vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m);
+  // out[0] = tokens[0] = argmax(x[0..n)).
+  void argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens);
+
+  // dst[0 .. words) = random 32-bit words (random_fill_word(seed, i)), or with fp16_range two
+  // fp16 values uniform in [lo, hi) per word: synthetic weights made on the device.
+  void random_fill(vk::Commands& cmd, vk::BufferView dst, size_t words, uint32_t seed, bool fp16_range = false,
+                   float lo = 0.0f, float hi = 1.0f);
 
   // dst[0 .. bytes) = src[0 .. bytes) through a shader (bytes a multiple of 16): the
   // benchmark's measure of copy bandwidth with the loads and stores kernels issue.
@@ -110,10 +153,14 @@ class Kernels {
  private:
   vk::Context& ctx_;
   KernelConfig cfg_;
+  vk::Buffer dummy_;  // bound where a shader's optional buffer is unused
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
 };
 
 // CPU helpers matching the GPU layouts (used by the tests and the CPU reference).
+// The CPU twin of random_fill: word i for `seed`.
+uint32_t random_fill_word(uint32_t seed, uint32_t i);
+
 // Position of element e of a vector in gemv-interleaved layout.
 inline size_t gemv_interleaved_index(size_t e) {
   const size_t ch = e / 32, i = e % 32;

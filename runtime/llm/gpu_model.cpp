@@ -1,0 +1,412 @@
+// The decoder on the GPU (gpu_model.h). Read top to bottom: loading, then one function per
+// step of the forward pass, then the entry points that record, replay and read back.
+#include "llm/gpu_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "model/convert.h"
+
+#include "model/error.h"
+
+namespace pqvk::llm {
+
+using pqvk::ModelError;
+
+namespace {
+
+constexpr float kPi = 3.14159265358979323846f;
+
+size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
+
+vk::Buffer upload_vector(vk::Context& ctx, const model::PqmFile& f, const std::string& name) {
+  return ctx.upload_new(f.read_floats(f.tensor(name)), name);
+}
+
+Linear load_linear(vk::Context& ctx, const model::PqmFile& f, const std::string& name) {
+  const model::TensorInfo& t = f.tensor(name);
+  Linear l;
+  l.rows = t.rows();
+  l.cols = t.cols();
+  if (t.kind == model::TensorKind::pq) {
+    l.q = upload_quant(ctx, f.read_quant(t), name);
+  } else {
+    std::vector<float> w = f.read_floats(t);
+    l.f = upload_f16(ctx, w.data(), l.rows, l.cols, name);
+  }
+  return l;
+}
+
+// Matrices that read one input must agree on how it is prepared.
+void check_group(const std::string& what, std::initializer_list<const Linear*> ws) {
+  const Linear* a = *ws.begin();
+  for (const Linear* b : ws)
+    if (b->fp16() != a->fp16() || b->rotated() != a->rotated() || b->block() != a->block())
+      throw ModelError(what + ": matrices reading the same input mix formats (fp16 / rotated / block size); "
+                       "quantize them alike");
+}
+
+}  // namespace
+
+std::vector<float> rope_inv_freq(const model::ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> f(static_cast<size_t>(half));
+  const auto& s = c.rope_scaling;
+  for (int64_t j = 0; j < half; ++j) {
+    double freq = 1.0 / std::pow(c.rope_theta, double(2 * j) / double(c.head_dim));
+    if (s.type == "linear") {
+      freq /= s.factor;
+    } else if (s.type == "llama3") {  // Llama 3.1: long wavelengths scaled, short kept, smooth between
+      const double old_ctx = double(s.original_max_position_embeddings);
+      const double low_wavelen = old_ctx / s.low_freq_factor, high_wavelen = old_ctx / s.high_freq_factor;
+      const double wavelen = 2.0 * double(kPi) / freq;
+      if (wavelen > low_wavelen) {
+        freq /= s.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        freq = (1.0 - smooth) * freq / s.factor + smooth * freq;
+      }
+    }
+    f[static_cast<size_t>(j)] = static_cast<float>(freq);
+  }
+  return f;
+}
+
+struct GpuModel::Layer {
+  vk::Buffer attn_norm, mlp_norm, qkv_bias, qk_norm;
+  Linear wq, wk, wv, wo, gate, up, down;
+  vk::Buffer kcache, vcache;
+};
+
+// ---- loading ---------------------------------------------------------------------------------
+
+GpuModel::GpuModel(vk::Context& ctx, const model::PqmFile& f, GpuOptions opt)
+    : ctx_(ctx), kernels_(ctx), config_(f.config()) {
+  WeightSource src;
+  src.matrix = [&](const std::string& name, model::Role, size_t, size_t) { return load_linear(ctx, f, name); };
+  src.vector = [&](const std::string& name, size_t) { return upload_vector(ctx, f, name); };
+  build(src, opt, f.path());
+}
+
+GpuModel::GpuModel(vk::Context& ctx, const model::ModelConfig& c, const SyntheticWeights& sw, GpuOptions opt)
+    : ctx_(ctx), kernels_(ctx), config_(c) {
+  config_.validate("synthetic model");
+  uint32_t seed = sw.seed;
+  WeightSource src;
+  src.matrix = [&](const std::string& name, model::Role role, size_t rows, size_t cols) {
+    Linear l;
+    l.rows = rows;
+    l.cols = cols;
+    auto cmd = ctx.commands();
+    if (sw.fp16) {
+      DeviceF16Matrix d;
+      d.name = name;
+      d.rows = rows;
+      d.cols = cols;
+      d.cols_padded = round_up(cols, 8);
+      DeviceF16Matrix::Slice s;  // one slice: synthetic models are for devices with large bindings
+      s.rows = rows;
+      s.data = ctx.buffer(rows * d.cols_padded * 2, vk::MemoryKind::device, name);
+      kernels_.random_fill(cmd, s.data, s.data.size() / 4, ++seed, true, -0.05f, 0.05f);
+      d.slices.push_back(std::move(s));
+      l.f = std::move(d);
+    } else {
+      const int bits = model::recipe_bits(sw.recipe, role);
+      pq::QuantMatrix shape;  // only the metadata and the codebook; codes and scales are random
+      shape.method = pq::Method::pq;
+      shape.bits = bits;
+      shape.block = sw.block;
+      shape.rotated = true;
+      shape.rows = rows;
+      shape.cols = cols;
+      shape.cols_padded = round_up(cols, static_cast<size_t>(sw.block));
+      for (double v : pq::lloyd_max_centroids(bits)) shape.codebook.push_back(static_cast<float>(v / std::sqrt(double(sw.block))));
+      DeviceQuantMatrix d;
+      d.name = name;
+      d.method = shape.method;
+      d.bits = bits;
+      d.block = sw.block;
+      d.rotated = true;
+      d.rows = rows;
+      d.cols = cols;
+      d.cols_padded = shape.cols_padded;
+      d.codebook = ctx.upload_new(shape.codebook, name + " codebook");
+      DeviceQuantMatrix::Slice s;
+      s.rows = rows;
+      const size_t words = pq::packed_words(rows, shape.cols_padded, bits);
+      const size_t scale_words = (rows * shape.blocks_per_row() + 1) / 2;
+      s.codes = ctx.buffer(words * 4, vk::MemoryKind::device, name + " codes");
+      s.scales = ctx.buffer(scale_words * 4, vk::MemoryKind::device, name + " scales");
+      kernels_.random_fill(cmd, s.codes, words, ++seed);
+      kernels_.random_fill(cmd, s.scales, scale_words, ++seed, true, 0.5f, 1.5f);
+      d.slices.push_back(std::move(s));
+      l.q = std::move(d);
+    }
+    cmd.run();
+    return l;
+  };
+  src.vector = [&](const std::string& name, size_t n) {
+    return ctx.upload_new(std::vector<float>(n, 1.0f), name);  // norm weights of 1, biases of 1
+  };
+  build(src, opt, "synthetic model");
+}
+
+void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::string& where) {
+  vk::Context& ctx = ctx_;
+  const model::ModelConfig& c = config_;
+  if (c.o_bias) throw ModelError(where + ": an attention output bias is not supported by the GPU decoder yet");
+  if (c.head_dim % 2 || c.head_dim > 256)
+    throw ModelError(where + ": head size " + std::to_string(c.head_dim) + " is not supported (even, at most 256)");
+  context_ = static_cast<int32_t>(opt.context > 0 ? std::min<int64_t>(opt.context, c.max_seq_len)
+                                                  : std::min<int64_t>(c.max_seq_len, 8192));
+  max_batch_ = std::max<uint32_t>(1, std::min<uint32_t>(opt.max_batch, static_cast<uint32_t>(context_)));
+  shape_.n_heads = static_cast<uint32_t>(c.n_heads);
+  shape_.n_kv = static_cast<uint32_t>(c.n_kv_heads);
+  shape_.head_dim = static_cast<uint32_t>(c.head_dim);
+  shape_.max_ctx = static_cast<uint32_t>(context_);
+  shape_.window = static_cast<uint32_t>(c.sliding_window);
+  shape_.eps = static_cast<float>(c.rms_norm_eps);
+
+  // Weights, in the order of model::model_tensors().
+  std::map<std::string, Linear> mats;
+  std::map<std::string, vk::Buffer> vecs;
+  for (const model::TensorSpec& t : model::model_tensors(c)) {
+    if (model::is_matrix(t.role)) mats[t.name] = src.matrix(t.name, t.role, t.shape[0], t.shape[1]);
+    else vecs[t.name] = src.vector(t.name, t.shape[0]);
+  }
+  auto take_mat = [&](const std::string& n) { return std::move(mats.at(n)); };
+  auto take_vec = [&](const std::string& n) { return std::move(vecs.at(n)); };
+  embed_ = take_mat("embed");
+  const size_t kv_bytes = size_t(context_) * size_t(c.n_kv_heads * c.head_dim) * 2;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    auto L = std::make_unique<Layer>();
+    L->attn_norm = take_vec(p + "attn_norm");
+    L->mlp_norm = take_vec(p + "mlp_norm");
+    L->wq = take_mat(p + "attn.q");
+    L->wk = take_mat(p + "attn.k");
+    L->wv = take_mat(p + "attn.v");
+    L->wo = take_mat(p + "attn.o");
+    L->gate = take_mat(p + "mlp.gate");
+    L->up = take_mat(p + "mlp.up");
+    L->down = take_mat(p + "mlp.down");
+    check_group(where + ": " + p + "attn.q/k/v", {&L->wq, &L->wk, &L->wv});
+    check_group(where + ": " + p + "mlp.gate/up", {&L->gate, &L->up});
+    if (c.qkv_bias) {  // one buffer: q | k | v
+      vk::Buffer parts[3] = {take_vec(p + "attn.q_bias"), take_vec(p + "attn.k_bias"), take_vec(p + "attn.v_bias")};
+      L->qkv_bias = ctx.buffer(parts[0].size() + parts[1].size() + parts[2].size(), vk::MemoryKind::device, p + "q/k/v biases");
+      auto cmd = ctx.commands();
+      size_t off = 0;
+      for (const vk::Buffer& b : parts) {
+        cmd.copy(b, L->qkv_bias, b.size(), 0, off);
+        off += b.size();
+      }
+      cmd.run();
+    }
+    if (c.qk_norm) {  // one buffer: q_norm | k_norm
+      vk::Buffer qn = take_vec(p + "attn.q_norm"), kn = take_vec(p + "attn.k_norm");
+      L->qk_norm = ctx.buffer(qn.size() + kn.size(), vk::MemoryKind::device, p + "q/k norms");
+      auto cmd = ctx.commands();
+      cmd.copy(qn, L->qk_norm, qn.size(), 0, 0);
+      cmd.copy(kn, L->qk_norm, kn.size(), 0, qn.size());
+      cmd.run();
+    }
+    L->kcache = ctx.buffer(kv_bytes, vk::MemoryKind::device, p + "k cache");
+    L->vcache = ctx.buffer(kv_bytes, vk::MemoryKind::device, p + "v cache");
+    layers_.push_back(std::move(L));
+  }
+  final_norm_ = take_vec("final_norm");
+  if (!c.tie_word_embeddings) lm_head_ = take_mat("lm_head");
+  inv_freq_ = ctx.upload_new(rope_inv_freq(c), "rope frequencies");
+
+  // Activations.
+  const size_t M = max_batch_;
+  const size_t q_dim = size_t(c.n_heads * c.head_dim), kv_dim = size_t(c.n_kv_heads * c.head_dim);
+  const size_t widest = round_up(std::max({size_t(c.dim), size_t(c.hidden_dim), q_dim}), 1024);
+  x_ = ctx.buffer(M * c.dim * 4, vk::MemoryKind::device, "residual stream");
+  q_ = ctx.buffer(M * q_dim * 4, vk::MemoryKind::device, "q");
+  k_ = ctx.buffer(M * kv_dim * 4, vk::MemoryKind::device, "k");
+  v_ = ctx.buffer(M * kv_dim * 4, vk::MemoryKind::device, "v");
+  att_ = ctx.buffer(M * q_dim * 4, vk::MemoryKind::device, "attention output");
+  gate_ = ctx.buffer(M * c.hidden_dim * 4, vk::MemoryKind::device, "mlp gate");
+  up_ = ctx.buffer(M * c.hidden_dim * 4, vk::MemoryKind::device, "mlp up");
+  prep_rot_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "rotated input");
+  prep_plain_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "prepared input");
+  logits_ = ctx.buffer(size_t(c.vocab_size) * 4, vk::MemoryKind::download, "logits");
+  tokens_ = ctx.buffer(M * 4, vk::MemoryKind::upload, "token ids");
+  step_ = ctx.buffer(16, vk::MemoryKind::upload, "step");
+  next_ = ctx.buffer(16, vk::MemoryKind::download, "argmax");
+}
+
+GpuModel::~GpuModel() = default;
+
+uint64_t GpuModel::weight_bytes() const {
+  uint64_t n = embed_.bytes();
+  for (const auto& L : layers_)
+    for (const Linear* w : {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down}) n += w->bytes();
+  if (lm_head_.q || lm_head_.f) n += lm_head_.bytes();
+  return n;
+}
+
+uint64_t GpuModel::device_bytes() const { return ctx_.allocated_bytes(); }
+
+// ---- the forward pass, one function per step ---------------------------------------------------
+
+// x[i] = embedding row of tokens[i].
+void GpuModel::embed(vk::Commands& cmd, uint32_t m) {
+  if (embed_.q) kernels_.embed(cmd, *embed_.q, tokens_, x_, m);
+  else kernels_.embed_f16(cmd, *embed_.f, tokens_, x_, m);
+  cmd.barrier();
+}
+
+void GpuModel::linear(vk::Commands& cmd, std::initializer_list<std::pair<const Linear*, vk::BufferView>> outs,
+                      vk::BufferView x, uint32_t cols, uint32_t m, const Prologue& pro, bool accumulate,
+                      uint32_t in_row0) {
+  const Linear& first = *outs.begin()->first;
+  const bool gemv = m == 1;
+  const vk::Buffer& in = first.rotated() ? prep_rot_ : prep_plain_;
+  const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : Layout::row_major;
+  kernels_.prepare(cmd, x, in, m, cols, static_cast<uint32_t>(first.block()), layout, first.rotated(), pro, in_row0);
+  cmd.barrier();
+  for (const auto& [w, y] : outs) {
+    if (w->q) {
+      if (gemv) kernels_.gemv(cmd, *w->q, in, y, accumulate);
+      else kernels_.gemm(cmd, *w->q, in, y, m, accumulate);
+    } else {
+      if (gemv) kernels_.gemv_f16(cmd, *w->f, in, y, accumulate);
+      else kernels_.gemm_f16(cmd, *w->f, in, y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)));
+    }
+  }
+  cmd.barrier();
+}
+
+// x += Wo attention(rope(Wq h), rope(Wk h), Wv h),  h = rmsnorm(x)
+void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
+  const auto dim = static_cast<uint32_t>(config_.dim);
+  linear(cmd, {{&L.wq, q_}, {&L.wk, k_}, {&L.wv, v_}}, x_, dim, m,
+         Prologue{Prologue::rmsnorm, L.attn_norm, shape_.eps}, false);
+  kernels_.qkv_rope(cmd, shape_, q_, k_, v_, L.kcache, L.vcache, inv_freq_,
+                    config_.qkv_bias ? vk::BufferView(L.qkv_bias) : vk::BufferView(),
+                    config_.qk_norm ? vk::BufferView(L.qk_norm) : vk::BufferView(), step_, m);
+  cmd.barrier();
+  kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, step_, m);
+  cmd.barrier();
+  linear(cmd, {{&L.wo, x_}}, att_, shape_.n_heads * shape_.head_dim, m, Prologue{}, true);
+}
+
+// x += W_down (silu(W_gate h) * W_up h),  h = rmsnorm(x)
+void GpuModel::mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
+  const auto dim = static_cast<uint32_t>(config_.dim), hid = static_cast<uint32_t>(config_.hidden_dim);
+  linear(cmd, {{&L.gate, gate_}, {&L.up, up_}}, x_, dim, m, Prologue{Prologue::rmsnorm, L.mlp_norm, shape_.eps}, false);
+  linear(cmd, {{&L.down, x_}}, gate_, hid, m, Prologue{Prologue::swiglu, up_, 0.0f}, true);
+}
+
+// logits = W_lm rmsnorm(x[m - 1]); optionally the argmax on the GPU.
+void GpuModel::logits(vk::Commands& cmd, uint32_t m, bool argmax) {
+  linear(cmd, {{&head(), logits_}}, x_, static_cast<uint32_t>(config_.dim), 1,
+         Prologue{Prologue::rmsnorm, final_norm_, shape_.eps}, false, m - 1);
+  if (argmax) {
+    kernels_.argmax(cmd, logits_, static_cast<uint32_t>(config_.vocab_size), next_, tokens_);
+    cmd.barrier();
+  }
+}
+
+// logits [i][vocab] = W_lm rmsnorm(x[i]) for every row (perplexity).
+void GpuModel::logits_all(vk::Commands& cmd, uint32_t m) {
+  linear(cmd, {{&head(), logits_all_}}, x_, static_cast<uint32_t>(config_.dim), m,
+         Prologue{Prologue::rmsnorm, final_norm_, shape_.eps}, false);
+}
+
+// The whole forward pass of m tokens (ids in tokens_, first position in step_).
+void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax) {
+  embed(cmd, m);
+  for (const auto& L : layers_) {
+    attention_block(cmd, *L, m);
+    mlp_block(cmd, *L, m);
+  }
+  logits(cmd, m, argmax);
+}
+
+// ---- entry points ------------------------------------------------------------------------------
+
+void GpuModel::check_positions(int32_t pos0, size_t n) const {
+  if (pos0 < 0 || n == 0 || size_t(pos0) + n > size_t(context_))
+    throw ModelError("positions " + std::to_string(pos0) + ".." + std::to_string(size_t(pos0) + n) +
+                     " exceed the context of " + std::to_string(context_) + " tokens");
+}
+
+std::span<const float> GpuModel::forward(int32_t token, int32_t pos) {
+  check_positions(pos, 1);
+  if (token < 0 || token >= config_.vocab_size) throw ModelError("token id " + std::to_string(token) + " out of range");
+  if (!decode_) {
+    decode_ = std::make_unique<vk::Commands>(ctx_.commands());
+    record_step(*decode_, 1, false);
+  }
+  static_cast<int32_t*>(tokens_.mapped())[0] = token;
+  static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos);
+  decode_->run();
+  return {static_cast<const float*>(logits_.mapped()), static_cast<size_t>(config_.vocab_size)};
+}
+
+int32_t GpuModel::forward_argmax(int32_t token, int32_t pos) {
+  check_positions(pos, 1);
+  if (token < 0 || token >= config_.vocab_size) throw ModelError("token id " + std::to_string(token) + " out of range");
+  if (!decode_argmax_) {
+    decode_argmax_ = std::make_unique<vk::Commands>(ctx_.commands());
+    record_step(*decode_argmax_, 1, true);
+  }
+  static_cast<int32_t*>(tokens_.mapped())[0] = token;
+  static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos);
+  decode_argmax_->run();
+  return static_cast<const int32_t*>(next_.mapped())[0];
+}
+
+std::span<const float> GpuModel::prefill(std::span<const int32_t> tokens, int32_t pos0) {
+  check_positions(pos0, tokens.size());
+  for (int32_t t : tokens)
+    if (t < 0 || t >= config_.vocab_size) throw ModelError("token id " + std::to_string(t) + " out of range");
+  for (size_t done = 0; done < tokens.size();) {
+    const uint32_t m = static_cast<uint32_t>(std::min<size_t>(max_batch_, tokens.size() - done));
+    std::memcpy(tokens_.mapped(), tokens.data() + done, m * 4);
+    static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos0 + done);
+    if (m == 1) {
+      forward(tokens[done], static_cast<int32_t>(pos0 + done));
+    } else {
+      vk::Commands cmd = ctx_.commands();
+      record_step(cmd, m, false);
+      cmd.run();
+    }
+    done += m;
+  }
+  return {static_cast<const float*>(logits_.mapped()), static_cast<size_t>(config_.vocab_size)};
+}
+
+std::vector<float> GpuModel::prefill_all(std::span<const int32_t> tokens, int32_t pos0) {
+  check_positions(pos0, tokens.size());
+  for (int32_t t : tokens)
+    if (t < 0 || t >= config_.vocab_size) throw ModelError("token id " + std::to_string(t) + " out of range");
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  if (!logits_all_.valid())
+    logits_all_ = ctx_.buffer(size_t(max_batch_) * vocab * 4, vk::MemoryKind::device, "logits of every position");
+  std::vector<float> out(tokens.size() * vocab);
+  for (size_t done = 0; done < tokens.size();) {
+    const uint32_t m = static_cast<uint32_t>(std::min<size_t>(max_batch_, tokens.size() - done));
+    std::memcpy(tokens_.mapped(), tokens.data() + done, m * 4);
+    static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos0 + done);
+    vk::Commands cmd = ctx_.commands();
+    embed(cmd, m);
+    for (const auto& L : layers_) {
+      attention_block(cmd, *L, m);
+      mlp_block(cmd, *L, m);
+    }
+    logits_all(cmd, m);
+    cmd.run();
+    ctx_.download(logits_all_, out.data() + done * vocab, size_t(m) * vocab * 4);
+    done += m;
+  }
+  return out;
+}
+
+}  // namespace pqvk::llm

@@ -1,0 +1,117 @@
+// The decoder on the GPU: a .pqm model's weights in device memory, the fp16 KV cache, the
+// decode step recorded once and replayed, and prefill of whole prompts in chunks.
+//
+// The structure mirrors the CPU reference (cpu_model.h): one function per step, each
+// recording one or a few kernels (runtime/kernels). Only the logits (or, with
+// forward_argmax, the chosen token id) come back to the host.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "model/pqm.h"
+#include "vk/context.h"
+
+namespace pqvk::llm {
+
+// Random weights of a given shape, made on the device (vk-bench --synthetic): no file.
+struct SyntheticWeights {
+  std::string recipe = "q4";  // q2..q8 or mixed (model/convert.h); ignored for fp16
+  bool fp16 = false;          // unquantized fp16 matrices instead
+  int block = 128;
+  uint32_t seed = 1;
+};
+
+struct GpuOptions {
+  int32_t context = 0;      // KV-cache length; 0: the model's, at most 8192
+  uint32_t max_batch = 128; // prompt tokens per prefill pass
+};
+
+// One linear layer's weight on the device: PolarQuant-packed, or fp16.
+struct Linear {
+  std::optional<DeviceQuantMatrix> q;
+  std::optional<DeviceF16Matrix> f;
+  size_t rows = 0, cols = 0;
+  // How the input must be prepared: rotated (PolarQuant), block size, fp16 path.
+  bool rotated() const { return q && q->rotated; }
+  int block() const { return q ? q->block : 64; }
+  bool fp16() const { return f.has_value(); }
+  size_t bytes() const { return q ? q->bytes() : f->bytes(); }
+};
+
+class GpuModel {
+ public:
+  GpuModel(vk::Context& ctx, const model::PqmFile& file, GpuOptions options = {});
+  GpuModel(vk::Context& ctx, const model::ModelConfig& config, const SyntheticWeights& weights,
+           GpuOptions options = {});
+  ~GpuModel();
+  GpuModel(const GpuModel&) = delete;
+  GpuModel& operator=(const GpuModel&) = delete;
+
+  const model::ModelConfig& config() const { return config_; }
+  int32_t context_size() const { return context_; }
+  uint64_t device_bytes() const;
+  uint64_t weight_bytes() const;
+
+  // One token at position pos (the cache holds positions < pos): the logits [vocab].
+  std::span<const float> forward(int32_t token, int32_t pos);
+  // The same step, choosing the next token on the GPU (greedy): only the id comes back.
+  int32_t forward_argmax(int32_t token, int32_t pos);
+  // tokens at positions pos0, pos0 + 1, ...: the logits of the last one.
+  std::span<const float> prefill(std::span<const int32_t> tokens, int32_t pos0);
+  // The same, returning the logits of every position: [tokens.size()][vocab] (perplexity).
+  std::vector<float> prefill_all(std::span<const int32_t> tokens, int32_t pos0);
+
+ private:
+  struct Layer;
+  // Where weights come from: the file, or random on the device.
+  struct WeightSource {
+    std::function<Linear(const std::string& name, model::Role role, size_t rows, size_t cols)> matrix;
+    std::function<vk::Buffer(const std::string& name, size_t n)> vector;
+  };
+  void build(const WeightSource& src, const GpuOptions& opt, const std::string& where);
+  void check_positions(int32_t pos0, size_t n) const;
+  void record_step(vk::Commands& cmd, uint32_t m, bool argmax);
+  void embed(vk::Commands& cmd, uint32_t m);
+  void attention_block(vk::Commands& cmd, const Layer& L, uint32_t m);
+  void mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m);
+  void logits(vk::Commands& cmd, uint32_t m, bool argmax);
+  void logits_all(vk::Commands& cmd, uint32_t m);
+  // Prepares `x` (m rows of `cols`) for every matrix in `ws` (prologue, rotation, layout),
+  // then records y_i = W_i x (or +=).
+  void linear(vk::Commands& cmd, std::initializer_list<std::pair<const Linear*, vk::BufferView>> outs,
+              vk::BufferView x, uint32_t cols, uint32_t m, const Prologue& pro, bool accumulate,
+              uint32_t in_row0 = 0);
+
+  vk::Context& ctx_;
+  Kernels kernels_;
+  model::ModelConfig config_;
+  int32_t context_ = 0;
+  uint32_t max_batch_ = 0;
+  Kernels::AttentionShape shape_;
+
+  Linear embed_;    // the token embedding table; with tied embeddings also the LM head
+  std::vector<std::unique_ptr<Layer>> layers_;
+  vk::Buffer final_norm_;
+  Linear lm_head_;  // untied models only
+  const Linear& head() const { return config_.tie_word_embeddings ? embed_ : lm_head_; }
+  vk::Buffer inv_freq_;
+
+  // Activations for up to max_batch tokens.
+  vk::Buffer x_, q_, k_, v_, att_, gate_, up_, logits_, prep_rot_, prep_plain_;
+  vk::Buffer tokens_, step_, next_;  // host-visible: token ids, {pos0}, argmax result
+  vk::Buffer logits_all_;            // [max_batch][vocab], made on the first prefill_all()
+
+  std::unique_ptr<vk::Commands> decode_, decode_argmax_;
+};
+
+// RoPE inverse frequencies [head_dim / 2] with the model's rope scaling (none, linear, llama3).
+std::vector<float> rope_inv_freq(const model::ModelConfig& c);
+
+}  // namespace pqvk::llm
