@@ -7,7 +7,7 @@ PKGS=(
   libvulkan-dev libvulkan-volk-dev glslc glslang-tools spirv-tools
   mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
   libgtest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
-  libsentencepiece-dev sentencepiece
+  libsentencepiece-dev sentencepiece libpcre2-dev libicu-dev
   clang-14 libclang-rt-14-dev
 )
 missing=()
