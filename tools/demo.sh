@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job (README.md): install, build, then show the devices and a short kernel benchmark.
-# (Once the decoder lands this quantizes and runs the bundled model.)
+# The main job (README.md): install what is needed, build, quantize the bundled model
+# (models/pqvk-brown-10m, an 11M-parameter Llama trained on the Brown corpus) with PolarQuant
+# at 5 bits, and generate text with it on the GPU (lavapipe where there is none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-debian.sh
@@ -8,4 +9,6 @@ BUILD=${PQVK_BUILD_DIR:-build}
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD"
 "$BUILD"/pq-info
-"$BUILD"/vk-bench kernels --shape 4096x4096 -m 1,64 --bits 4,5 --reps 5 --warmup-ms 100
+mkdir -p "$BUILD"/models
+"$BUILD"/pq-quantize models/pqvk-brown-10m "$BUILD"/models/pqvk-brown-10m-q5.pqm --bits 5
+"$BUILD"/pq-run -m "$BUILD"/models/pqvk-brown-10m-q5.pqm -p "${PQVK_PROMPT:-The history of the city}" -n 96 --seed 7
