@@ -75,11 +75,13 @@ void print_summary(const QuantizeResult& r, const std::string& out) {
   std::printf("%-26s %-14s %-14s %4s %6s %8s %9s %8s %8s %7s\n", "tensor", "shape", "storage", "bits", "bpw", "SQNR dB",
               "rel RMSE", "kurt in", "kurt rot", "seconds");
   uint64_t params = 0, bytes = 0;
+  int padded = 0;  // quantized tensors whose rows are padded by more than 25% to whole blocks
   for (const TensorReport& t : r.tensors) {
     const uint64_t n = t.shape[0] * (t.shape.size() > 1 ? t.shape[1] : 1);
     params += n;
     bytes += t.bytes;
     const double bpw = 8.0 * static_cast<double>(t.bytes) / static_cast<double>(n);  // as stored: padding, codebook included
+    padded += t.bits > 0 && bpw > 1.25 * t.bpw;
     std::printf("%-26s %-14s %-14s %4s %6.3f %8s %9s %8s %8s %7.3f\n", t.name.c_str(), pqvk::model::shape_string(t.shape).c_str(),
                 t.storage.c_str(), t.bits ? std::to_string(t.bits).c_str() : "-", bpw, num(t.sqnr_db, "%.2f").c_str(),
                 num(t.rel_rmse, "%.5f").c_str(), num(t.kurtosis_before, "%.3f").c_str(), num(t.kurtosis_after, "%.3f").c_str(),
@@ -89,6 +91,9 @@ void print_summary(const QuantizeResult& r, const std::string& out) {
               out.c_str(), r.tensors.size(), static_cast<unsigned long long>(params), static_cast<unsigned long long>(bytes),
               params ? 8.0 * static_cast<double>(bytes) / static_cast<double>(params) : 0.0,
               static_cast<unsigned long long>(r.file_bytes), r.seconds);
+  if (padded > 0)
+    std::fprintf(stderr, "pq-quantize: note: %d matrices have rows much shorter than a multiple of the block size and are "
+                         "stored padded; a smaller --block-size stores them more compactly\n", padded);
 }
 
 }  // namespace
