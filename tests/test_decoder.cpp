@@ -19,6 +19,7 @@
 #include "model/convert.h"
 #include "model/error.h"
 #include "model/source.h"
+#include "llm_fixtures.h"
 #include "vk_test_env.h"
 
 #ifndef PQVK_TEST_DATA
@@ -107,6 +108,58 @@ TEST_P(DecoderQuant, BundledModelEveryPositionOf200) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Recipes, DecoderQuant, ::testing::Values("q3", "q4", "q5", "q6", "q8", "f16"));
+
+// Tiny random models of every architecture (GQA, Llama 3 rope scaling, q/k/v biases, q/k
+// norms, head sizes 12/16/20, tied and untied embeddings) at fp16 and PolarQuant q4: every
+// position of a prompt that fills the context, decode path and prefill path.
+class DecoderArch : public ::testing::TestWithParam<std::tuple<std::string, fixtures::Storage>> {};
+
+TEST_P(DecoderArch, MatchesCpuReferenceEveryPosition) {
+  const auto& [arch, storage] = GetParam();
+  const model::ModelConfig c = fixtures::tiny_config(arch);
+  const std::string path = temp_dir() + "/tiny-" + arch + "-" + fixtures::storage_name(storage) + ".pqm";
+  fixtures::write_model(path, c, storage, 4321);
+  auto file = model::PqmFile::open(path);
+  llm::GpuOptions o;
+  o.max_batch = 7;  // prefill in several passes
+  llm::GpuModel gpu(context(), file, o), batched(context(), file, o);
+  llm::CpuOptions co;
+  co.kv_fp16 = true;
+  llm::CpuModel cpu(file, co);
+  const auto ids = fixtures::random_tokens(static_cast<size_t>(c.max_seq_len), c.vocab_size, 17);
+  double worst = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    std::vector<float> g;
+    auto gl = gpu.forward(ids[i], static_cast<int32_t>(i));
+    g.assign(gl.begin(), gl.end());
+    auto cl = cpu.forward(ids[i], static_cast<int32_t>(i));
+    worst = std::max(worst, rel(g, cl));
+    if (i + 1 == ids.size()) {
+      EXPECT_LT(rel(batched.prefill(ids, 0), cl), kLogitTol) << "prefill";
+    }
+  }
+  EXPECT_LT(worst, kLogitTol);
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, DecoderArch,
+                         ::testing::Combine(::testing::Values("llama", "qwen2", "qwen3"),
+                                            ::testing::Values(fixtures::Storage::f16, fixtures::Storage::pq4)),
+                         [](const auto& p) {
+                           return std::get<0>(p.param) + "_" + fixtures::storage_name(std::get<1>(p.param));
+                         });
+
+TEST(Decoder, OutputBiasIsAClearErrorOnTheGpu) {
+  const model::ModelConfig c = fixtures::tiny_config("mistral");  // has an attention output bias
+  const std::string path = temp_dir() + "/tiny-mistral.pqm";
+  fixtures::write_model(path, c, fixtures::Storage::f16, 5);
+  auto file = model::PqmFile::open(path);
+  try {
+    llm::GpuModel gpu(context(), file);
+    FAIL() << "expected an error";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("output bias"), std::string::npos) << e.what();
+  }
+}
 
 TEST(Decoder, PrefillEqualsTokenByToken) {
   auto file = model::PqmFile::open(quantized(brown(), "q4"));
