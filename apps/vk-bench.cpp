@@ -1,21 +1,38 @@
 // vk-bench: headless throughput runs.
+//   vk-bench [-m MODEL.pqm | --synthetic SHAPE] -p 512 -n 128 -r 5
+//                      whole models in the conventions of llama-bench: pp<N> (prompt
+//                      processing) and tg<N> (generation) in tokens/s, mean +- standard
+//                      deviation over repetitions after a warm-up; the per-kernel breakdown of a
+//                      decode step and a prefill pass from GPU timestamps; device memory; the
+//                      roofline (bytes a generated token reads over the copy bandwidth measured
+//                      in the same run). Markdown, JSON or CSV.
 //   vk-bench kernels   FWHT, GEMV (M = 1) and GEMM (M = 512) at LLM shapes for Q3..Q6 and fp16,
 //                      timed with GPU timestamps, against the device-to-device copy bandwidth
 //                      measured in the same run.
-// Weights are random codes and scales (timing does not depend on their values, but never on
-// zeros); matrices smaller than 256 MiB are replicated and cycled so that repeated runs read
-// device memory, not the last-level cache.
+//   vk-bench --list-devices
+// Kernel weights are random codes and scales (timing does not depend on their values, but never
+// on zeros); matrices smaller than 256 MiB are replicated and cycled so that repeated runs read
+// device memory, not the last-level cache. Synthetic models (--synthetic) have the exact shape of
+// a published checkpoint and random PolarQuant (or fp16) weights generated on the device.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
 #include "kernels/kernels.h"
+#include "llm/gpu_model.h"
+#include "model/config.h"
+#include "model/convert.h"
+#include "model/pqm.h"
 #include "quant/polarquant.h"
 #include "vk/context.h"
 
@@ -254,11 +271,494 @@ int run_kernels(const KernelArgs& a) {
   return 0;
 }
 
+// ---- whole models ------------------------------------------------------------------------------
+
+// The exact shapes of published checkpoints (their HuggingFace config.json).
+pqvk::model::ModelConfig synthetic_config(const std::string& name) {
+  pqvk::model::ModelConfig c;
+  c.rms_norm_eps = 1e-5;
+  c.bos_id = 1;
+  auto llama3_rope = [&](double factor) {
+    c.rope_theta = 500000;
+    c.rope_scaling.type = "llama3";
+    c.rope_scaling.factor = factor;
+    c.rope_scaling.low_freq_factor = 1;
+    c.rope_scaling.high_freq_factor = 4;
+    c.rope_scaling.original_max_position_embeddings = 8192;
+    c.max_seq_len = 131072;
+    c.bos_id = 128000;
+  };
+  if (name == "llama3-8b") {  // Meta-Llama-3.1-8B
+    c.architecture = "llama";
+    c.dim = 4096, c.hidden_dim = 14336, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128;
+    c.vocab_size = 128256;
+    llama3_rope(8);
+  } else if (name == "llama3.2-1b") {  // Llama-3.2-1B
+    c.architecture = "llama";
+    c.dim = 2048, c.hidden_dim = 8192, c.n_layers = 16, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 64;
+    c.vocab_size = 128256;
+    c.tie_word_embeddings = true;
+    llama3_rope(32);
+  } else if (name == "qwen3-8b") {  // Qwen3-8B
+    c.architecture = "qwen3";
+    c.dim = 4096, c.hidden_dim = 12288, c.n_layers = 36, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128;
+    c.vocab_size = 151936, c.max_seq_len = 40960, c.rope_theta = 1e6, c.rms_norm_eps = 1e-6;
+    c.qk_norm = true;
+    c.bos_id = -1;
+  } else if (name == "qwen2.5-7b") {  // Qwen2.5-7B
+    c.architecture = "qwen2";
+    c.dim = 3584, c.hidden_dim = 18944, c.n_layers = 28, c.n_heads = 28, c.n_kv_heads = 4, c.head_dim = 128;
+    c.vocab_size = 152064, c.max_seq_len = 32768, c.rope_theta = 1e6, c.rms_norm_eps = 1e-6;
+    c.qkv_bias = true;
+    c.bos_id = -1;
+  } else if (name == "mistral-7b") {  // Mistral-7B-v0.1
+    c.architecture = "mistral";
+    c.dim = 4096, c.hidden_dim = 14336, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128;
+    c.vocab_size = 32000, c.max_seq_len = 32768, c.rope_theta = 10000;
+    c.sliding_window = 4096;
+  } else if (name == "tiny") {  // not a published model: a small shape for tests and CI
+    c.architecture = "qwen2";
+    c.dim = 256, c.hidden_dim = 640, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64;
+    c.vocab_size = 1000, c.max_seq_len = 2048;
+    c.qkv_bias = true;
+  } else {
+    throw std::runtime_error("--synthetic: unknown shape '" + name +
+                             "' (known: llama3-8b, llama3.2-1b, qwen3-8b, qwen2.5-7b, mistral-7b; tiny for tests)");
+  }
+  return c;
+}
+
+uint64_t parameter_count(const pqvk::model::ModelConfig& c) {
+  uint64_t n = 0;
+  for (const auto& t : pqvk::model::model_tensors(c)) {
+    uint64_t k = 1;
+    for (uint64_t d : t.shape) k *= d;
+    n += k;
+  }
+  return n;
+}
+
+struct Stat {
+  double mean = 0, sd = 0;
+};
+Stat mean_sd(const std::vector<double>& v) {
+  Stat s;
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  if (v.size() > 1) {
+    double q = 0;
+    for (double x : v) q += (x - s.mean) * (x - s.mean);
+    s.sd = std::sqrt(q / double(v.size() - 1));
+  }
+  return s;
+}
+
+struct TestResult {
+  std::string name;  // "pp512", "tg128"
+  int n_prompt = 0, n_gen = 0;
+  std::vector<double> tps;  // one per repetition
+  Stat stat;
+};
+
+struct ModelResult {
+  std::string model, format, source;  // source: the .pqm path or "synthetic"
+  uint64_t params = 0, weight_bytes = 0, device_bytes = 0;
+  double load_s = 0;
+  std::vector<TestResult> tests;
+  // Roofline of the (last) tg test.
+  bool has_roofline = false;
+  int tg_n = 0;
+  pqvk::llm::StepBytes bytes;
+  double ideal_tps = 0, tg_tps = 0, pct = 0;
+  std::optional<pqvk::llm::StepProfile> decode_profile, prefill_profile;
+};
+
+struct ModelArgs {
+  std::string device, output = "md", json_path, csv_path;
+  std::vector<std::string> models, synthetic, recipes;
+  std::vector<int> bits, n_prompt = {512}, n_gen = {128};
+  bool fp16 = false, no_breakdown = false;
+  int reps = 5, ubatch = 512, profile_reps = 5;
+  double warmup_ms = 1000;
+  size_t copy_mib = 1024;
+  uint32_t seed = 1;
+};
+
+// What to load: a file, or a synthetic shape in one format.
+struct ModelSpec {
+  std::string path, shape, format;  // format: "q3".."q8", "mixed", "f16" (synthetic)
+};
+
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+std::string gib(uint64_t bytes) {
+  return bytes >= (1ull << 30) ? fmt("%.2f GiB", double(bytes) / double(1ull << 30))
+                               : fmt("%.2f MiB", double(bytes) / double(1ull << 20));
+}
+std::string mib(uint64_t bytes) { return fmt("%.1f", double(bytes) / double(1ull << 20)); }
+
+// The format of a .pqm file in words: "q5", "mixed (3-6 bits)", "f16", "absmax q4", ...
+std::string file_format(const pqvk::model::PqmFile& f) {
+  std::map<std::string, int> kinds;
+  int lo = 99, hi = 0;
+  std::string method;
+  for (const auto& spec : pqvk::model::model_tensors(f.config())) {
+    if (!pqvk::model::is_matrix(spec.role)) continue;
+    const auto& t = f.tensor(spec.name);
+    if (t.kind == pqvk::model::TensorKind::pq) {
+      const pq::QuantMatrix q = f.read_quant(t);
+      lo = std::min(lo, q.bits);
+      hi = std::max(hi, q.bits);
+      method = pq::method_name(q.method);
+      kinds["q"]++;
+    } else {
+      kinds["f"]++;
+    }
+  }
+  if (!kinds.count("q")) return "f16";
+  std::string s = (method == "pq" ? "" : method + " ") + (lo == hi ? "q" + std::to_string(lo) : "mixed q" + std::to_string(lo) + "-q" + std::to_string(hi));
+  if (kinds.count("f")) s += " + f16";
+  return s;
+}
+
+// Times `run` (returns nothing; blocks until the GPU is done): first replays it until warmup_ms
+// have passed (at least once), then `reps` timed repetitions; tokens / seconds per repetition.
+template <class F>
+std::vector<double> timed_runs(int tokens, int reps, double warmup_ms, F&& run) {
+  using Clock = std::chrono::steady_clock;
+  const auto w0 = Clock::now();
+  do {
+    run();
+  } while (std::chrono::duration<double, std::milli>(Clock::now() - w0).count() < warmup_ms);
+  std::vector<double> tps;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    run();
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    tps.push_back(double(tokens) / std::max(s, 1e-12));
+  }
+  return tps;
+}
+
+std::vector<int32_t> bench_tokens(int n, const pqvk::model::ModelConfig& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));
+  if (n > 0 && c.bos_id >= 0) ids[0] = static_cast<int32_t>(c.bos_id);
+  return ids;
+}
+
+ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs& a, double copy_gbs) {
+  using Clock = std::chrono::steady_clock;
+  ModelResult res;
+  const int max_p = *std::max_element(a.n_prompt.begin(), a.n_prompt.end());
+  const int max_n = *std::max_element(a.n_gen.begin(), a.n_gen.end());
+  pqvk::llm::GpuOptions go;
+  go.context = std::max(1, max_p + max_n);
+  go.max_batch = static_cast<uint32_t>(a.ubatch);
+  const uint64_t before = ctx.allocated_bytes();
+  const auto t0 = Clock::now();
+  std::unique_ptr<pqvk::llm::GpuModel> m;
+  if (!spec.path.empty()) {
+    auto file = pqvk::model::PqmFile::open(spec.path);
+    res.model = std::filesystem::path(spec.path).filename().string();
+    res.format = file_format(file);
+    res.source = spec.path;
+    res.params = parameter_count(file.config());
+    if (file.config().max_seq_len < go.context)
+      throw std::runtime_error(spec.path + ": -p + -n = " + std::to_string(go.context) +
+                               " tokens exceed the model's context of " + std::to_string(file.config().max_seq_len));
+    m = std::make_unique<pqvk::llm::GpuModel>(ctx, file, go);
+  } else {
+    const auto cfg = synthetic_config(spec.shape);
+    pqvk::llm::SyntheticWeights sw;
+    sw.fp16 = spec.format == "f16";
+    sw.recipe = sw.fp16 ? "q4" : spec.format;
+    sw.seed = a.seed;
+    res.model = spec.shape;
+    res.format = spec.format;
+    res.source = "synthetic";
+    res.params = parameter_count(cfg);
+    m = std::make_unique<pqvk::llm::GpuModel>(ctx, cfg, sw, go);
+  }
+  res.load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  res.weight_bytes = m->weight_bytes();
+  res.device_bytes = ctx.allocated_bytes() - before;
+  const auto& c = m->config();
+  std::fprintf(stderr, "vk-bench: %s %s: %s of weights, %s on the device, loaded in %.1f s\n", res.model.c_str(),
+               res.format.c_str(), gib(res.weight_bytes).c_str(), gib(res.device_bytes).c_str(), res.load_s);
+
+  for (int p : a.n_prompt) {
+    if (p <= 0) continue;
+    const auto ids = bench_tokens(p, c, a.seed);
+    TestResult t;
+    t.name = "pp" + std::to_string(p);
+    t.n_prompt = p;
+    t.tps = timed_runs(p, a.reps, a.warmup_ms, [&] { m->prefill(ids, 0); });
+    t.stat = mean_sd(t.tps);
+    std::fprintf(stderr, "vk-bench: %s %s %s: %.2f +- %.2f t/s\n", res.model.c_str(), res.format.c_str(),
+                 t.name.c_str(), t.stat.mean, t.stat.sd);
+    res.tests.push_back(std::move(t));
+  }
+  for (int n : a.n_gen) {
+    if (n <= 0) continue;
+    const int32_t first = c.bos_id >= 0 ? static_cast<int32_t>(c.bos_id) : 0;
+    TestResult t;
+    t.name = "tg" + std::to_string(n);
+    t.n_gen = n;
+    // As llama-bench: n tokens from an empty cache, each fed back (greedy, chosen on the GPU).
+    t.tps = timed_runs(n, a.reps, a.warmup_ms, [&] {
+      int32_t tok = first;
+      for (int i = 0; i < n; ++i) {
+        const int32_t next = m->forward_argmax(tok, i);
+        tok = next >= 0 && next < c.vocab_size ? next : first;
+      }
+    });
+    t.stat = mean_sd(t.tps);
+    std::fprintf(stderr, "vk-bench: %s %s %s: %.2f +- %.2f t/s\n", res.model.c_str(), res.format.c_str(),
+                 t.name.c_str(), t.stat.mean, t.stat.sd);
+    // Roofline: a step at position i reads i + 1 cached positions; (n + 1) / 2 on average.
+    res.has_roofline = true;
+    res.tg_n = n;
+    res.bytes = m->decode_bytes(double(n + 1) / 2.0);
+    res.ideal_tps = copy_gbs * 1e9 / double(res.bytes.total());
+    res.tg_tps = t.stat.mean;
+    res.pct = 100.0 * res.tg_tps / res.ideal_tps;
+    res.tests.push_back(std::move(t));
+  }
+  if (!a.no_breakdown) {
+    if (max_n > 0) {  // a decode step in the middle of the longest tg run
+      const int32_t pos = std::max(0, max_n / 2);
+      const std::vector<int32_t> one = {c.bos_id >= 0 ? static_cast<int32_t>(c.bos_id) : 0};
+      m->profile(one, pos, 1);  // warm-up
+      res.decode_profile = m->profile(one, pos, a.profile_reps);
+    }
+    if (max_p > 1) {  // one prefill pass (a full batch, or the whole prompt when shorter)
+      const int mb = std::min(max_p, static_cast<int>(m->max_batch()));
+      const auto ids = bench_tokens(mb, c, a.seed);
+      m->profile(ids, 0, 1);
+      res.prefill_profile = m->profile(ids, 0, std::max(1, std::min(a.profile_reps, 3)));
+    }
+  }
+  return res;
+}
+
+nlohmann::json profile_json(const pqvk::llm::StepProfile& p) {
+  nlohmann::json k = nlohmann::json::array();
+  for (const auto& t : p.kernels) k.push_back({{"kernel", t.name}, {"calls", t.calls}, {"us", t.us}});
+  return {{"tokens", p.tokens}, {"pos0", p.pos0}, {"total_us", p.total_us}, {"kernels", k}};
+}
+
+nlohmann::json results_json(const vk::DeviceInfo& info, double bw, double api, double shader,
+                            const std::vector<ModelResult>& rs, const ModelArgs& a) {
+  nlohmann::json j = {{"device", info.name}, {"driver", info.driver}, {"copy_bandwidth_gbs", bw},
+                      {"copy_api_gbs", api}, {"copy_shader_gbs", shader}, {"reps", a.reps},
+                      {"ubatch", a.ubatch}, {"models", nlohmann::json::array()}};
+  for (const auto& r : rs) {
+    nlohmann::json m = {{"model", r.model}, {"format", r.format}, {"source", r.source}, {"params", r.params},
+                        {"weight_bytes", r.weight_bytes}, {"device_bytes", r.device_bytes}, {"load_s", r.load_s},
+                        {"tests", nlohmann::json::array()}};
+    for (const auto& t : r.tests)
+      m["tests"].push_back({{"test", t.name}, {"n_prompt", t.n_prompt}, {"n_gen", t.n_gen}, {"tps", t.tps},
+                            {"tps_mean", t.stat.mean}, {"tps_sd", t.stat.sd}});
+    if (r.has_roofline)
+      m["roofline"] = {{"test", "tg" + std::to_string(r.tg_n)}, {"weight_bytes_per_token", r.bytes.weights},
+                       {"kv_bytes_per_token", r.bytes.kv}, {"activation_bytes_per_token", r.bytes.activations},
+                       {"bytes_per_token", r.bytes.total()}, {"copy_bandwidth_gbs", bw},
+                       {"ideal_tps", r.ideal_tps}, {"tps", r.tg_tps}, {"pct_of_ideal", r.pct}};
+    if (r.decode_profile) m["breakdown_decode"] = profile_json(*r.decode_profile);
+    if (r.prefill_profile) m["breakdown_prefill"] = profile_json(*r.prefill_profile);
+    j["models"].push_back(m);
+  }
+  return j;
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char ch : s) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return q + "\"";
+}
+
+std::string results_csv(const vk::DeviceInfo& info, double bw, const std::vector<ModelResult>& rs) {
+  std::ostringstream o;
+  o << "device,model,format,source,params,weight_bytes,device_bytes,test,n_prompt,n_gen,reps,tps_mean,tps_sd,"
+       "bytes_per_token,copy_bandwidth_gbs,ideal_tps,pct_of_ideal\n";
+  for (const auto& r : rs)
+    for (const auto& t : r.tests) {
+      const bool tg = t.n_gen > 0 && r.has_roofline && t.n_gen == r.tg_n;
+      o << csv_field(info.name) << ',' << csv_field(r.model) << ',' << csv_field(r.format) << ','
+        << csv_field(r.source) << ',' << r.params << ',' << r.weight_bytes << ',' << r.device_bytes << ','
+        << t.name << ',' << t.n_prompt << ',' << t.n_gen << ',' << t.tps.size() << ',' << fmt("%.4f", t.stat.mean)
+        << ',' << fmt("%.4f", t.stat.sd) << ',' << (tg ? std::to_string(r.bytes.total()) : "") << ','
+        << fmt("%.1f", bw) << ',' << (tg ? fmt("%.2f", r.ideal_tps) : "") << ','
+        << (tg ? fmt("%.2f", r.pct) : "") << '\n';
+    }
+  return o.str();
+}
+
+void print_profile(const ModelResult& r, const pqvk::llm::StepProfile& p, const char* what) {
+  std::printf("\n%s %s, %s (%u token%s at position %d): %.1f us between the first and last timestamps\n\n",
+              r.model.c_str(), r.format.c_str(), what, p.tokens, p.tokens == 1 ? "" : "s", p.pos0, p.total_us);
+  std::printf("| kernel | calls | us | %% |\n|---|---|---|---|\n");
+  std::vector<pqvk::llm::KernelTime> ks = p.kernels;
+  std::stable_sort(ks.begin(), ks.end(), [](const auto& x, const auto& y) { return x.us > y.us; });
+  for (const auto& k : ks)
+    std::printf("| %s | %u | %.1f | %.1f%% |\n", k.name.c_str(), k.calls, k.us, 100.0 * k.us / std::max(p.total_us, 1e-9));
+}
+
+void print_markdown(const vk::DeviceInfo& info, double bw, double api, double shader,
+                    const std::vector<ModelResult>& rs) {
+  std::printf("device: %s (%s)\n", info.name.c_str(), info.driver.c_str());
+  std::printf("device-to-device copy: %.1f GB/s (vkCmdCopyBuffer %.1f, shader copy %.1f; bytes read + written)\n\n",
+              bw, api, shader);
+  std::printf("| model | format | size | params | test | t/s |\n|---|---|---|---|---|---|\n");
+  for (const auto& r : rs)
+    for (const auto& t : r.tests)
+      std::printf("| %s | %s | %s | %s | %s | %.2f ± %.2f |\n", r.model.c_str(), r.format.c_str(),
+                  gib(r.weight_bytes).c_str(), r.params >= 1000000000 ? fmt("%.2f B", double(r.params) / 1e9).c_str()
+                                                                      : fmt("%.2f M", double(r.params) / 1e6).c_str(),
+                  t.name.c_str(), t.stat.mean, t.stat.sd);
+  bool any = false;
+  for (const auto& r : rs) any = any || r.has_roofline;
+  if (any) {
+    std::printf("\nRoofline of generation: bytes one token reads (weights the GEMVs read + KV cache at the run's "
+                "average position + activations) over the copy bandwidth\n\n");
+    std::printf("| model | format | test | weights MiB | KV MiB | activations MiB | ideal t/s | t/s | %% of ideal |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|\n");
+    for (const auto& r : rs)
+      if (r.has_roofline)
+        std::printf("| %s | %s | tg%d | %s | %s | %s | %.1f | %.1f | %.1f%% |\n", r.model.c_str(), r.format.c_str(),
+                    r.tg_n, mib(r.bytes.weights).c_str(), mib(r.bytes.kv).c_str(), mib(r.bytes.activations).c_str(),
+                    r.ideal_tps, r.tg_tps, r.pct);
+  }
+  std::printf("\nDevice memory: ");
+  for (size_t i = 0; i < rs.size(); ++i)
+    std::printf("%s%s %s %s", i ? ", " : "", rs[i].model.c_str(), rs[i].format.c_str(), gib(rs[i].device_bytes).c_str());
+  std::printf("\n");
+  for (const auto& r : rs) {
+    if (r.decode_profile) print_profile(r, *r.decode_profile, "decode step");
+    if (r.prefill_profile) print_profile(r, *r.prefill_profile, "prefill pass");
+  }
+}
+
+int run_models(const ModelArgs& a) {
+  if (a.output != "md" && a.output != "json" && a.output != "csv")
+    throw std::runtime_error("-o/--output must be md, json or csv, not '" + a.output + "'");
+  if (a.models.empty() && a.synthetic.empty())
+    throw std::runtime_error("nothing to run: pass -m MODEL.pqm or --synthetic SHAPE (or the subcommand 'kernels')");
+  if (a.synthetic.empty() && (!a.bits.empty() || !a.recipes.empty() || a.fp16))
+    throw std::runtime_error("--bits, --recipe and --fp16 choose the formats of --synthetic models; a .pqm file has its own");
+  for (int p : a.n_prompt)
+    if (p < 0) throw std::runtime_error("-p: prompt lengths must be >= 0");
+  for (int n : a.n_gen)
+    if (n < 0) throw std::runtime_error("-n: generation lengths must be >= 0");
+  for (const auto& r : a.recipes)
+    if (!pqvk::model::is_valid_recipe(r)) throw std::runtime_error("--recipe: unknown recipe '" + r + "' (q2..q8 or mixed)");
+  for (const auto& path : a.models)
+    if (!std::filesystem::is_regular_file(path)) throw std::runtime_error("-m: no such file '" + path + "'");
+
+  std::vector<ModelSpec> specs;
+  for (const auto& path : a.models) specs.push_back({path, "", ""});
+  std::vector<std::string> formats;
+  for (int b : a.bits) formats.push_back("q" + std::to_string(b));
+  for (const auto& r : a.recipes) formats.push_back(r);
+  if (a.fp16) formats.push_back("f16");
+  if (formats.empty()) formats.push_back("q4");
+  for (const auto& s : a.synthetic) {
+    synthetic_config(s);  // checks the name before anything runs
+    for (const auto& f : formats) specs.push_back({"", s, f});
+  }
+
+  vk::ContextOptions opts;
+  opts.device = a.device;
+  vk::Context ctx(opts);
+  const auto& info = ctx.info();
+  std::fprintf(stderr, "vk-bench: device %s (%s)\n", info.name.c_str(), info.driver.c_str());
+  double bw = 0, api = 0, shader = 0;
+  {
+    Kernels k(ctx);
+    const size_t bytes = std::min<size_t>(a.copy_mib << 20, info.max_allocation_size / 2) / 16 * 16;
+    const double saved = g_warmup_ms;
+    g_warmup_ms = std::min(a.warmup_ms, 1000.0);
+    bw = copy_bandwidth(ctx, k, bytes, 10, &api, &shader);
+    g_warmup_ms = saved;
+    std::fprintf(stderr, "vk-bench: device-to-device copy %.1f GB/s (%zu MiB)\n", bw, bytes >> 20);
+  }
+  std::vector<ModelResult> results;
+  for (const auto& s : specs) results.push_back(bench_model(ctx, s, a, bw));
+
+  const nlohmann::json j = results_json(info, bw, api, shader, results, a);
+  const std::string csv = results_csv(info, bw, results);
+  if (a.output == "md") print_markdown(info, bw, api, shader, results);
+  else if (a.output == "json") std::printf("%s\n", j.dump(2).c_str());
+  else std::fputs(csv.c_str(), stdout);
+  if (!a.json_path.empty()) {
+    std::ofstream f(a.json_path);
+    if (!(f << j.dump(2) << "\n")) throw std::runtime_error("cannot write --json file '" + a.json_path + "'");
+  }
+  if (!a.csv_path.empty()) {
+    std::ofstream f(a.csv_path);
+    if (!(f << csv)) throw std::runtime_error("cannot write --csv file '" + a.csv_path + "'");
+  }
+  if (ctx.validation_messages()) {
+    std::fprintf(stderr, "vk-bench: %u Vulkan validation messages\n", ctx.validation_messages());
+    return 1;
+  }
+  return 0;
+}
+
+int list_devices() {
+  const auto all = vk::Context::list_devices();
+  if (all.empty()) throw std::runtime_error("no Vulkan device found");
+  std::printf("| index | name | type | driver | device-local memory |\n|---|---|---|---|---|\n");
+  for (const auto& d : all) {
+    uint64_t local = 0;
+    for (const auto& h : d.heaps)
+      if (h.device_local) local += h.size;
+    std::printf("| %u | %s | %s | %s | %s |\n", d.index, d.name.c_str(), d.type.c_str(), d.driver.c_str(),
+                gib(local).c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"vk-bench: pqvk throughput benchmarks"};
-  app.require_subcommand(1);
+  CLI::App app{"vk-bench: pqvk throughput benchmarks (whole models, or the subcommand 'kernels')"};
+  app.require_subcommand(0, 1);
+  ModelArgs ma;
+  bool list = false;
+  app.add_flag("--list-devices", list, "List the Vulkan devices and exit");
+  app.add_option("-d,--device", ma.device, "Device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
+  app.add_option("-m,--model", ma.models, "A .pqm model to run (repeatable, or comma-separated)")->delimiter(',');
+  app.add_option("--synthetic", ma.synthetic,
+                 "Random weights made on the device in the exact shape of: llama3-8b, llama3.2-1b, qwen3-8b, "
+                 "qwen2.5-7b, mistral-7b (comma-separated for several; 'tiny': a small shape for tests)")->delimiter(',');
+  app.add_option("--bits", ma.bits, "Synthetic formats: uniform PolarQuant bit widths, e.g. 3,4,5,6")
+      ->check(CLI::Range(2, 8))->delimiter(',');
+  app.add_option("--recipe", ma.recipes, "Synthetic formats: quantization recipes (q2..q8, mixed)")->delimiter(',');
+  app.add_flag("--fp16", ma.fp16, "Synthetic formats: also unquantized fp16 weights");
+  app.add_option("-p,--n-prompt", ma.n_prompt, "Prompt lengths: pp<N> tests (default 512; 0: none)")->delimiter(',');
+  app.add_option("-n,--n-gen", ma.n_gen, "Generation lengths: tg<N> tests (default 128; 0: none)")->delimiter(',');
+  app.add_option("-r,--repetitions", ma.reps, "Timed repetitions of each test (default 5)")->check(CLI::Range(1, 1000));
+  app.add_option("-b,--ubatch", ma.ubatch, "Prompt tokens per prefill pass (default 512)")->check(CLI::Range(1, 8192));
+  app.add_option("--warmup-ms", ma.warmup_ms, "Replay each test untimed at least this long first (default 1000; at least once)")
+      ->check(CLI::Range(0.0, 600000.0));
+  app.add_option("--copy-mib", ma.copy_mib, "Buffer size of the copy-bandwidth measurement (default 1024)")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--profile-reps", ma.profile_reps, "Replays of the profiled passes (default 5; median)")
+      ->check(CLI::Range(1, 1000));
+  app.add_flag("--no-breakdown", ma.no_breakdown, "Skip the per-kernel breakdown");
+  app.add_option("-o,--output", ma.output, "What goes to stdout: md (default), json or csv");
+  app.add_option("--json", ma.json_path, "Also write the results as JSON to this file");
+  app.add_option("--csv", ma.csv_path, "Also write the results as CSV to this file");
+  app.add_option("--seed", ma.seed, "Seed of the synthetic weights and prompt tokens (default 1)");
+
   KernelArgs ka;
   auto* kern = app.add_subcommand("kernels", "FWHT, GEMV and GEMM at LLM shapes against the copy bandwidth");
   kern->add_option("-d,--device", ka.device, "Device index or name substring");
@@ -275,9 +775,10 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*kern) return run_kernels(ka);
+    if (list) return list_devices();
+    return run_models(ma);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vk-bench: error: %s\n", e.what());
     return 1;
   }
-  return 0;
 }

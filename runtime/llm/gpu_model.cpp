@@ -39,6 +39,22 @@ Linear load_linear(vk::Context& ctx, const model::PqmFile& f, const std::string&
   return l;
 }
 
+// The kind of a matrix for the profile: "attn.q", "mlp.down", "lm_head" (the tied embedding too).
+std::string matrix_kind(const Linear& l) {
+  std::string n = l.q ? l.q->name : l.f ? l.f->name : "";
+  if (n.rfind("layers.", 0) == 0) {
+    const size_t dot = n.find('.', 7);
+    if (dot != std::string::npos) n = n.substr(dot + 1);
+  }
+  return n == "embed" ? "lm_head" : n;
+}
+
+std::string prologue_name(const Prologue& p, bool rotated) {
+  std::string s = p.kind == Prologue::rmsnorm ? "rmsnorm" : p.kind == Prologue::swiglu ? "swiglu" : "";
+  if (rotated) s += s.empty() ? "fwht" : "+fwht";
+  return s.empty() ? "layout" : s;
+}
+
 // Matrices that read one input must agree on how it is prepared.
 void check_group(const std::string& what, std::initializer_list<const Linear*> ws) {
   const Linear* a = *ws.begin();
@@ -252,6 +268,24 @@ uint64_t GpuModel::weight_bytes() const {
 
 uint64_t GpuModel::device_bytes() const { return ctx_.allocated_bytes(); }
 
+StepBytes GpuModel::decode_bytes(double positions) const {
+  StepBytes b;
+  const model::ModelConfig& c = config_;
+  auto act = [](const Linear& w) { return uint64_t(w.cols + w.rows) * 4; };  // input read, output written
+  for (const auto& L : layers_)
+    for (const Linear* w : {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down}) {
+      b.weights += w->bytes();
+      b.activations += act(*w);
+    }
+  b.weights += head().bytes();  // the LM head (the whole embedding table when tied)
+  b.activations += act(head());
+  if (!config_.tie_word_embeddings) b.weights += embed_.bytes() / std::max<size_t>(1, embed_.rows);  // one row
+  b.activations += uint64_t(c.dim) * 4 * uint64_t(c.n_layers) * 4;  // norms' and residual reads/writes
+  const double kv_row = double(c.n_kv_heads * c.head_dim) * 2.0 * 2.0;  // k and v, fp16
+  b.kv = static_cast<uint64_t>(double(c.n_layers) * kv_row * std::max(0.0, positions));
+  return b;
+}
+
 // ---- the forward pass, one function per step ---------------------------------------------------
 
 // x[i] = embedding row of tokens[i].
@@ -259,6 +293,7 @@ void GpuModel::embed(vk::Commands& cmd, uint32_t m) {
   if (embed_.q) kernels_.embed(cmd, *embed_.q, tokens_, x_, m);
   else kernels_.embed_f16(cmd, *embed_.f, tokens_, x_, m);
   cmd.barrier();
+  mark(cmd, "embed");
 }
 
 void GpuModel::linear(vk::Commands& cmd, std::initializer_list<std::pair<const Linear*, vk::BufferView>> outs,
@@ -270,6 +305,7 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<std::pair<const L
   const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : Layout::row_major;
   kernels_.prepare(cmd, x, in, m, cols, static_cast<uint32_t>(first.block()), layout, first.rotated(), pro, in_row0);
   cmd.barrier();
+  mark(cmd, prologue_name(pro, first.rotated()));
   for (const auto& [w, y] : outs) {
     if (w->q) {
       if (gemv) kernels_.gemv(cmd, *w->q, in, y, accumulate);
@@ -278,6 +314,7 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<std::pair<const L
       if (gemv) kernels_.gemv_f16(cmd, *w->f, in, y, accumulate);
       else kernels_.gemm_f16(cmd, *w->f, in, y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)));
     }
+    if (marks_) mark(cmd, std::string(gemv ? "gemv " : "gemm ") + matrix_kind(*w));
   }
   cmd.barrier();
 }
@@ -291,8 +328,10 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
                     config_.qkv_bias ? vk::BufferView(L.qkv_bias) : vk::BufferView(),
                     config_.qk_norm ? vk::BufferView(L.qk_norm) : vk::BufferView(), step_, m);
   cmd.barrier();
+  mark(cmd, "qkv bias/norm+rope+kv store");
   kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, step_, m);
   cmd.barrier();
+  mark(cmd, "attention");
   linear(cmd, {{&L.wo, x_}}, att_, shape_.n_heads * shape_.head_dim, m, Prologue{}, true);
 }
 
@@ -310,6 +349,7 @@ void GpuModel::logits(vk::Commands& cmd, uint32_t m, bool argmax) {
   if (argmax) {
     kernels_.argmax(cmd, logits_, static_cast<uint32_t>(config_.vocab_size), next_, tokens_);
     cmd.barrier();
+    mark(cmd, "argmax");
   }
 }
 
@@ -327,6 +367,75 @@ void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax) {
     mlp_block(cmd, *L, m);
   }
   logits(cmd, m, argmax);
+}
+
+// ---- profiling -------------------------------------------------------------------------------
+
+// Slot 0 is written before the pass; every mark writes the next slot.
+void GpuModel::mark(vk::Commands& cmd, const std::string& name) {
+  if (!marks_) return;
+  const uint32_t slot = static_cast<uint32_t>(marks_->names.size()) + 1;
+  if (slot >= marks_->slots) throw ModelError("profile: more kernel groups than timestamp slots (" + std::to_string(marks_->slots) + ")");
+  cmd.barrier();
+  cmd.timestamp(slot);
+  marks_->names.push_back(name);
+}
+
+// An upper bound on the marks of one pass: embed, per layer 3 preparations + 7 matrices + rope +
+// attention, final preparation + head + argmax.
+uint32_t GpuModel::mark_slots() const { return static_cast<uint32_t>(8 + 16 * layers_.size()); }
+
+StepProfile GpuModel::profile(std::span<const int32_t> tokens, int32_t pos0, int reps) {
+  check_positions(pos0, tokens.size());
+  if (tokens.size() > max_batch_)
+    throw ModelError("profile: " + std::to_string(tokens.size()) + " tokens exceed the batch of " +
+                     std::to_string(max_batch_));
+  for (int32_t t : tokens)
+    if (t < 0 || t >= config_.vocab_size) throw ModelError("token id " + std::to_string(t) + " out of range");
+  if (reps < 1) throw ModelError("profile: reps must be at least 1");
+  if (ctx_.info().timestamp_period_ns <= 0) throw ModelError("profile: the device has no timestamps on its compute queue");
+  const uint32_t m = static_cast<uint32_t>(tokens.size());
+  Marks marks;
+  marks.slots = mark_slots();
+  vk::Commands cmd = ctx_.commands(marks.slots);
+  cmd.timestamp(0);
+  marks_ = &marks;
+  try {
+    record_step(cmd, m, m == 1);
+  } catch (...) {
+    marks_ = nullptr;
+    throw;
+  }
+  marks_ = nullptr;
+  for (uint32_t s = static_cast<uint32_t>(marks.names.size()) + 1; s < marks.slots; ++s) cmd.timestamp(s);  // unused slots
+  std::memcpy(tokens_.mapped(), tokens.data(), m * 4);
+  static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos0);
+
+  // Per replay: total per kernel name; then the median over replays.
+  std::vector<std::string> order;
+  std::map<std::string, uint32_t> calls;
+  for (const std::string& n : marks.names)
+    if (calls[n]++ == 0) order.push_back(n);
+  std::map<std::string, std::vector<double>> per_rep;
+  std::vector<double> totals;
+  for (int r = 0; r < reps; ++r) {
+    cmd.run();
+    const std::vector<double> ts = cmd.timestamps_ns();
+    std::map<std::string, double> sum;
+    for (size_t i = 0; i < marks.names.size(); ++i) sum[marks.names[i]] += ts[i + 1] - ts[i];
+    for (const auto& [n, v] : sum) per_rep[n].push_back(v);
+    totals.push_back(ts[marks.names.size()]);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  StepProfile p;
+  p.tokens = m;
+  p.pos0 = pos0;
+  p.total_us = median(totals) / 1e3;
+  for (const std::string& n : order) p.kernels.push_back({n, calls[n], median(per_rep[n]) / 1e3});
+  return p;
 }
 
 // ---- entry points ------------------------------------------------------------------------------

@@ -45,6 +45,27 @@ struct Linear {
   size_t bytes() const { return q ? q->bytes() : f->bytes(); }
 };
 
+// GPU time of one kind of kernel in a profiled forward pass (GpuModel::profile()).
+struct KernelTime {
+  std::string name;    // "gemv attn.q", "rmsnorm+fwht", "attention", "lm_head gemv", ...
+  uint32_t calls = 0;  // dispatch groups of this kind per forward pass
+  double us = 0;       // their total time in the pass, microseconds
+};
+struct StepProfile {
+  uint32_t tokens = 0;              // tokens in the pass (1: a decode step)
+  int32_t pos0 = 0;                 // position of the first
+  double total_us = 0;              // first to last timestamp
+  std::vector<KernelTime> kernels;  // in the order they first run
+};
+
+// Bytes one decode step reads from device memory (the roofline of vk-bench).
+struct StepBytes {
+  uint64_t weights = 0;      // every matrix the step's GEMVs read (codes + scales, or fp16), the embedding row
+  uint64_t kv = 0;           // keys and values of the cached positions, every layer (fp16)
+  uint64_t activations = 0;  // inputs and outputs of the GEMVs (approximate; small)
+  uint64_t total() const { return weights + kv + activations; }
+};
+
 class GpuModel {
  public:
   GpuModel(vk::Context& ctx, const model::PqmFile& file, GpuOptions options = {});
@@ -67,6 +88,17 @@ class GpuModel {
   std::span<const float> prefill(std::span<const int32_t> tokens, int32_t pos0);
   // The same, returning the logits of every position: [tokens.size()][vocab] (perplexity).
   std::vector<float> prefill_all(std::span<const int32_t> tokens, int32_t pos0);
+
+  // One forward pass of `tokens` (at most max_batch of them; one token: the decode step with
+  // the GPU argmax) at positions pos0.., recorded with a barrier and a GPU timestamp after
+  // every kernel group, replayed `reps` times; the median over replays of each kernel's time.
+  // The barriers serialize dispatches that the normal recording lets overlap (q, k and v; gate
+  // and up), so the total is a little above an unprofiled pass. Writes the KV cache at those
+  // positions. The normal decode and prefill recordings carry no timestamps.
+  StepProfile profile(std::span<const int32_t> tokens, int32_t pos0, int reps = 3);
+  // What a decode step reads with `positions` cached positions (the step's own included).
+  StepBytes decode_bytes(double positions) const;
+  uint32_t max_batch() const { return max_batch_; }
 
  private:
   struct Layer;
@@ -109,6 +141,15 @@ class GpuModel {
   vk::Buffer logits_all_;            // [max_batch][vocab], made on the first prefill_all()
 
   std::unique_ptr<vk::Commands> decode_, decode_argmax_;
+
+  // Profiling (profile()): when set, mark() ends a kernel group with a barrier and a timestamp.
+  struct Marks {
+    std::vector<std::string> names;  // names[i]: the group ending at timestamp slot i + 1
+    uint32_t slots = 0;
+  };
+  Marks* marks_ = nullptr;
+  void mark(vk::Commands& cmd, const std::string& name);
+  uint32_t mark_slots() const;
 };
 
 // RoPE inverse frequencies [head_dim / 2] with the model's rope scaling (none, linear, llama3).
