@@ -80,15 +80,5 @@ void main() {
     }
   }
 
-  [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
-    float v = subgroupAdd(acc[r]);
-    if (subgroupElect()) partial[r * (WG / 4u) + gl_SubgroupID] = v;
-  }
-  barrier();
-  if (t < ROWS && row0 + t < p.rows) {
-    float v = 0.0;
-    for (uint s = 0u; s < gl_NumSubgroups; ++s) v += partial[t * (WG / 4u) + s];
-    const uint o = p.y_offset + row0 + t;
-    y[o] = p.accumulate != 0u ? y[o] + v : v;
-  }
+  GEMV_REDUCE_AND_STORE(acc, row0, t);
 }

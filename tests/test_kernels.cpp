@@ -194,8 +194,10 @@ TEST(Dequant, Fp16Output) {
   EXPECT_LT(rel_error(got, ref), 1e-3);  // fp16 rounding: 2^-11 relative per element
 }
 
-// y = W x on the GPU (fused GEMV on the rotated, interleaved input) against the fp64 twin.
-void check_gemv(const MatCase& c, size_t max_slice_bytes) {
+// y = W x on the GPU (fused GEMV on the rotated, interleaved input) against the fp64 twin,
+// through `k` (the fp32 shader, or the fp16 pair-lookup one: 1e-3 relative per its header,
+// bound 3e-3).
+void check_gemv(const MatCase& c, size_t max_slice_bytes, Kernels& k = kernels()) {
   auto q = make_matrix(c);
   auto d = upload_quant(context(), q, describe(c), max_slice_bytes);
   auto x = random_vector(c.cols, static_cast<uint32_t>(c.cols + 99));
@@ -204,28 +206,70 @@ void check_gemv(const MatCase& c, size_t max_slice_bytes) {
   vk::Buffer y = poisoned(c.rows);
   auto cmd = context().commands();
   if (q.rotated) {
-    kernels().fwht(cmd, xb, xr, 1, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block), Layout::gemv_interleaved);
+    k.fwht(cmd, xb, xr, 1, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block), Layout::gemv_interleaved);
   } else {  // unrotated methods read the plain input in the same layout
     std::vector<float> padded(q.cols_padded, 0.0f);
     std::copy(x.begin(), x.end(), padded.begin());
     context().upload(xr, interleave_for_gemv(padded.data(), q.cols_padded));
   }
   cmd.barrier();
-  kernels().gemv(cmd, d, xr, y);
+  k.gemv(cmd, d, xr, y);
   cmd.run();
   std::vector<double> ref(c.rows);
   pq::gemv_reference(q, x.data(), ref.data());
-  EXPECT_LT(rel_error(read_floats(y, c.rows), ref), kDotTol) << describe(c) << " slices=" << d.slices.size();
+  const auto got = read_floats(y, c.rows);
+  if (!k.uses_gemv_pairs(c.bits)) {
+    EXPECT_LT(rel_error(got, ref), kDotTol) << describe(c) << " slices=" << d.slices.size();
+    return;
+  }
+  // fp16 sums: the error of each output is bounded by the magnitude of its terms (a sum that
+  // cancels to nearly zero keeps the absolute error of its terms): |y - ref| <= 4e-3 sum|terms|,
+  // terms = scale * codebook[code] * xr in the rotated domain (2^-11 per fp16 rounding, chains
+  // of 8 and a conversion).
+  std::vector<float> xr_cpu(q.cols_padded, 0.0f);
+  if (q.rotated) pq::fwht_rows(x.data(), 1, c.cols, c.block, xr_cpu.data());
+  else std::copy(x.begin(), x.end(), xr_cpu.begin());
+  for (size_t r = 0; r < c.rows; ++r) {
+    double mag = 0;
+    for (size_t j = 0; j < q.cols_padded; ++j)
+      mag += std::abs(double(pq::f16_to_f32(q.scales[r * q.blocks_per_row() + j / q.block])) *
+                      q.codebook[q.code(r, j)] * xr_cpu[j]);
+    ASSERT_TRUE(std::isfinite(got[r])) << describe(c) << " row " << r;
+    EXPECT_LE(std::abs(got[r] - ref[r]), 4e-3 * mag) << describe(c) << " row " << r << " (fp16 pairs)";
+  }
+  EXPECT_LT(rel_error(got, ref), 1e-2) << describe(c) << " (fp16 pairs)";
+}
+
+Kernels& fp32_gemv_kernels() { return kernels(); }  // the default: pq_gemv.comp
+
+Kernels& pair_gemv_kernels() {
+  static Kernels k(context(), [] {
+    KernelConfig cfg;
+    cfg.gemv_pairs = true;
+    return cfg;
+  }());
+  return k;
 }
 
 TEST(Gemv, MatchesCpuEveryBitWidth) {
-  for (const auto& c : matrix_cases()) check_gemv(c, 0);
+  for (const auto& c : matrix_cases()) check_gemv(c, 0, fp32_gemv_kernels());
+}
+
+TEST(Gemv, Fp16PairLookupsMatchCpuEveryBitWidth) {
+  ASSERT_TRUE(context().info().fp16) << "lavapipe and every GPU in the tests have shaderFloat16";
+  int paired = 0;
+  for (const auto& c : matrix_cases()) {
+    check_gemv(c, 0, pair_gemv_kernels());
+    paired += pair_gemv_kernels().uses_gemv_pairs(c.bits);
+  }
+  EXPECT_GT(paired, 10);  // 2..6 bits went through the pair shader
 }
 
 TEST(Gemv, SplitAcrossSlices) {
   // Force several slices (as a 4 GiB limit would for an LM head) and an odd tail slice.
   MatCase c{37, 640, 3, 128, pq::Method::pq};
   check_gemv(c, 5 * 3 * 20 * 4);  // 5 rows per slice: 8 slices, the last with 2 rows
+  check_gemv(c, 5 * 3 * 20 * 4, pair_gemv_kernels());
 }
 
 TEST(Gemm, MatchesCpu) {

@@ -3,6 +3,7 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -135,6 +136,7 @@ DeviceF16Matrix upload_f16(vk::Context& ctx, const float* w, size_t rows, size_t
 // ---- kernels ---------------------------------------------------------------------------------
 
 Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
+  if (const char* e = std::getenv("PQVK_GEMV_PAIRS"); e && *e) cfg_.gemv_pairs = std::strcmp(e, "0") != 0;
   if (cfg_.gemv_wg % 32 || cfg_.gemv_wg == 0 || cfg_.gemv_wg > ctx.info().max_workgroup_invocations)
     throw Error("gemv workgroup size " + std::to_string(cfg_.gemv_wg) + " must be a multiple of 32 within the device limit");
   if (cfg_.gemv_rows == 0 || cfg_.gemv_rows > 16) throw Error("gemv rows per workgroup must be 1..16");
@@ -210,11 +212,13 @@ void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   check_view(x_rot, rotated_row_elems(w.cols, w.block, Layout::gemv_interleaved), w.name + " gemv input");
   check_view(y, w.rows, w.name + " gemv output");
   const uint32_t bits = static_cast<uint32_t>(w.bits);
-  // Codebook replicas: 32 (one per bank) where shared memory allows, fewer for 8 bits on
-  // devices with little shared memory.
+  // Table replicas (a power of two, up to one per bank) within a share of shared memory.
+  const bool pairs = uses_gemv_pairs(w.bits);
+  const size_t entries = size_t(1) << (pairs ? 2 * bits : bits);
+  const size_t budget = std::min<size_t>(32768, ctx_.info().max_shared_memory * 2 / 3);
   uint32_t rep_shift = 5;
-  while (rep_shift > 0 && (size_t(1) << (bits + rep_shift)) * 4 > ctx_.info().max_shared_memory / 2) --rep_shift;
-  const auto& p = pipeline("pq_gemv",
+  while (rep_shift > 0 && (entries << rep_shift) * 4 > budget) --rep_shift;
+  const auto& p = pipeline(pairs ? "pq_gemv_pairs" : "pq_gemv",
                            {{0, cfg_.gemv_wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)}, {4, rep_shift}}, 5, 20,
                            cfg_.gemv_wg);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
@@ -225,6 +229,12 @@ void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
     grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
     cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, gx, gy);
   }
+}
+
+bool Kernels::uses_gemv_pairs(int bits) const {
+  const size_t table = (size_t(1) << (2 * bits)) * 4;
+  return cfg_.gemv_pairs && ctx_.info().fp16 && bits >= 2 && bits <= 6 &&
+         table <= std::min<size_t>(32768, ctx_.info().max_shared_memory * 2 / 3);
 }
 
 void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,

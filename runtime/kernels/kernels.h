@@ -70,6 +70,12 @@ struct KernelConfig {
   uint32_t gemv_rows = 2;        // rows per GEMV workgroup (bench/RESULTS.md: the H100 sweep)
   uint32_t gemm_tile_m = 64, gemm_tile_n = 64;  // GEMM output tile (tokens x rows)
   uint32_t subgroup_size = 0;    // 0: the device's default; else pinned (subgroup size control)
+  // Experimental: GEMV of 2-6 bit matrices with two codes per lookup and fp16 arithmetic
+  // inside each chunk of 32 weights (shaders/pq_gemv_pairs.comp), where the device has
+  // shaderFloat16. Off by default: its ~1e-3 relative error per GEMV grows to ~4e-2 in the
+  // logits of stories260K (tests/test_decoder.cpp measures 1e-4 with the fp32 shader).
+  // PQVK_GEMV_PAIRS=1 turns it on (for benchmarks).
+  bool gemv_pairs = false;
 };
 
 // What fwht/prepare computes before the (optional) rotation of each block.
@@ -102,6 +108,7 @@ class Kernels {
 
   // y[rows] = W x for one token. x_rot is the rotated input in gemv-interleaved layout when
   // w.rotated, else the plain input in the same layout (interleave_for_gemv()). y is fp32.
+  // Uses the fp16 pair-lookup shader when config().gemv_pairs allows it (uses_gemv_pairs()).
   // accumulate: y += W x instead of y = W x (residual connections).
   void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y,
             bool accumulate = false);
@@ -116,6 +123,8 @@ class Kernels {
   // ldx: the row stride of x in floats (0: cols).
   void gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m,
                 bool accumulate = false, uint32_t ldx = 0);
+
+  bool uses_gemv_pairs(int bits) const;
 
   // Embedding lookup: out [m][cols] fp32 = rows tokens[0..m) of the table (dequantized).
   void embed(vk::Commands& cmd, const DeviceQuantMatrix& table, vk::BufferView tokens, vk::BufferView out, uint32_t m);

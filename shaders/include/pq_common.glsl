@@ -36,4 +36,20 @@ float half_at(uint word, uint idx) {
   return (idx & 1u) == 0u ? v.x : v.y;
 }
 
+// The end of both GEMV shaders: acc[r] (r < ROWS) of every invocation summed over the
+// workgroup (subgroupAdd, then `partial` in shared memory across subgroups) and stored to
+// y[y_offset + row0 + r], or added to it (p.accumulate). Needs ROWS, WG, partial[], p, y[].
+#define GEMV_REDUCE_AND_STORE(acc, row0, t)                                        \
+  [[unroll]] for (uint r = 0u; r < ROWS; ++r) {                                    \
+    float v = subgroupAdd(acc[r]);                                                 \
+    if (subgroupElect()) partial[r * (WG / 4u) + gl_SubgroupID] = v;               \
+  }                                                                                \
+  barrier();                                                                       \
+  if ((t) < ROWS && (row0) + (t) < p.rows) {                                       \
+    float v = 0.0;                                                                 \
+    for (uint s = 0u; s < gl_NumSubgroups; ++s) v += partial[(t) * (WG / 4u) + s]; \
+    const uint o = p.y_offset + (row0) + (t);                                      \
+    y[o] = p.accumulate != 0u ? y[o] + v : v;                                      \
+  }
+
 #endif
