@@ -8,9 +8,11 @@
 //   --stride S (HuggingFace's sliding window): windows of --ctx tokens starting every S tokens;
 //     each window scores only the tokens the previous windows did not (at most S, the last
 //     ones of the window), each with the whole window before it as context. No BOS replacement.
+//     As in HuggingFace's recipe, a window's first token is never predicted: with --stride equal
+//     to --ctx the first token of every window after the first goes unscored.
 //
 // --save-logits FILE writes the log-probabilities of every scored position (float32, with the
-// tokens and the protocol in a header: docs/architecture.md "pq-perplexity"); --kl-divergence
+// tokens and the protocol in a header: docs/architecture.md, "Measuring"); --kl-divergence
 // FILE reads such a file (of an fp16 run, say) and compares this model's distributions with it:
 // mean KL divergence, how often both pick the same top token, and the change of the correct
 // token's probability (mean, percentiles).

@@ -647,6 +647,7 @@ void print_markdown(const vk::DeviceInfo& info, double bw, double api, double sh
 }
 
 int run_models(const ModelArgs& a) {
+  if (a.n_prompt.empty() || a.n_gen.empty()) throw std::runtime_error("-p and -n need at least one value each");
   if (a.output != "md" && a.output != "json" && a.output != "csv")
     throw std::runtime_error("-o/--output must be md, json or csv, not '" + a.output + "'");
   if (a.models.empty() && a.synthetic.empty())
@@ -659,8 +660,15 @@ int run_models(const ModelArgs& a) {
     if (n < 0) throw std::runtime_error("-n: generation lengths must be >= 0");
   for (const auto& r : a.recipes)
     if (!pqvk::model::is_valid_recipe(r)) throw std::runtime_error("--recipe: unknown recipe '" + r + "' (q2..q8 or mixed)");
-  for (const auto& path : a.models)
+  const int context = std::max(1, *std::max_element(a.n_prompt.begin(), a.n_prompt.end()) +
+                                     *std::max_element(a.n_gen.begin(), a.n_gen.end()));
+  for (const auto& path : a.models) {  // every file is checked before anything runs
     if (!std::filesystem::is_regular_file(path)) throw std::runtime_error("-m: no such file '" + path + "'");
+    const auto file = pqvk::model::PqmFile::open(path);
+    if (file.config().max_seq_len < context)
+      throw std::runtime_error(path + ": -p + -n = " + std::to_string(context) + " tokens exceed the model's context of " +
+                               std::to_string(file.config().max_seq_len));
+  }
 
   std::vector<ModelSpec> specs;
   for (const auto& path : a.models) specs.push_back({path, "", ""});
