@@ -1,44 +1,66 @@
 #version 450
 // argmax: the greedy choice. result = the index of the largest of x[0 .. n) (the lowest index
 // among equals; NaN never wins), written to out[0] and, as the next input token, to tokens[0].
-// Buffers: 0 x [n] fp32; 1 out [1] int32; 2 tokens int32.
-// Workgroup: 256 invocations, one workgroup: strided scan, then a tree in shared memory.
-// Dispatch: 1.
-// Specialization: none.
+// Two passes, so that a 150k-entry vocabulary is scanned by many workgroups:
+//   PASS 0: workgroup g scans its segment x[g * seg .. (g + 1) * seg) and writes its best
+//           (value, index) to part[2g], part[2g + 1]   (index 0xffffffff: nothing valid)
+//   PASS 1: one workgroup reduces the `n` partial results and writes out[0] and tokens[0]
+// Buffers: 0 x [n] fp32; 1 out [1] int32; 2 tokens int32; 3 part [2 * groups] uint.
+// Workgroup: 256 invocations: strided scan, then a tree in shared memory.
+// Dispatch: PASS 0: groups workgroups; PASS 1: 1.
+// Specialization: 0 PASS.
 layout(local_size_x = 256) in;
+layout(constant_id = 0) const uint PASS = 0u;
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 1) writeonly buffer Out { int result[]; };
 layout(std430, binding = 2) writeonly buffer Tokens { int tokens[]; };
-layout(push_constant) uniform Push { uint n; } p;
+layout(std430, binding = 3) buffer Part { uint part[]; };
+layout(push_constant) uniform Push { uint n, seg; } p;
 
 shared float best_v[256];
 shared uint best_i[256];
 
+const uint NONE = 0xffffffffu;
+
+// Is (v, i) better than (bv, bi)? Larger value, then lower index; NaN and NONE never win.
+bool better(float v, uint i, float bv, uint bi) {
+  if (i == NONE || isnan(v)) return false;
+  return bi == NONE || v > bv || (v == bv && i < bi);
+}
+
 void main() {
-  const uint t = gl_LocalInvocationID.x;
-  float bv = -1.0 / 0.0;
-  uint bi = 0xffffffffu;
-  for (uint i = t; i < p.n; i += 256u) {
-    float v = x[i];
-    if (v > bv || (bi == 0xffffffffu && !isnan(v))) { bv = v; bi = i; }
+  const uint t = gl_LocalInvocationID.x, g = gl_WorkGroupID.x;
+  float bv = 0.0;
+  uint bi = NONE;
+  if (PASS == 0u) {
+    const uint lo = g * p.seg, hi = min(p.n, lo + p.seg);
+    for (uint i = lo + t; i < hi; i += 256u)
+      if (better(x[i], i, bv, bi)) { bv = x[i]; bi = i; }
+  } else {
+    for (uint k = t; k < p.n; k += 256u) {
+      const float v = uintBitsToFloat(part[2u * k]);
+      const uint i = part[2u * k + 1u];
+      if (better(v, i, bv, bi)) { bv = v; bi = i; }
+    }
   }
   best_v[t] = bv;
   best_i[t] = bi;
   barrier();
   for (uint s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) {
-      float ov = best_v[t + s];
-      uint oi = best_i[t + s];
-      if (oi != 0xffffffffu && (best_i[t] == 0xffffffffu || ov > best_v[t] || (ov == best_v[t] && oi < best_i[t]))) {
-        best_v[t] = ov;
-        best_i[t] = oi;
-      }
+    if (t < s && better(best_v[t + s], best_i[t + s], best_v[t], best_i[t])) {
+      best_v[t] = best_v[t + s];
+      best_i[t] = best_i[t + s];
     }
     barrier();
   }
   if (t == 0u) {
-    int r = best_i[0] == 0xffffffffu ? 0 : int(best_i[0]);
-    result[0] = r;
-    tokens[0] = r;
+    if (PASS == 0u) {
+      part[2u * g] = floatBitsToUint(best_v[0]);
+      part[2u * g + 1u] = best_i[0];
+    } else {
+      const int r = best_i[0] == NONE ? 0 : int(best_i[0]);
+      result[0] = r;
+      tokens[0] = r;
+    }
   }
 }

@@ -12,6 +12,7 @@
 // Specialization: none.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_EXT_control_flow_attributes : require
 
 layout(local_size_x = 128) in;
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
@@ -62,13 +63,17 @@ void main() {
     float s = -1.0 / 0.0;
     if (key <= pos) {
       const uint kb = (key * p.n_kv + kvh) * half_hd;
-      s = 0.0;
-      for (uint j = 0u; j < half_hd; ++j) {
-        vec2 kv = unpackHalf2x16(kc[kb + j]);
-        s = fma(qs[j], kv.x, s);
-        s = fma(qs[j + half_hd], kv.y, s);
+      vec4 d = vec4(0.0);  // four independent chains: several loads in flight (hd is even, >= 2)
+      uint j = 0u;
+      for (; j + 2u <= half_hd; j += 2u) {
+        const vec2 k0 = unpackHalf2x16(kc[kb + j]), k1 = unpackHalf2x16(kc[kb + j + 1u]);
+        d = fma(vec4(qs[j], qs[j + half_hd], qs[j + 1u], qs[j + 1u + half_hd]), vec4(k0, k1), d);
       }
-      s *= scale;
+      if (j < half_hd) {
+        const vec2 k0 = unpackHalf2x16(kc[kb + j]);
+        d.xy = fma(vec2(qs[j], qs[j + half_hd]), k0, d.xy);
+      }
+      s = ((d.x + d.y) + (d.z + d.w)) * scale;
     }
     const float tile_max = wg_max(s);
     const float new_max = max(run_max, tile_max);
@@ -80,18 +85,46 @@ void main() {
     acc0 *= rescale;
     acc1 *= rescale;
     const uint n = min(128u, pos + 1u - start);
-    for (uint i = 0u; i < n; ++i) {
-      const uint vb = ((start + i) * p.n_kv + kvh) * half_hd;
-      const float pr = probs[i];
+    // acc += sum_i probs[i] * v_i, four keys per step so that four loads are in flight.
+    const uint vstride = p.n_kv * half_hd;  // words from one position to the next
+    const uint vb0 = (start * p.n_kv + kvh) * half_hd;
+    const uint w0 = t >> 1u, w1 = (t + 128u) >> 1u;
+    const bool lo_half = (t & 1u) == 0u;
+    vec4 a0 = vec4(0.0), a1 = vec4(0.0);
+    uint i = 0u;
+    for (; i + 4u <= n; i += 4u) {
+      const vec4 pr = vec4(probs[i], probs[i + 1u], probs[i + 2u], probs[i + 3u]);
+      const uint vb = vb0 + i * vstride;
       if (t < hd) {
-        vec2 vv = unpackHalf2x16(vc[vb + (t >> 1u)]);
-        acc0 = fma(pr, (t & 1u) == 0u ? vv.x : vv.y, acc0);
+        vec4 v;
+        [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+          const vec2 vv = unpackHalf2x16(vc[vb + u * vstride + w0]);
+          v[u] = lo_half ? vv.x : vv.y;
+        }
+        a0 = fma(pr, v, a0);
       }
       if (t + 128u < hd) {
-        vec2 vv = unpackHalf2x16(vc[vb + ((t + 128u) >> 1u)]);
-        acc1 = fma(pr, ((t + 128u) & 1u) == 0u ? vv.x : vv.y, acc1);
+        vec4 v;
+        [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+          const vec2 vv = unpackHalf2x16(vc[vb + u * vstride + w1]);
+          v[u] = lo_half ? vv.x : vv.y;
+        }
+        a1 = fma(pr, v, a1);
       }
     }
+    for (; i < n; ++i) {
+      const uint vb = vb0 + i * vstride;
+      if (t < hd) {
+        const vec2 vv = unpackHalf2x16(vc[vb + w0]);
+        a0.x = fma(probs[i], lo_half ? vv.x : vv.y, a0.x);
+      }
+      if (t + 128u < hd) {
+        const vec2 vv = unpackHalf2x16(vc[vb + w1]);
+        a1.x = fma(probs[i], lo_half ? vv.x : vv.y, a1.x);
+      }
+    }
+    acc0 += (a0.x + a0.y) + (a0.z + a0.w);
+    acc1 += (a1.x + a1.y) + (a1.z + a1.w);
     barrier();  // probs[] is rewritten by the next tile
   }
   const uint ob = (m * p.n_heads + h) * hd;

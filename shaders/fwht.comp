@@ -26,6 +26,7 @@ layout(constant_id = 3) const uint MODE = 0u;
 layout(constant_id = 4) const uint ROTATE = 1u;
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };
+layout(std430, binding = 0) readonly buffer X4 { vec4 x4[]; };  // the same input, 16 bytes at a time
 layout(std430, binding = 1) writeonly buffer O { float o[]; };
 layout(std430, binding = 2) readonly buffer X2 { float x2[]; };
 layout(push_constant) uniform Push { uint rows, cols, nblocks, out_stride, in_row0; float eps; } p;
@@ -38,9 +39,16 @@ shared float norm_sh[B / 4u];
 // 1 / sqrt(mean of squares of row `row` + eps), computed by the whole workgroup.
 float inv_rms(uint row, uint t) {
   float s = 0.0;
-  for (uint c = t; c < p.cols; c += B / 4u) {
-    float v = x[row * p.cols + c];
-    s = fma(v, v, s);
+  if ((p.cols & 3u) == 0u) {  // rows start 16-byte aligned: vec4 loads
+    for (uint c = t; c < p.cols / 4u; c += B / 4u) {
+      vec4 v = x4[row * (p.cols / 4u) + c];
+      s += dot(v, v);
+    }
+  } else {
+    for (uint c = t; c < p.cols; c += B / 4u) {
+      float v = x[row * p.cols + c];
+      s = fma(v, v, s);
+    }
   }
   s = subgroupAdd(s);
   if (gl_SubgroupSize >= B / 4u) return inversesqrt(s / float(p.cols) + p.eps);

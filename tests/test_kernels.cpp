@@ -84,7 +84,7 @@ TEST(Fwht, EverySupportedSubgroupSize) {
 // fwht's prologues: RMSNorm and SwiGLU, with and without the rotation.
 TEST(Prepare, RmsNormAndSwigluMatchCpu) {
   for (uint32_t block : {64u, 128u})
-    for (auto [rows, cols] : {std::pair{1u, 200u}, {5u, 384u}, {3u, 1000u}})
+    for (auto [rows, cols] : {std::pair{1u, 200u}, {5u, 384u}, {3u, 1000u}, {2u, 333u}})
       for (int mode : {1, 2})
         for (bool rotate : {true, false})
           for (Layout layout : {Layout::row_major, Layout::gemv_interleaved}) {
@@ -379,7 +379,7 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
   struct Case { uint32_t n_heads, n_kv, hd, m, pos0, window; bool bias, norm; };
   for (const Case& c : {Case{4, 2, 16, 1, 0, 0, false, false}, Case{6, 2, 12, 5, 3, 0, true, false},
                         Case{4, 1, 20, 3, 130, 0, false, true}, Case{2, 2, 64, 4, 200, 7, true, true},
-                        Case{8, 8, 128, 2, 140, 0, false, false}}) {
+                        Case{8, 8, 128, 2, 140, 0, false, false}, Case{3, 3, 14, 2, 9, 0, true, false}}) {
     Kernels::AttentionShape a{c.n_heads, c.n_kv, c.hd, 512, c.window, 1e-6f};
     const size_t q_dim = size_t(c.n_heads) * c.hd, kv_dim = size_t(c.n_kv) * c.hd, half = c.hd / 2;
     const size_t ctx_len = c.pos0 + c.m;

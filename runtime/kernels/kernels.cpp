@@ -347,9 +347,16 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
 }
 
 void Kernels::argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens) {
+  if (n == 0) throw Error("argmax of nothing");
   check_view(x, n, "argmax input");
-  const auto& p = pipeline("argmax", {}, 3, 4, 256);
-  cmd.dispatch(p, {x, out, tokens}, n, 1);
+  // Pass 0: segments of at least 1024 entries, at most 256 workgroups; pass 1: their results.
+  const uint32_t groups = std::min<uint32_t>(256, (n + 1023) / 1024);
+  const uint32_t seg = (n + groups - 1) / groups;
+  if (!argmax_parts_.valid()) argmax_parts_ = ctx_.buffer(256 * 8, vk::MemoryKind::device, "argmax partial results");
+  struct { uint32_t n, seg; } first{n, seg}, second{groups, 0};
+  cmd.dispatch(pipeline("argmax", {{0, 0u}}, 4, 8, 256), {x, out, tokens, argmax_parts_}, first, groups);
+  cmd.barrier();
+  cmd.dispatch(pipeline("argmax", {{0, 1u}}, 4, 8, 256), {x, out, tokens, argmax_parts_}, second, 1);
 }
 
 uint32_t random_fill_word(uint32_t seed, uint32_t x) {

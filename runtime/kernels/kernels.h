@@ -143,7 +143,7 @@ class Kernels {
   // out [m][n_heads * head_dim] = causal attention of q over the caches.
   void attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
                  vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m);
-  // out[0] = tokens[0] = argmax(x[0..n)).
+  // out[0] = tokens[0] = argmax(x[0..n)) (lowest index among equals), in two passes.
   void argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens);
 
   // dst[0 .. words) = random 32-bit words (random_fill_word(seed, i)), or with fp16_range two
@@ -163,6 +163,7 @@ class Kernels {
   vk::Context& ctx_;
   KernelConfig cfg_;
   vk::Buffer dummy_;  // bound where a shader's optional buffer is unused
+  vk::Buffer argmax_parts_;  // argmax's per-workgroup results
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
 };
 
