@@ -446,29 +446,28 @@ void GpuModel::check_positions(int32_t pos0, size_t n) const {
                      " exceed the context of " + std::to_string(context_) + " tokens");
 }
 
-std::span<const float> GpuModel::forward(int32_t token, int32_t pos) {
+// One decode step through the recording made on first use (with or without the GPU argmax),
+// replayed with the token and position written into host-visible buffers.
+void GpuModel::run_decode(int32_t token, int32_t pos, bool argmax) {
   check_positions(pos, 1);
   if (token < 0 || token >= config_.vocab_size) throw ModelError("token id " + std::to_string(token) + " out of range");
-  if (!decode_) {
-    decode_ = std::make_unique<vk::Commands>(ctx_.commands());
-    record_step(*decode_, 1, false);
+  std::unique_ptr<vk::Commands>& rec = argmax ? decode_argmax_ : decode_;
+  if (!rec) {
+    rec = std::make_unique<vk::Commands>(ctx_.commands());
+    record_step(*rec, 1, argmax);
   }
   static_cast<int32_t*>(tokens_.mapped())[0] = token;
   static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos);
-  decode_->run();
+  rec->run();
+}
+
+std::span<const float> GpuModel::forward(int32_t token, int32_t pos) {
+  run_decode(token, pos, false);
   return {static_cast<const float*>(logits_.mapped()), static_cast<size_t>(config_.vocab_size)};
 }
 
 int32_t GpuModel::forward_argmax(int32_t token, int32_t pos) {
-  check_positions(pos, 1);
-  if (token < 0 || token >= config_.vocab_size) throw ModelError("token id " + std::to_string(token) + " out of range");
-  if (!decode_argmax_) {
-    decode_argmax_ = std::make_unique<vk::Commands>(ctx_.commands());
-    record_step(*decode_argmax_, 1, true);
-  }
-  static_cast<int32_t*>(tokens_.mapped())[0] = token;
-  static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos);
-  decode_argmax_->run();
+  run_decode(token, pos, true);
   return static_cast<const int32_t*>(next_.mapped())[0];
 }
 

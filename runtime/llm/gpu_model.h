@@ -109,6 +109,7 @@ class GpuModel {
   };
   void build(const WeightSource& src, const GpuOptions& opt, const std::string& where);
   void check_positions(int32_t pos0, size_t n) const;
+  void run_decode(int32_t token, int32_t pos, bool argmax);
   void record_step(vk::Commands& cmd, uint32_t m, bool argmax);
   void embed(vk::Commands& cmd, uint32_t m);
   void attention_block(vk::Commands& cmd, const Layer& L, uint32_t m);
