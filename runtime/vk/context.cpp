@@ -246,7 +246,17 @@ bool layer_available(const char* name) {
   return false;
 }
 
-VkInstance make_instance(bool validation, VkDebugUtilsMessengerCreateInfoEXT* messenger_info) {
+bool instance_extension_available(const char* name) {
+  uint32_t n = 0;
+  vkEnumerateInstanceExtensionProperties(nullptr, &n, nullptr);
+  std::vector<VkExtensionProperties> v(n);
+  vkEnumerateInstanceExtensionProperties(nullptr, &n, v.data());
+  return has_ext(v, name);
+}
+
+// extra: instance extensions asked for by ContextOptions::presentation (none otherwise).
+VkInstance make_instance(bool validation, VkDebugUtilsMessengerCreateInfoEXT* messenger_info,
+                         const std::vector<std::string>& extra = {}) {
   init_loader();
   VkApplicationInfo app{VK_STRUCTURE_TYPE_APPLICATION_INFO};
   app.pApplicationName = "pqvk";
@@ -259,6 +269,12 @@ VkInstance make_instance(bool validation, VkDebugUtilsMessengerCreateInfoEXT* me
                   "installed: install the Debian package vulkan-validationlayers");
     layers.push_back("VK_LAYER_KHRONOS_validation");
     exts.push_back(VK_EXT_DEBUG_UTILS_EXTENSION_NAME);
+  }
+  for (const std::string& e : extra) {
+    if (!instance_extension_available(e.c_str()))
+      throw Error("the Vulkan instance extension " + e + " (needed to draw a window) is not available: "
+                  "install a Vulkan driver with window-system support (mesa-vulkan-drivers)");
+    exts.push_back(e.c_str());
   }
   VkInstanceCreateInfo ci{VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO};
   ci.pApplicationInfo = &app;
@@ -326,6 +342,25 @@ uint32_t find_memory_type(const VkPhysicalDeviceMemoryProperties& mem, uint32_t 
   return UINT32_MAX;
 }
 
+// The queue family a presenting context uses on `pd`: graphics + compute, accepted by
+// can_present, timestamps preferred; UINT32_MAX when there is none or the device lacks
+// VK_KHR_swapchain.
+uint32_t graphics_present_family(VkInstance inst, VkPhysicalDevice pd,
+                                 const std::function<bool(uint64_t, uint64_t, uint32_t)>& can_present) {
+  if (!has_ext(device_extensions(pd), VK_KHR_SWAPCHAIN_EXTENSION_NAME)) return UINT32_MAX;
+  uint32_t nq = 0;
+  vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, nullptr);
+  std::vector<VkQueueFamilyProperties> qf(nq);
+  vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, qf.data());
+  uint32_t best = UINT32_MAX;
+  const VkQueueFlags need = VK_QUEUE_GRAPHICS_BIT | VK_QUEUE_COMPUTE_BIT;
+  for (uint32_t i = 0; i < nq; ++i)
+    if ((qf[i].queueFlags & need) == need && can_present(to_u64(inst), to_u64(pd), i) &&
+        (best == UINT32_MAX || (qf[i].timestampValidBits && !qf[best].timestampValidBits)))
+      best = i;
+  return best;
+}
+
 std::string default_cache_dir() {
   if (const char* d = std::getenv("PQVK_CACHE_DIR"); d && *d) return d;
   if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/pqvk";
@@ -372,7 +407,16 @@ Context::Context(const ContextOptions& opts) : impl_(std::make_unique<Impl>()) {
                    VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT;
   mi.pfnUserCallback = on_validation;
   mi.pUserData = &I.validation_count;
-  I.instance = make_instance(validation_, &mi);
+  presentation_ = opts.presentation.has_value();
+  if (presentation_ && !opts.presentation->can_present)
+    throw Error("ContextOptions::presentation needs a can_present function");
+  std::vector<std::string> window_exts;  // VK_KHR_surface (which VK_KHR_swapchain needs) + the app's
+  if (presentation_) {
+    window_exts.push_back(VK_KHR_SURFACE_EXTENSION_NAME);
+    for (const std::string& e : opts.presentation->instance_extensions)
+      if (std::find(window_exts.begin(), window_exts.end(), e) == window_exts.end()) window_exts.push_back(e);
+  }
+  I.instance = make_instance(validation_, &mi, window_exts);
   try {
     if (validation_)
       check(vkCreateDebugUtilsMessengerEXT(I.instance, &mi, nullptr, &I.messenger),
@@ -385,6 +429,12 @@ Context::Context(const ContextOptions& opts) : impl_(std::make_unique<Impl>()) {
     std::string want = opts.device;
     if (want.empty())
       if (const char* e = std::getenv("PQVK_DEVICE")) want = e;
+    // With presentation: the queue family each device would use (UINT32_MAX: it cannot draw).
+    std::vector<uint32_t> present_family(all.size(), UINT32_MAX);
+    if (presentation_)
+      for (size_t k = 0; k < all.size(); ++k)
+        present_family[k] = graphics_present_family(I.instance, all[k].pd, opts.presentation->can_present);
+    auto usable = [&](const Candidate& c) { return !presentation_ || present_family[&c - all.data()] != UINT32_MAX; };
     const Candidate* chosen = nullptr;
     if (!want.empty()) {
       const bool numeric = std::all_of(want.begin(), want.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); });
@@ -400,9 +450,15 @@ Context::Context(const ContextOptions& opts) : impl_(std::make_unique<Impl>()) {
         for (const auto& c : all) names += "\n  " + std::to_string(c.info.index) + ": " + c.info.name;
         throw Error("--device/PQVK_DEVICE '" + want + "' matches no Vulkan device; devices:" + names);
       }
+      if (!usable(*chosen))
+        throw Error("device '" + chosen->info.name + "' cannot draw to this window (no VK_KHR_swapchain, or no "
+                    "queue family with graphics, compute and presentation)");
     } else {
       for (const auto& c : all)
-        if (!chosen || type_rank(c.vk_type) < type_rank(chosen->vk_type)) chosen = &c;
+        if (usable(c) && (!chosen || type_rank(c.vk_type) < type_rank(chosen->vk_type))) chosen = &c;
+      if (!chosen)
+        throw Error("no Vulkan device can draw to this window (each lacks VK_KHR_swapchain or a queue family "
+                    "with graphics, compute and presentation)");
     }
     info_ = chosen->info;
     I.physical = chosen->pd;
@@ -419,12 +475,17 @@ Context::Context(const ContextOptions& opts) : impl_(std::make_unique<Impl>()) {
     std::vector<VkQueueFamilyProperties> qf(nq);
     vkGetPhysicalDeviceQueueFamilyProperties(I.physical, &nq, qf.data());
     I.queue_family = UINT32_MAX;
-    for (uint32_t i = 0; i < nq; ++i)  // prefer a compute queue with timestamps
-      if ((qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) &&
-          (I.queue_family == UINT32_MAX || (qf[i].timestampValidBits && !I.timestamp_valid_bits))) {
-        I.queue_family = i;
-        I.timestamp_valid_bits = qf[i].timestampValidBits;
-      }
+    if (presentation_) {
+      I.queue_family = present_family[chosen - all.data()];
+      I.timestamp_valid_bits = qf[I.queue_family].timestampValidBits;
+    } else {
+      for (uint32_t i = 0; i < nq; ++i)  // prefer a compute queue with timestamps
+        if ((qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) &&
+            (I.queue_family == UINT32_MAX || (qf[i].timestampValidBits && !I.timestamp_valid_bits))) {
+          I.queue_family = i;
+          I.timestamp_valid_bits = qf[i].timestampValidBits;
+        }
+    }
     if (I.queue_family == UINT32_MAX) throw Error("device '" + info_.name + "' has no compute queue");
 
     // ---- features and extensions to enable ----
@@ -448,6 +509,7 @@ Context::Context(const ContextOptions& opts) : impl_(std::make_unique<Impl>()) {
     const bool v13 = VK_API_VERSION_MINOR(chosen->api) >= 3;
     if (info_.subgroup_size_control && !v13) enable.push_back(VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME);
     if (info_.memory_budget) enable.push_back(VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
+    if (presentation_) enable.push_back(VK_KHR_SWAPCHAIN_EXTENSION_NAME);
 
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci{VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
@@ -542,6 +604,22 @@ void Context::destroy() {
 }
 
 uint32_t Context::validation_messages() const { return impl_->validation_count.load(); }
+
+Context::Native Context::native() const {
+  const Impl& I = *impl_;
+  Native n;
+  n.instance = to_u64(I.instance);
+  n.physical_device = to_u64(I.physical);
+  n.device = to_u64(I.device);
+  n.queue = to_u64(I.queue);
+  n.queue_family = I.queue_family;
+  return n;
+}
+
+void Context::with_queue(const std::function<void()>& fn) const {
+  std::lock_guard<std::mutex> lock(impl_->queue_mutex);
+  fn();
+}
 
 // ---- buffers ---------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-// The Vulkan layer: the only code in pqvk that touches raw Vulkan handles.
+// The Vulkan layer: the only code in pqvk that touches raw Vulkan handles (besides pq-chat's
+// window renderer, apps/chat/vulkan_window.cpp, which draws with this context's device through
+// Context::native() and Context::with_queue()).
 //
 // A small API in the spirit of Kompute / ncnn's backend:
 //   Context   instance + one device + queue, capability report, pipeline cache, validation
@@ -12,7 +14,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -66,6 +70,21 @@ struct ContextOptions {
   // On-disk pipeline cache file. Empty: $PQVK_CACHE_DIR, else $XDG_CACHE_HOME/pqvk, else
   // ~/.cache/pqvk, named after the device's pipelineCacheUUID. "off" disables it.
   std::string pipeline_cache;
+
+  // Presentation: for an app that also draws a window with this device (pq-chat's UI renderer,
+  // apps/chat/). Unset (the default): compute only, exactly as without this option. Set: the
+  // instance also enables VK_KHR_surface and `instance_extensions` (the window system's, e.g.
+  // from glfwGetRequiredInstanceExtensions), the device VK_KHR_swapchain, and the one queue is
+  // taken from a family with graphics + compute that `can_present` accepts; a device without
+  // one is skipped (or, when named by `device`, an error).
+  struct Presentation {
+    std::vector<std::string> instance_extensions;
+    // Whether queue family `family` of a physical device can present to the app's windows
+    // (e.g. glfwGetPhysicalDevicePresentationSupport). Handles as integers: VkInstance,
+    // VkPhysicalDevice.
+    std::function<bool(uint64_t instance, uint64_t physical_device, uint32_t family)> can_present;
+  };
+  std::optional<Presentation> presentation;
 };
 
 class Context;
@@ -228,6 +247,26 @@ class Context {
   // Device memory currently allocated through this context, in bytes.
   uint64_t allocated_bytes() const { return allocated_; }
 
+  // ---- raw access, for an app's UI renderer only (apps/chat/) ----
+  // Model code never uses these: it goes through Buffer / Pipeline / Commands. A UI renderer
+  // (Dear ImGui's Vulkan backend, a swapchain) needs the handles themselves. Vulkan functions
+  // are reached through volk (volk.h), which this context has loaded for its instance and
+  // device. Handles as integers to keep Vulkan headers out of this file.
+  struct Native {
+    uint64_t instance = 0;         // VkInstance
+    uint64_t physical_device = 0;  // VkPhysicalDevice
+    uint64_t device = 0;           // VkDevice
+    uint64_t queue = 0;            // VkQueue (graphics + compute + present with `presentation`)
+    uint32_t queue_family = 0;
+  };
+  Native native() const;
+  bool presentation_enabled() const { return presentation_; }
+  // Runs fn holding the lock that serializes every use of the queue: this layer's own
+  // submissions take it, so code outside it that calls vkQueueSubmit, vkQueuePresentKHR or
+  // vkQueueWaitIdle on native().queue (another thread may be running the model) must do so
+  // inside fn. fn must not call back into this Context's submitting functions (deadlock).
+  void with_queue(const std::function<void()>& fn) const;
+
   struct Impl;  // Vulkan handles; defined in context.cpp
 
  private:
@@ -238,6 +277,7 @@ class Context {
   std::unique_ptr<Impl> impl_;
   DeviceInfo info_;
   bool validation_ = false;
+  bool presentation_ = false;
   std::string cache_path_;
   uint64_t allocated_ = 0;
 };
