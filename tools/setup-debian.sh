@@ -9,6 +9,7 @@ PKGS=(
   libgtest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev sentencepiece libpcre2-dev libicu-dev
   clang-14 libclang-rt-14-dev
+  libglfw3-dev libimgui-dev libpng-dev fonts-dejavu-core xvfb xauth
 )
 missing=()
 for p in "${PKGS[@]}"; do
