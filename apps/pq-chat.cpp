@@ -10,6 +10,8 @@
 // generation; shared by both front ends), chat_worker (the window's generation thread),
 // chat_ui (the widgets), vulkan_window (swapchain + ImGui's Vulkan backend), cli, gui.
 #include <CLI/CLI.hpp>
+
+#include "sampler_options.h"
 #include <cstdio>
 #include <cstdlib>
 
@@ -30,13 +32,7 @@ int main(int argc, char** argv) {
   app.add_option("--format", o.format, "Chat format instead of the model's: plain, chatml, llama3, llama2");
   app.add_option("-n,--max-tokens", o.settings.max_tokens, "Tokens per reply at most (default 256)")
       ->check(CLI::Range(1, 1 << 24));
-  app.add_option("--temp", sc.temperature, "Temperature; 0 = greedy (default 0.8)");
-  app.add_option("--top-k", sc.top_k, "Top-k; 0 = off (default 40)");
-  app.add_option("--top-p", sc.top_p, "Top-p; 1 = off (default 0.95)");
-  app.add_option("--min-p", sc.min_p, "Min-p; 0 = off (default 0.05)");
-  app.add_option("--repeat-penalty", sc.repeat_penalty, "Repetition penalty; 1 = off (default 1.1)");
-  app.add_option("--repeat-last-n", sc.repeat_last_n, "Tokens the penalty looks back at (default 64)");
-  app.add_option("--seed", sc.seed, "Sampling seed (default 0)");
+  pqvk::apps::add_sampler_options(app, sc);
   app.add_option("-c,--ctx", o.context, "Context length (default: the model's, at most 8192)")->check(CLI::Range(1, 1 << 24));
   app.add_option("-d,--device", o.device, "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
   app.add_option("--script", o.script,

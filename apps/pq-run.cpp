@@ -17,6 +17,7 @@
 #include "llm/cpu_model.h"
 #include "llm/gpu_model.h"
 #include "llm/sampler.h"
+#include "sampler_options.h"
 #include "model/pqm.h"
 #include "tokenize/tokenizer.h"
 #include "vk/context.h"
@@ -106,13 +107,7 @@ int main(int argc, char** argv) {
   app.add_option("--prompt-ids", prompt_ids, "The prompt as token ids, e.g. 1,403,407 (for models without a text tokenizer)")
       ->excludes(p_opt);
   app.add_option("-n,--n-predict", n_predict, "Tokens to generate (default 128)")->check(CLI::Range(0, 1 << 24));
-  app.add_option("--temp", sc.temperature, "Temperature; 0 = greedy (default 0.8)");
-  app.add_option("--top-k", sc.top_k, "Top-k; 0 = off (default 40)");
-  app.add_option("--top-p", sc.top_p, "Top-p; 1 = off (default 0.95)");
-  app.add_option("--min-p", sc.min_p, "Min-p; 0 = off (default 0.05)");
-  app.add_option("--repeat-penalty", sc.repeat_penalty, "Repetition penalty; 1 = off (default 1.1)");
-  app.add_option("--repeat-last-n", sc.repeat_last_n, "Tokens the penalty looks back at (default 64)");
-  app.add_option("--seed", sc.seed, "Sampling seed (default 0): the same seed gives the same text");
+  pqvk::apps::add_sampler_options(app, sc);
   app.add_option("--stop", stops, "Stop when this text is generated (repeatable)");
   app.add_option("-c,--ctx", ctx_len, "Context length (default: the model's, at most 8192)")->check(CLI::Range(1, 1 << 24));
   app.add_option("-d,--device", device, "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
