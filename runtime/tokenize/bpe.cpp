@@ -14,6 +14,7 @@
 #include <queue>
 #include <unordered_map>
 
+#include "tokenize/pair_merge.h"
 #include "tokenize/tokenizer.h"
 #include "tokenize/utf8.h"
 
@@ -639,17 +640,13 @@ class BpeTokenizer final : public Tokenizer {
         return;
       }
     }
-    struct Symbol {
-      int32_t id, prev, next;
-      bool alive;
-    };
-    std::vector<Symbol> sym;
+    std::vector<int32_t> sym;
     for (size_t pos = 0; pos < word.size();) {
       const size_t len = utf8_step(word, pos).length;
       const std::string ch = word.substr(pos, len);
       pos += len;
       if (auto it = by_text_.find(ch); it != by_text_.end()) {
-        sym.push_back({it->second, 0, 0, true});
+        sym.push_back(it->second);
         continue;
       }
       bool done = false;
@@ -657,46 +654,19 @@ class BpeTokenizer final : public Tokenizer {
         done = true;
         for (char c : ch) done = done && byte_id_[static_cast<uint8_t>(c)] >= 0;
         if (done)
-          for (char c : ch) sym.push_back({byte_id_[static_cast<uint8_t>(c)], 0, 0, true});
+          for (char c : ch) sym.push_back(byte_id_[static_cast<uint8_t>(c)]);
       }
       if (done) continue;
       if (unk_ < 0)
         tokenizer_fail(where(), "the character '" + ch + "' (in '" + word +
                                     "') is not in the vocabulary and the tokenizer has neither byte fallback nor an unk token");
-      if (!(fuse_unk_ && !sym.empty() && sym.back().id == unk_)) sym.push_back({unk_, 0, 0, true});
+      if (!(fuse_unk_ && !sym.empty() && sym.back() == unk_)) sym.push_back(unk_);
     }
-    const auto n = static_cast<int32_t>(sym.size());
-    for (int32_t i = 0; i < n; ++i) sym[static_cast<size_t>(i)].prev = i - 1, sym[static_cast<size_t>(i)].next = i + 1 < n ? i + 1 : -1;
-
-    struct Cand {
-      int32_t rank, left, left_id, right_id, merged;
-    };
-    auto worse = [](const Cand& a, const Cand& b) { return a.rank != b.rank ? a.rank > b.rank : a.left > b.left; };
-    std::priority_queue<Cand, std::vector<Cand>, decltype(worse)> heap(worse);
-    auto consider = [&](int32_t left) {
-      if (left < 0) return;
-      const int32_t right = sym[static_cast<size_t>(left)].next;
-      if (right < 0) return;
-      const int32_t a = sym[static_cast<size_t>(left)].id, b = sym[static_cast<size_t>(right)].id;
-      auto it = merges_.find(pair_key(a, b));
-      if (it != merges_.end()) heap.push({it->second.rank, left, a, b, it->second.merged});
-    };
-    for (int32_t i = 0; i + 1 < n; ++i) consider(i);
-    while (!heap.empty()) {
-      const Cand c = heap.top();
-      heap.pop();
-      Symbol& l = sym[static_cast<size_t>(c.left)];
-      if (!l.alive || l.id != c.left_id || l.next < 0) continue;
-      Symbol& r = sym[static_cast<size_t>(l.next)];
-      if (r.id != c.right_id) continue;  // stale
-      l.id = c.merged;
-      r.alive = false;
-      l.next = r.next;
-      if (r.next >= 0) sym[static_cast<size_t>(r.next)].prev = c.left;
-      consider(l.prev);
-      consider(c.left);
-    }
-    for (int32_t i = 0; i >= 0; i = sym[static_cast<size_t>(i)].next) out.push_back(sym[static_cast<size_t>(i)].id);
+    merge_pairs(sym, [&](int32_t x, int32_t y) -> std::optional<PairMerge> {
+      auto it = merges_.find(pair_key(x, y));
+      if (it == merges_.end()) return std::nullopt;
+      return PairMerge{static_cast<double>(it->second.rank), it->second.merged};
+    }, out);
   }
 
   std::unordered_map<std::string, int32_t> by_text_;

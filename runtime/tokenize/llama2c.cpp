@@ -7,6 +7,7 @@
 #include <queue>
 #include <unordered_map>
 
+#include "tokenize/pair_merge.h"
 #include "tokenize/tokenizer.h"
 #include "tokenize/utf8.h"
 
@@ -76,18 +77,13 @@ class Llama2cTokenizer final : public Tokenizer {
  protected:
   void encode_text(std::string_view text, bool /*first*/, std::vector<int32_t>& out) const override {
     if (text.empty()) return;
-    struct Symbol {
-      int32_t id;
-      int32_t prev, next;  // -1: none
-      bool alive;
-    };
-    std::vector<Symbol> sym;
+    std::vector<int32_t> sym;
     const std::string with_prefix = " " + std::string(text);  // the dummy prefix
     for (size_t pos = 0; pos < with_prefix.size();) {
       const size_t len = utf8_step(with_prefix, pos).length;  // valid: checked by encode()
       const std::string ch = with_prefix.substr(pos, len);
       if (auto it = by_text_.find(ch); it != by_text_.end()) {
-        sym.push_back({it->second, 0, 0, true});
+        sym.push_back(it->second);
       } else {
         for (char c : ch) {
           const int32_t b = byte_id_[static_cast<uint8_t>(c)];
@@ -95,47 +91,17 @@ class Llama2cTokenizer final : public Tokenizer {
             tokenizer_fail(where(), "the character '" + ch + "' is not in the vocabulary and there is no byte token <0x" +
                                         "0123456789ABCDEF"[static_cast<uint8_t>(c) >> 4] +
                                         "0123456789ABCDEF"[static_cast<uint8_t>(c) & 15] + ">");
-          sym.push_back({b, 0, 0, true});
+          sym.push_back(b);
         }
       }
       pos += len;
     }
-    const auto n = static_cast<int32_t>(sym.size());
-    for (int32_t i = 0; i < n; ++i) sym[static_cast<size_t>(i)].prev = i - 1, sym[static_cast<size_t>(i)].next = i + 1 < n ? i + 1 : -1;
-
-    // Candidates: (score, left symbol, its id, right id). Highest score first, then leftmost;
-    // a symbol keeps its index when it absorbs its right neighbour, so indices stay in order.
-    struct Cand {
-      float score;
-      int32_t left, left_id, right_id, merged;
-    };
-    auto worse = [](const Cand& a, const Cand& b) { return a.score != b.score ? a.score < b.score : a.left > b.left; };
-    std::priority_queue<Cand, std::vector<Cand>, decltype(worse)> heap(worse);
-    auto consider = [&](int32_t left) {
-      if (left < 0) return;
-      const int32_t right = sym[static_cast<size_t>(left)].next;
-      if (right < 0) return;
-      const int32_t a = sym[static_cast<size_t>(left)].id, b = sym[static_cast<size_t>(right)].id;
-      auto it = by_text_.find(tokens_[static_cast<size_t>(a)].piece + tokens_[static_cast<size_t>(b)].piece);
-      if (it == by_text_.end()) return;
-      heap.push({scores_[static_cast<size_t>(it->second)], left, a, b, it->second});
-    };
-    for (int32_t i = 0; i + 1 < n; ++i) consider(i);
-    while (!heap.empty()) {
-      const Cand c = heap.top();
-      heap.pop();
-      Symbol& l = sym[static_cast<size_t>(c.left)];
-      if (!l.alive || l.id != c.left_id || l.next < 0) continue;
-      Symbol& r = sym[static_cast<size_t>(l.next)];
-      if (r.id != c.right_id) continue;  // stale
-      l.id = c.merged;
-      r.alive = false;
-      l.next = r.next;
-      if (r.next >= 0) sym[static_cast<size_t>(r.next)].prev = c.left;
-      consider(l.prev);
-      consider(c.left);
-    }
-    for (int32_t i = 0; i >= 0; i = sym[static_cast<size_t>(i)].next) out.push_back(sym[static_cast<size_t>(i)].id);
+    // The merge whose token has the highest score first (leftmost among equals).
+    merge_pairs(sym, [&](int32_t x, int32_t y) -> std::optional<PairMerge> {
+      auto it = by_text_.find(tokens_[static_cast<size_t>(x)].piece + tokens_[static_cast<size_t>(y)].piece);
+      if (it == by_text_.end()) return std::nullopt;
+      return PairMerge{-static_cast<double>(scores_[static_cast<size_t>(it->second)]), it->second};
+    }, out);
   }
 
  private:
