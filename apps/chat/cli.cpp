@@ -141,13 +141,7 @@ int run_cli(const AppOptions& o) {
     }
     std::signal(SIGINT, SIG_DFL);
   }
-  tr.validation_messages = ctx.validation_messages();
-  if (tr.validation_messages) {
-    std::fprintf(stderr, "pq-chat: %u Vulkan validation messages\n", tr.validation_messages);
-    failed = true;
-  }
-  if (!o.transcript_out.empty()) tr.write(o.transcript_out);
-  return failed ? 1 : 0;
+  return tr.finish(ctx.validation_messages(), o.transcript_out, failed);
 }
 
 }  // namespace pqvk::chat

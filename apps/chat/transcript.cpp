@@ -1,5 +1,6 @@
 #include "chat/transcript.h"
 
+#include <cstdio>
 #include <fstream>
 #include <stdexcept>
 
@@ -50,6 +51,16 @@ void Transcript::write(const std::string& path) const {
   if (!f) throw std::runtime_error("cannot write the transcript " + path);
   f << to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   if (!f) throw std::runtime_error("cannot write the transcript " + path);
+}
+
+int Transcript::finish(uint32_t validation_count, const std::string& path, bool failed) {
+  validation_messages = validation_count;
+  if (validation_messages) {
+    std::fprintf(stderr, "pq-chat: %u Vulkan validation messages\n", validation_messages);
+    failed = true;
+  }
+  if (!path.empty()) write(path);
+  return failed ? 1 : 0;
 }
 
 }  // namespace pqvk::chat

@@ -33,6 +33,10 @@ struct Transcript {
   nlohmann::json to_json() const;
   // Writes to_json() to path; throws std::runtime_error when it cannot.
   void write(const std::string& path) const;
+  // The end of a session (window or terminal): records the Vulkan validation messages (any
+  // fails the session), writes the transcript when `path` is set, and returns the exit
+  // status: 1 when the session or the validation failed, else 0.
+  int finish(uint32_t validation_count, const std::string& path, bool failed);
 };
 
 }  // namespace pqvk::chat
