@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 
+#include "llm/cpu_model.h"
 #include "model/convert.h"
 
 #include "model/error.h"
@@ -16,8 +17,6 @@ namespace pqvk::llm {
 using pqvk::ModelError;
 
 namespace {
-
-constexpr float kPi = 3.14159265358979323846f;
 
 size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
 
@@ -65,30 +64,6 @@ void check_group(const std::string& what, std::initializer_list<const Linear*> w
 }
 
 }  // namespace
-
-std::vector<float> rope_inv_freq(const model::ModelConfig& c) {
-  const int64_t half = c.head_dim / 2;
-  std::vector<float> f(static_cast<size_t>(half));
-  const auto& s = c.rope_scaling;
-  for (int64_t j = 0; j < half; ++j) {
-    double freq = 1.0 / std::pow(c.rope_theta, double(2 * j) / double(c.head_dim));
-    if (s.type == "linear") {
-      freq /= s.factor;
-    } else if (s.type == "llama3") {  // Llama 3.1: long wavelengths scaled, short kept, smooth between
-      const double old_ctx = double(s.original_max_position_embeddings);
-      const double low_wavelen = old_ctx / s.low_freq_factor, high_wavelen = old_ctx / s.high_freq_factor;
-      const double wavelen = 2.0 * double(kPi) / freq;
-      if (wavelen > low_wavelen) {
-        freq /= s.factor;
-      } else if (wavelen >= high_wavelen) {
-        const double smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-        freq = (1.0 - smooth) * freq / s.factor + smooth * freq;
-      }
-    }
-    f[static_cast<size_t>(j)] = static_cast<float>(freq);
-  }
-  return f;
-}
 
 struct GpuModel::Layer {
   vk::Buffer attn_norm, mlp_norm, qkv_bias, qk_norm;
@@ -235,7 +210,9 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   }
   final_norm_ = take_vec("final_norm");
   if (!c.tie_word_embeddings) lm_head_ = take_mat("lm_head");
-  inv_freq_ = ctx.upload_new(rope_inv_freq(c), "rope frequencies");
+  // The CPU reference's frequencies, so both sides rotate by the same angles.
+  const std::vector<double> freq = rope_inverse_frequencies(c);
+  inv_freq_ = ctx.upload_new(std::vector<float>(freq.begin(), freq.end()), "rope frequencies");
 
   // Activations.
   const size_t M = max_batch_;

@@ -153,7 +153,4 @@ class GpuModel {
   uint32_t mark_slots() const;
 };
 
-// RoPE inverse frequencies [head_dim / 2] with the model's rope scaling (none, linear, llama3).
-std::vector<float> rope_inv_freq(const model::ModelConfig& c);
-
 }  // namespace pqvk::llm
