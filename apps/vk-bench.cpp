@@ -26,6 +26,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "kernels/kernels.h"
@@ -125,7 +126,35 @@ struct Row {
   std::string kernel, format, shape;
   uint32_t m = 1;
   double us = 0, gbs = 0, pct = 0, tflops = 0, min_us = 0;
+  double check_err = -1;  // --check: relative error against the CPU twin (-1: not checked)
 };
+
+// --check: y [m][rows] from the GPU against the fp64 twin (pq::gemv_reference_prepared's sum)
+// on a sample of rows and tokens; x [m][ldx] is the prepared input as the kernel read it,
+// gemv-interleaved for one token. The norm-wise relative error over the sample.
+double check_quant(const pq::QuantMatrix& q, const std::vector<float>& x, size_t ldx, const std::vector<float>& y,
+                   uint32_t m) {
+  std::vector<size_t> rows = {0, q.rows / 2, q.rows - 1};
+  std::mt19937 rng(7);
+  for (int i = 0; i < 29; ++i) rows.push_back(rng() % q.rows);
+  double num = 0, den = 0;
+  for (uint32_t t : std::set<uint32_t>{0, m / 2, m - 1})
+    for (size_t r : rows) {
+      double acc = 0;
+      for (size_t b = 0; b < q.blocks_per_row(); ++b) {
+        double dot = 0;
+        for (int k = 0; k < q.block; ++k) {
+          const size_t e = b * q.block + k;
+          dot += double{q.codebook[q.code(r, e)]} * x[t * ldx + (m == 1 ? pqvk::gemv_interleaved_index(e) : e)];
+        }
+        acc += double{pq::f16_to_f32(q.scales[r * q.blocks_per_row() + b])} * dot;
+      }
+      const double d = double{y[t * q.rows + r]} - acc;
+      num += d * d;
+      den += acc * acc;
+    }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
 
 struct KernelArgs {
   std::string device, json_path;
@@ -135,7 +164,30 @@ struct KernelArgs {
   std::vector<std::string> shapes;  // "OUTxIN"
   std::vector<uint32_t> ms;
   uint32_t gemv_wg = 0, gemv_rows = 0;
+  std::vector<std::string> gemv_configs;  // "WGxROWS" + lookup letter (parse_gemv_config)
+  bool check = false;  // every timed GEMV / GEMM also against its CPU twin
 };
+
+// A --gemv-configs entry: "256x8h" -> workgroup 256, 8 rows, lookups by subgroup shuffle.
+// Letters: t table (as many copies as fit), u table with one copy, h shuffle, r shuffle with
+// unmasked indices, d no lookup (a float from the code's bits: the lookups' cost, not a GEMV).
+pqvk::KernelConfig parse_gemv_config(const std::string& s, pqvk::KernelConfig cfg) {
+  using L = pqvk::KernelConfig::GemvLookup;
+  const size_t x = s.find('x');
+  const std::string letters = "tuhrd";
+  try {
+    if (x != std::string::npos && s.size() > x + 2 && letters.find(s.back()) != std::string::npos) {
+      cfg.gemv_wg = static_cast<uint32_t>(std::stoul(s.substr(0, x)));
+      cfg.gemv_rows = static_cast<uint32_t>(std::stoul(s.substr(x + 1, s.size() - x - 2)));
+      const char l = s.back();
+      cfg.gemv_lookup = l == 'h' ? L::shuffle : l == 'r' ? L::shuffle_unmasked : l == 'd' ? L::code : L::table;
+      cfg.gemv_table_shift = l == 'u' ? 0 : -1;
+      return cfg;
+    }
+  } catch (const std::exception&) {
+  }
+  throw std::runtime_error("--gemv-configs '" + s + "' is not WGxROWS followed by t, u, h, r or d (e.g. 256x8h)");
+}
 
 std::pair<size_t, size_t> parse_shape(const std::string& s) {
   size_t x = s.find('x');
@@ -213,6 +265,7 @@ int run_kernels(const KernelArgs& a) {
       const double one = f16 ? double(out) * ((in + 7) / 8 * 8) * 2 : double(out) * in * (bits + 16.0 / 128) / 8;
       const int copies = static_cast<int>(std::max(1.0, std::ceil(min_bytes / one)));
       std::vector<pqvk::DeviceQuantMatrix> qs;
+      pq::QuantMatrix first;  // replica 0 on the host, for --check
       std::vector<pqvk::DeviceF16Matrix> fs;
       size_t weight_bytes = 0;
       for (int i = 0; i < copies; ++i) {
@@ -222,7 +275,9 @@ int run_kernels(const KernelArgs& a) {
           fs.push_back(pqvk::upload_f16(ctx, w.data(), out, in, shape));
           weight_bytes = fs.back().bytes();
         } else {
-          qs.push_back(pqvk::upload_quant(ctx, random_quant(out, in, bits, rng), shape));
+          pq::QuantMatrix q = random_quant(out, in, bits, rng);
+          qs.push_back(pqvk::upload_quant(ctx, q, shape));
+          if (i == 0 && a.check) first = std::move(q);
           weight_bytes = qs.back().bytes();
         }
       }
@@ -231,41 +286,78 @@ int run_kernels(const KernelArgs& a) {
         for (auto& v : x) v = std::normal_distribution<float>()(rng);
         vk::Buffer xb = ctx.upload_new(x, "x");
         vk::Buffer yb = ctx.buffer(size_t(m) * out * 4, vk::MemoryKind::device, "y");
-        double min_ns = 0;
-        double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int r) {
-          if (f16) {
-            if (m == 1) k.gemv_f16(c, fs[r % copies], xb, yb);
-            else k.gemm_f16(c, fs[r % copies], xb, yb, m);
-          } else {
-            if (m == 1) k.gemv(c, qs[r % copies], xb, yb);
-            else k.gemm(c, qs[r % copies], xb, yb, m);
+        const double bytes = double(weight_bytes) + double(m) * in * 4 + double(m) * out * 4;
+        const double flops = 2.0 * m * double(out) * in;
+        // The GEMV once per --gemv-configs entry (on the same matrices), else once.
+        std::vector<std::pair<std::string, Kernels*>> variants = {{"", &k}};
+        std::vector<std::unique_ptr<Kernels>> owned;
+        if (m == 1 && !f16 && !a.gemv_configs.empty()) {
+          variants.clear();
+          for (const auto& gc : a.gemv_configs) {
+            owned.push_back(std::make_unique<Kernels>(ctx, parse_gemv_config(gc, cfg)));
+            variants.push_back({" [" + gc + "]", owned.back().get()});
           }
-        }, &min_ns);
-        double bytes = double(weight_bytes) + double(m) * in * 4 + double(m) * out * 4;
-        double flops = 2.0 * m * double(out) * in;
-        rows.push_back({m == 1 ? "gemv" : "gemm", fmt, shape, m, ns / 1e3, bytes / ns, 100 * bytes / ns / bw,
-                        flops / ns / 1e3, min_ns / 1e3});
+        }
+        for (auto& [label, kv] : variants) {
+          double min_ns = 0;
+          double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int r) {
+            if (f16) {
+              if (m == 1) kv->gemv_f16(c, fs[r % copies], xb, yb);
+              else kv->gemm_f16(c, fs[r % copies], xb, yb, m);
+            } else {
+              if (m == 1) kv->gemv(c, qs[r % copies], xb, yb);
+              else kv->gemm(c, qs[r % copies], xb, yb, m);
+            }
+          }, &min_ns);
+          rows.push_back({m == 1 ? "gemv" : "gemm", fmt + label, shape, m, ns / 1e3, bytes / ns, 100 * bytes / ns / bw,
+                          flops / ns / 1e3, min_ns / 1e3});
+          if (a.check && !f16 && kv->config().gemv_lookup != pqvk::KernelConfig::GemvLookup::code) {
+            auto c = ctx.commands();
+            c.fill(yb, 0x7fc00000u);  // NaN: an output the kernel does not write fails
+            c.barrier();
+            if (m == 1) kv->gemv(c, qs[0], xb, yb);
+            else kv->gemm(c, qs[0], xb, yb, m);
+            c.run();
+            const auto y = ctx.download_all<float>(yb);
+            rows.back().check_err = check_quant(first, x, first.cols_padded, y, m);
+          }
+        }
       }
     }
   }
 
-  std::printf("| kernel | format | out x in | M | median (us) | min (us) | GB/s | %% of copy BW | TFLOP/s |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
-  for (const auto& r : rows)
-    std::printf("| %s | %s | %s | %u | %.1f | %.1f | %.1f | %.1f%% | %.2f |\n", r.kernel.c_str(), r.format.c_str(),
+  std::printf("| kernel | format | out x in | M | median (us) | min (us) | GB/s | %% of copy BW | TFLOP/s |%s\n",
+              a.check ? " check (rel. error) |" : "");
+  std::printf("|---|---|---|---|---|---|---|---|---|%s\n", a.check ? "---|" : "");
+  int failed = 0;
+  for (const auto& r : rows) {
+    std::printf("| %s | %s | %s | %u | %.1f | %.1f | %.1f | %.1f%% | %.2f |", r.kernel.c_str(), r.format.c_str(),
                 r.shape.c_str(), r.m, r.us, r.min_us, r.gbs, r.pct, r.tflops);
+    if (a.check) {
+      const bool bad = r.check_err >= 0 && !(r.check_err < 1e-4);
+      failed += bad;
+      if (r.check_err >= 0) std::printf(" %.1e%s |", r.check_err, bad ? " FAILED" : "");
+      else std::printf(" - |");
+    }
+    std::printf("\n");
+  }
 
   if (!json_path.empty()) {
     nlohmann::json j = {{"device", info.name}, {"driver", info.driver}, {"copy_bandwidth_gbs", bw}, {"copy_api_gbs", api_bw}, {"copy_shader_gbs", shader_bw}, {"results", nlohmann::json::array()}};
     for (const auto& r : rows)
       j["results"].push_back({{"kernel", r.kernel}, {"format", r.format}, {"shape", r.shape}, {"m", r.m},
-                              {"time_us", r.us}, {"min_time_us", r.min_us}, {"gbs", r.gbs}, {"pct_copy_bw", r.pct}, {"tflops", r.tflops}});
+                              {"time_us", r.us}, {"min_time_us", r.min_us}, {"gbs", r.gbs}, {"pct_copy_bw", r.pct}, {"tflops", r.tflops},
+                              {"check_rel_error", r.check_err}});
     std::ofstream f(json_path);
     if (!f) throw std::runtime_error("cannot write --json file '" + json_path + "'");
     f << j.dump(2) << "\n";
   }
   if (ctx.validation_messages()) {
     std::fprintf(stderr, "vk-bench: %u Vulkan validation messages\n", ctx.validation_messages());
+    return 1;
+  }
+  if (failed) {
+    std::fprintf(stderr, "vk-bench: %d kernels differ from their CPU twins (relative error 1e-4 or more)\n", failed);
     return 1;
   }
   return 0;
@@ -355,8 +447,8 @@ Stat mean_sd(const std::vector<double>& v) {
 }
 
 struct TestResult {
-  std::string name;  // "pp512", "tg128"
-  int n_prompt = 0, n_gen = 0;
+  std::string name;  // "pp512", "tg128", "tg128 @ d4096"
+  int n_prompt = 0, n_gen = 0, n_depth = 0;
   std::vector<double> tps;  // one per repetition
   Stat stat;
 };
@@ -377,7 +469,7 @@ struct ModelResult {
 struct ModelArgs {
   std::string device, output = "md", json_path, csv_path;
   std::vector<std::string> models, synthetic, recipes;
-  std::vector<int> bits, n_prompt = {512}, n_gen = {128};
+  std::vector<int> bits, n_prompt = {512}, n_gen = {128}, n_depth = {0};
   bool fp16 = false, no_breakdown = false;
   int reps = 5, ubatch = 512, profile_reps = 5;
   double warmup_ms = 1000;
@@ -457,8 +549,9 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
   ModelResult res;
   const int max_p = *std::max_element(a.n_prompt.begin(), a.n_prompt.end());
   const int max_n = *std::max_element(a.n_gen.begin(), a.n_gen.end());
+  const int max_d = *std::max_element(a.n_depth.begin(), a.n_depth.end());
   pqvk::llm::GpuOptions go;
-  go.context = std::max(1, max_p + max_n);
+  go.context = std::max(1, max_d + std::max(max_p, max_n));
   go.max_batch = static_cast<uint32_t>(a.ubatch);
   const uint64_t before = ctx.allocated_bytes();
   const auto t0 = Clock::now();
@@ -492,47 +585,55 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
   std::fprintf(stderr, "vk-bench: %s %s: %s of weights, %s on the device, loaded in %.1f s\n", res.model.c_str(),
                res.format.c_str(), gib(res.weight_bytes).c_str(), gib(res.device_bytes).c_str(), res.load_s);
 
-  for (int p : a.n_prompt) {
-    if (p <= 0) continue;
-    const auto ids = bench_tokens(p, c, a.seed);
-    TestResult t;
-    t.name = "pp" + std::to_string(p);
-    t.n_prompt = p;
-    t.tps = timed_runs(p, a.reps, a.warmup_ms, [&] { m->prefill(ids, 0); });
-    t.stat = mean_sd(t.tps);
-    std::fprintf(stderr, "vk-bench: %s %s %s: %.2f +- %.2f t/s\n", res.model.c_str(), res.format.c_str(),
-                 t.name.c_str(), t.stat.mean, t.stat.sd);
-    res.tests.push_back(std::move(t));
-  }
-  for (int n : a.n_gen) {
-    if (n <= 0) continue;
-    const int32_t first = c.bos_id >= 0 ? static_cast<int32_t>(c.bos_id) : 0;
-    TestResult t;
-    t.name = "tg" + std::to_string(n);
-    t.n_gen = n;
-    // As llama-bench: n tokens from an empty cache, each fed back (greedy, chosen on the GPU).
-    t.tps = timed_runs(n, a.reps, a.warmup_ms, [&] {
-      int32_t tok = first;
-      for (int i = 0; i < n; ++i) {
-        const int32_t next = m->forward_argmax(tok, i);
-        tok = next >= 0 && next < c.vocab_size ? next : first;
-      }
-    });
-    t.stat = mean_sd(t.tps);
-    std::fprintf(stderr, "vk-bench: %s %s %s: %.2f +- %.2f t/s\n", res.model.c_str(), res.format.c_str(),
-                 t.name.c_str(), t.stat.mean, t.stat.sd);
-    // Roofline: a step at position i reads i + 1 cached positions; (n + 1) / 2 on average.
-    res.has_roofline = true;
-    res.tg_n = n;
-    res.bytes = m->decode_bytes(double(n + 1) / 2.0);
-    res.ideal_tps = copy_gbs * 1e9 / double(res.bytes.total());
-    res.tg_tps = t.stat.mean;
-    res.pct = 100.0 * res.tg_tps / res.ideal_tps;
-    res.tests.push_back(std::move(t));
+  for (int d : a.n_depth) {
+    // llama-bench's -d: the tests run after d tokens are already in the cache (prefilled once,
+    // untimed; the tests rewrite only positions from d on).
+    const std::string at = d > 0 ? " @ d" + std::to_string(d) : "";
+    if (d > 0) m->prefill(bench_tokens(d, c, a.seed + 1), 0);
+    for (int p : a.n_prompt) {
+      if (p <= 0) continue;
+      const auto ids = bench_tokens(p, c, a.seed);
+      TestResult t;
+      t.name = "pp" + std::to_string(p) + at;
+      t.n_prompt = p;
+      t.n_depth = d;
+      t.tps = timed_runs(p, a.reps, a.warmup_ms, [&] { m->prefill(ids, d); });
+      t.stat = mean_sd(t.tps);
+      std::fprintf(stderr, "vk-bench: %s %s %s: %.2f +- %.2f t/s\n", res.model.c_str(), res.format.c_str(),
+                   t.name.c_str(), t.stat.mean, t.stat.sd);
+      res.tests.push_back(std::move(t));
+    }
+    for (int n : a.n_gen) {
+      if (n <= 0) continue;
+      const int32_t first = c.bos_id >= 0 ? static_cast<int32_t>(c.bos_id) : 0;
+      TestResult t;
+      t.name = "tg" + std::to_string(n) + at;
+      t.n_gen = n;
+      t.n_depth = d;
+      // As llama-bench: n tokens after the depth, each fed back (greedy, chosen on the GPU).
+      t.tps = timed_runs(n, a.reps, a.warmup_ms, [&] {
+        int32_t tok = first;
+        for (int i = 0; i < n; ++i) {
+          const int32_t next = m->forward_argmax(tok, d + i);
+          tok = next >= 0 && next < c.vocab_size ? next : first;
+        }
+      });
+      t.stat = mean_sd(t.tps);
+      std::fprintf(stderr, "vk-bench: %s %s %s: %.2f +- %.2f t/s\n", res.model.c_str(), res.format.c_str(),
+                   t.name.c_str(), t.stat.mean, t.stat.sd);
+      // Roofline: a step at position i reads i + 1 cached positions; d + (n + 1) / 2 on average.
+      res.has_roofline = true;
+      res.tg_n = n;
+      res.bytes = m->decode_bytes(double(d) + double(n + 1) / 2.0);
+      res.ideal_tps = copy_gbs * 1e9 / double(res.bytes.total());
+      res.tg_tps = t.stat.mean;
+      res.pct = 100.0 * res.tg_tps / res.ideal_tps;
+      res.tests.push_back(std::move(t));
+    }
   }
   if (!a.no_breakdown) {
     if (max_n > 0) {  // a decode step in the middle of the longest tg run
-      const int32_t pos = std::max(0, max_n / 2);
+      const int32_t pos = max_d + std::max(0, max_n / 2);
       const std::vector<int32_t> one = {c.bos_id >= 0 ? static_cast<int32_t>(c.bos_id) : 0};
       m->profile(one, pos, 1);  // warm-up
       res.decode_profile = m->profile(one, pos, a.profile_reps);
@@ -563,7 +664,7 @@ nlohmann::json results_json(const vk::DeviceInfo& info, double bw, double api, d
                         {"weight_bytes", r.weight_bytes}, {"device_bytes", r.device_bytes}, {"load_s", r.load_s},
                         {"tests", nlohmann::json::array()}};
     for (const auto& t : r.tests)
-      m["tests"].push_back({{"test", t.name}, {"n_prompt", t.n_prompt}, {"n_gen", t.n_gen}, {"tps", t.tps},
+      m["tests"].push_back({{"test", t.name}, {"n_prompt", t.n_prompt}, {"n_gen", t.n_gen}, {"n_depth", t.n_depth}, {"tps", t.tps},
                             {"tps_mean", t.stat.mean}, {"tps_sd", t.stat.sd}});
     if (r.has_roofline)
       m["roofline"] = {{"test", "tg" + std::to_string(r.tg_n)}, {"weight_bytes_per_token", r.bytes.weights},
@@ -742,7 +843,7 @@ int main(int argc, char** argv) {
   ModelArgs ma;
   bool list = false;
   app.add_flag("--list-devices", list, "List the Vulkan devices and exit");
-  app.add_option("-d,--device", ma.device, "Device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
+  app.add_option("--device", ma.device, "Device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
   app.add_option("-m,--model", ma.models, "A .pqm model to run (repeatable, or comma-separated)")->delimiter(',');
   app.add_option("--synthetic", ma.synthetic,
                  "Random weights made on the device in the exact shape of: llama3-8b, llama3.2-1b, qwen3-8b, "
@@ -753,6 +854,8 @@ int main(int argc, char** argv) {
   app.add_flag("--fp16", ma.fp16, "Synthetic formats: also unquantized fp16 weights");
   app.add_option("-p,--n-prompt", ma.n_prompt, "Prompt lengths: pp<N> tests (default 512; 0: none)")->delimiter(',');
   app.add_option("-n,--n-gen", ma.n_gen, "Generation lengths: tg<N> tests (default 128; 0: none)")->delimiter(',');
+  app.add_option("-d,--n-depth", ma.n_depth, "Depths: run the tests after N tokens already in the cache (default 0)")
+      ->check(CLI::Range(0, 1 << 20))->delimiter(',');
   app.add_option("-r,--repetitions", ma.reps, "Timed repetitions of each test (default 5)")->check(CLI::Range(1, 1000));
   app.add_option("-b,--ubatch", ma.ubatch, "Prompt tokens per prefill pass (default 512)")->check(CLI::Range(1, 8192));
   app.add_option("--warmup-ms", ma.warmup_ms, "Replay each test untimed at least this long first (default 1000; at least once)")
@@ -780,6 +883,10 @@ int main(int argc, char** argv) {
   kern->add_option("--warmup-ms", g_warmup_ms, "Replay each measurement at least this long before timing it (default 1000)");
   kern->add_option("--gemv-wg", ka.gemv_wg, "GEMV workgroup size (multiple of 32)");
   kern->add_option("--gemv-rows", ka.gemv_rows, "GEMV rows per workgroup");
+  kern->add_flag("--check", ka.check, "Also check every timed quantized GEMV / GEMM against its CPU twin (exit 1 on a mismatch)");
+  kern->add_option("--gemv-configs", ka.gemv_configs,
+                   "Time the GEMV once per configuration WGxROWS + t (shared table), u (table, one copy), h (subgroup shuffle), r (shuffle, unmasked indices) or d (no lookup: its cost), e.g. 128x2t,256x8h")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   try {
     if (*kern) return run_kernels(ka);

@@ -4,16 +4,19 @@
 //   v = prologue(r, b*B .. b*B+B-1)            MODE 0: x
 //                                              MODE 1: RMSNorm: x * w / sqrt(mean(x_r^2) + eps)
 //                                              MODE 2: SwiGLU: silu(x) * x2
+//                                              MODE 3: SwiGLU of pairs: silu(x[r][2c]) * x[r][2c+1]
 //   out[r][b*B + j] = ROTATE ? (H_B v)[j] : v[j]   (orthonormal Sylvester Walsh-Hadamard)
 // Buffers: 0 x [rows][cols] fp32 (row r read at (in_row0 + r) * cols); 1 out fp32, row r at
-//          r * out_stride, row-major or gemv-interleaved (OUT_LAYOUT; kernels.h);
-//          2 w [cols] fp32 (MODE 1) or x2 [rows][cols] fp32 (MODE 2); unused otherwise.
-// Workgroup: B/4 invocations, one block; 4 consecutive values per invocation; butterflies
-//          via subgroup shuffles, then shared memory (include/fwht_block.glsl). RMSNorm: each
-//          workgroup sums the squares of its whole row (the row is small and stays in cache).
-// Dispatch: rows * nblocks workgroups, flattened over x and y.
-// Specialization: 0 local_size_x (= B/4), 1 B, 2 OUT_LAYOUT (0 row-major, 1 gemv-interleaved),
-//          3 MODE (0 copy, 1 RMSNorm, 2 SwiGLU), 4 ROTATE (1: rotate, 0: only the prologue).
+//          r * out_stride, row-major or gemv-interleaved (OUT_LAYOUT; kernels.h); 2 w [cols]
+//          fp32 (MODE 1), x2 [rows][cols] fp32 (MODE 2).
+// Workgroup: WG invocations transform WG / (B/4) consecutive blocks of one row, 4 consecutive
+//          values per invocation; butterflies via subgroup shuffles, then shared memory
+//          (include/fwht_block.glsl). RMSNorm: the whole workgroup sums the squares of the row
+//          first (each invocation a few independent 16-byte loads).
+// Dispatch: rows * ceil(nblocks / (WG / (B/4))) workgroups, flattened over x and y.
+// Used by prefill (the decode GEMV does this itself, shaders/pq_gemv.comp) and the fp16 path.
+// Specialization: 0 WG (local_size_x, a multiple of B/4), 1 B, 2 MODE, 3 ROTATE (1: rotate,
+//          0: only the prologue), 4 OUT_LAYOUT (0 row-major, 1 gemv-interleaved).
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -21,9 +24,10 @@
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint B = 128u;
-layout(constant_id = 2) const uint OUT_LAYOUT = 0u;
-layout(constant_id = 3) const uint MODE = 0u;
-layout(constant_id = 4) const uint ROTATE = 1u;
+layout(constant_id = 2) const uint MODE = 0u;
+layout(constant_id = 3) const uint ROTATE = 1u;
+layout(constant_id = 4) const uint OUT_LAYOUT = 0u;
+#define WG gl_WorkGroupSize.x
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 0) readonly buffer X4 { vec4 x4[]; };  // the same input, 16 bytes at a time
@@ -31,27 +35,28 @@ layout(std430, binding = 1) writeonly buffer O { float o[]; };
 layout(std430, binding = 2) readonly buffer X2 { float x2[]; };
 layout(push_constant) uniform Push { uint rows, cols, nblocks, out_stride, in_row0; float eps; } p;
 
-shared vec4 fwht_sh[B / 4u];
-shared float norm_sh[B / 4u];
+shared vec4 fwht_sh[WG];
+shared float norm_sh[WG];
 #include "pq_common.glsl"
 #include "fwht_block.glsl"
 
 // 1 / sqrt(mean of squares of row `row` + eps), computed by the whole workgroup.
-float inv_rms(uint row, uint t) {
+float inv_rms(uint row, uint lt) {
   float s = 0.0;
-  if ((p.cols & 3u) == 0u) {  // rows start 16-byte aligned: vec4 loads
-    for (uint c = t; c < p.cols / 4u; c += B / 4u) {
-      vec4 v = x4[row * (p.cols / 4u) + c];
-      s += dot(v, v);
+  if ((p.cols & 3u) == 0u) {  // rows start 16-byte aligned: vec4 loads, four in flight
+    const uint n4 = p.cols / 4u, base = row * n4;
+    for (uint c = lt; c < n4; c += 4u * WG) {
+      vec4 v[4];
+      [[unroll]] for (uint u = 0u; u < 4u; ++u) v[u] = c + u * WG < n4 ? x4[base + c + u * WG] : vec4(0.0);
+      [[unroll]] for (uint u = 0u; u < 4u; ++u) s += dot(v[u], v[u]);
     }
   } else {
-    for (uint c = t; c < p.cols; c += B / 4u) {
+    for (uint c = lt; c < p.cols; c += WG) {
       float v = x[row * p.cols + c];
       s = fma(v, v, s);
     }
   }
   s = subgroupAdd(s);
-  if (gl_SubgroupSize >= B / 4u) return inversesqrt(s / float(p.cols) + p.eps);
   if (subgroupElect()) norm_sh[gl_SubgroupID] = s;
   barrier();
   float total = 0.0;
@@ -60,24 +65,38 @@ float inv_rms(uint row, uint t) {
 }
 
 void main() {
-  uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
-  uint r = wg / p.nblocks, blk = wg % p.nblocks;
+  const uint per_wg = WG / (B / 4u);  // blocks per workgroup
+  const uint groups = (p.nblocks + per_wg - 1u) / per_wg;
+  const uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
+  const uint r = wg / groups;
   if (r >= p.rows) return;  // uniform over the workgroup
-  uint t = fwht_thread_index();
-  uint row = p.in_row0 + r;
-  uint col = blk * B + 4u * t;
+  const uint lt = fwht_thread_index();
+  const uint sub = lt / (B / 4u), t = lt % (B / 4u);  // block within the workgroup, invocation within the block
+  const uint blk = (wg % groups) * per_wg + sub;
+  const uint row = p.in_row0 + r;
+  const uint col = blk * B + 4u * t;
   float scale = 1.0;
-  if (MODE == 1u) scale = inv_rms(row, t);  // uniform: MODE is a specialization constant
+  if (MODE == 1u) scale = inv_rms(row, lt);  // uniform: MODE is a specialization constant
   vec4 v;
   [[unroll]] for (uint k = 0u; k < 4u; ++k) {
-    uint c = col + k;
-    float a = c < p.cols ? x[row * p.cols + c] : 0.0;
-    if (MODE == 1u && c < p.cols) a *= scale * x2[c];
-    if (MODE == 2u && c < p.cols) a = a / (1.0 + exp(-a)) * x2[row * p.cols + c];
+    const uint c = col + k;
+    const bool in_row = c < p.cols && blk < p.nblocks;
+    float a = 0.0;
+    if (in_row) {
+      if (MODE == 3u) {
+        const float g = x[(row * p.cols + c) * 2u];
+        a = g / (1.0 + exp(-g)) * x[(row * p.cols + c) * 2u + 1u];
+      } else {
+        a = x[row * p.cols + c];
+        if (MODE == 1u) a *= scale * x2[c];
+        if (MODE == 2u) a = a / (1.0 + exp(-a)) * x2[row * p.cols + c];
+      }
+    }
     v[k] = a;
   }
-  if (ROTATE != 0u) v = fwht_block(v, t, B);
-  uint base = r * p.out_stride;
+  if (ROTATE != 0u) v = fwht_block(v, t, B, sub * (B / 4u));
+  if (blk >= p.nblocks) return;  // after the last barrier: the blocks past the row's end
+  const uint base = r * p.out_stride;
   [[unroll]] for (uint k = 0u; k < 4u; ++k)
     o[base + (OUT_LAYOUT == 1u ? gemv_interleaved_index(col + k) : col + k)] = v[k];
 }

@@ -55,7 +55,7 @@ void main() {
   uint col = blk * B + 4u * t;
   vec4 v;
   [[unroll]] for (uint k = 0u; k < 4u; ++k) v[k] = codebook[code_at(row, col + k)];
-  if (ROTATED != 0u) v = fwht_block(v, t, B);  // H_B c (orthonormal; the codebook holds 1/sqrt(B))
+  if (ROTATED != 0u) v = fwht_block(v, t, B, 0u);  // H_B c (orthonormal; the codebook holds 1/sqrt(B))
   uint sidx = row * p.nblocks + blk;
   v *= half_at(scales[sidx >> 1u], sidx);
   if (F16_OUT != 0u) {

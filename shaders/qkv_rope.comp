@@ -4,13 +4,14 @@
 //   q, k = RMSNorm_head(q, k) * norm        (Qwen3 q/k norms over head_dim; HAS_NORM)
 //   q, k = RoPE(q, k, pos)                  rotate-half pairs (j, j + hd/2), angle pos * inv_freq[j]
 //   kcache[pos][kvh] = k, vcache[pos][kvh] = v   (fp16)
-// q is rewritten in place for the attention kernel.
+// The rotated q goes to q_out for the attention kernel.
 // KV cache layout (uint words, per layer): [max_ctx][n_kv][hd/2]; K word j holds the RoPE pair
 //   (k_j, k_{j+hd/2}), V word i holds (v_{2i}, v_{2i+1}); packHalf2x16.
-// Buffers: 0 q [M][n_heads*hd]; 1 k [M][n_kv*hd]; 2 v [M][n_kv*hd] (fp32); 3 kcache; 4 vcache;
-//          5 inv_freq [hd/2] fp32 (rope scaling applied by the host); 6 biases fp32
-//          (q | k | v, when HAS_BIAS); 7 norms fp32 (q_norm[hd] | k_norm[hd], when HAS_NORM);
-//          8 step: uint pos0 at [0] (written by the host before each replay).
+// Buffers: 0 qkv [M][q | k | v] fp32 (the projections; rows of n_heads*hd + 2*n_kv*hd);
+//          1 q_out [M][n_heads*hd]; 2 kcache; 3 vcache; 4 inv_freq [hd/2] fp32 (rope scaling
+//          applied by the host); 5 biases fp32 (q | k | v, when HAS_BIAS); 6 norms fp32
+//          (q_norm[hd] | k_norm[hd], when HAS_NORM); 7 step: uint pos0 at [0] (written by the
+//          host before each replay).
 // Workgroup: 64 invocations per (head, token): invocation t handles pairs j = t, t + 64, ...
 // Dispatch: (n_heads + n_kv, M).
 // Specialization: 0 HAS_BIAS, 1 HAS_NORM.
@@ -21,15 +22,14 @@ layout(local_size_x = 64) in;
 layout(constant_id = 0) const uint HAS_BIAS = 0u;
 layout(constant_id = 1) const uint HAS_NORM = 0u;
 
-layout(std430, binding = 0) buffer Q { float q[]; };
-layout(std430, binding = 1) readonly buffer K { float k[]; };
-layout(std430, binding = 2) readonly buffer V { float v[]; };
-layout(std430, binding = 3) writeonly buffer KC { uint kc[]; };
-layout(std430, binding = 4) writeonly buffer VC { uint vc[]; };
-layout(std430, binding = 5) readonly buffer F { float inv_freq[]; };
-layout(std430, binding = 6) readonly buffer Bias { float bias[]; };
-layout(std430, binding = 7) readonly buffer Norm { float norm[]; };
-layout(std430, binding = 8) readonly buffer Step { uint pos0; } step;
+layout(std430, binding = 0) readonly buffer QKV { float qkv[]; };
+layout(std430, binding = 1) writeonly buffer Q { float q_out[]; };
+layout(std430, binding = 2) writeonly buffer KC { uint kc[]; };
+layout(std430, binding = 3) writeonly buffer VC { uint vc[]; };
+layout(std430, binding = 4) readonly buffer F { float inv_freq[]; };
+layout(std430, binding = 5) readonly buffer Bias { float bias[]; };
+layout(std430, binding = 6) readonly buffer Norm { float norm[]; };
+layout(std430, binding = 7) readonly buffer Step { uint pos0; } step;
 layout(push_constant) uniform Push { uint n_heads, n_kv, hd, max_ctx; float eps; } p;
 
 shared float red[64];
@@ -52,23 +52,22 @@ void main() {
   const bool is_q = h < p.n_heads;
   const uint kvh = is_q ? 0u : h - p.n_heads;
   const uint q_dim = p.n_heads * hd, kv_dim = p.n_kv * hd;
-  const uint base = is_q ? m * q_dim + h * hd : m * kv_dim + kvh * hd;
+  const uint row = m * (q_dim + 2u * kv_dim);                  // token m's q | k | v
+  const uint base = row + (is_q ? h * hd : q_dim + kvh * hd);  // this head's q or k
   const uint bias_base = is_q ? h * hd : q_dim + kvh * hd;
   const uint pos = step.pos0 + m;
 
   // q or k: bias, head norm, RoPE (pairs j, j + hd/2 stay in one invocation)
   float ss = 0.0;
   for (uint j = t; j < half_hd; j += 64u) {
-    float a = is_q ? q[base + j] : k[base + j];
-    float b = is_q ? q[base + j + half_hd] : k[base + j + half_hd];
+    float a = qkv[base + j], b = qkv[base + j + half_hd];
     if (HAS_BIAS != 0u) { a += bias[bias_base + j]; b += bias[bias_base + j + half_hd]; }
     ss += a * a + b * b;
   }
   float inv = 1.0;
   if (HAS_NORM != 0u) inv = inversesqrt(wg_sum(ss) / float(hd) + p.eps);
   for (uint j = t; j < half_hd; j += 64u) {
-    float a = is_q ? q[base + j] : k[base + j];
-    float b = is_q ? q[base + j + half_hd] : k[base + j + half_hd];
+    float a = qkv[base + j], b = qkv[base + j + half_hd];
     if (HAS_BIAS != 0u) { a += bias[bias_base + j]; b += bias[bias_base + j + half_hd]; }
     if (HAS_NORM != 0u) {
       uint nb = is_q ? 0u : hd;
@@ -79,16 +78,16 @@ void main() {
     float c = cos(ang), s = sin(ang);
     float ra = a * c - b * s, rb = b * c + a * s;
     if (is_q) {
-      q[base + j] = ra;
-      q[base + j + half_hd] = rb;
+      q_out[m * q_dim + h * hd + j] = ra;
+      q_out[m * q_dim + h * hd + j + half_hd] = rb;
     } else {
       kc[(pos * p.n_kv + kvh) * half_hd + j] = packHalf2x16(vec2(ra, rb));
     }
   }
   if (!is_q) {
-    const uint vb = q_dim + kv_dim + kvh * hd;
+    const uint vb = q_dim + kv_dim + kvh * hd;  // v's column in a row (and in the biases)
     for (uint i = t; i < half_hd; i += 64u) {
-      float a = v[base + 2u * i], b = v[base + 2u * i + 1u];
+      float a = qkv[row + vb + 2u * i], b = qkv[row + vb + 2u * i + 1u];
       if (HAS_BIAS != 0u) { a += bias[vb + 2u * i]; b += bias[vb + 2u * i + 1u]; }
       vc[(pos * p.n_kv + kvh) * half_hd + i] = packHalf2x16(vec2(a, b));
     }

@@ -2,7 +2,10 @@
 // outputs poisoned before each run and explicit error bounds. Validation is on throughout.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <map>
+#include <memory>
 #include <string>
 #include <tuple>
 
@@ -37,26 +40,15 @@ void run_fwht(const FwhtCase& c, Layout layout, Kernels& k) {
   k.fwht(cmd, xb, out, c.rows, c.cols, c.block, layout);
   cmd.run();
   auto got = read_floats(out, c.rows * stride);
-  const size_t padded = rotated_row_elems(c.cols, c.block, Layout::row_major);
+  const size_t padded = rotated_row_elems(c.cols, c.block);
   std::vector<float> ref(c.rows * padded);
   pq::fwht_rows(x.data(), c.rows, c.cols, static_cast<int>(c.block), ref.data());
   // Compare the elements the layout defines (the interleaved layout's tail is unspecified).
-  std::vector<float> g, r;
-  for (uint32_t row = 0; row < c.rows; ++row) {
-    std::vector<float> want(ref.begin() + row * padded, ref.begin() + (row + 1) * padded);
-    if (layout == Layout::gemv_interleaved) {
-      auto inter = interleave_for_gemv(want.data(), padded);
-      for (size_t e = 0; e < padded; ++e) {
-        size_t idx = gemv_interleaved_index(e);
-        g.push_back(got[row * stride + idx]);
-        r.push_back(inter[idx]);
-      }
-    } else {
-      g.insert(g.end(), got.begin() + row * stride, got.begin() + row * stride + padded);
-      r.insert(r.end(), want.begin(), want.end());
-    }
-  }
-  EXPECT_LT(rel_error(g, r), kFwhtTol) << "rows=" << c.rows << " cols=" << c.cols << " B=" << c.block;
+  std::vector<float> g;
+  for (uint32_t row = 0; row < c.rows; ++row)
+    for (size_t e = 0; e < padded; ++e)
+      g.push_back(got[row * stride + (layout == Layout::gemv_interleaved ? gemv_interleaved_index(e) : e)]);
+  EXPECT_LT(rel_error(g, ref), kFwhtTol) << "rows=" << c.rows << " cols=" << c.cols << " B=" << c.block;
 }
 
 TEST(Fwht, MatchesCpuAtAwkwardShapes) {
@@ -81,56 +73,56 @@ TEST(Fwht, EverySupportedSubgroupSize) {
   EXPECT_GE(sizes_run, 1);
 }
 
-// fwht's prologues: RMSNorm and SwiGLU, with and without the rotation.
+// fwht's prologues: RMSNorm, SwiGLU (separate gate and up, or pairs), with and without the
+// rotation.
 TEST(Prepare, RmsNormAndSwigluMatchCpu) {
   for (uint32_t block : {64u, 128u})
     for (auto [rows, cols] : {std::pair{1u, 200u}, {5u, 384u}, {3u, 1000u}, {2u, 333u}})
-      for (int mode : {1, 2})
-        for (bool rotate : {true, false})
-          for (Layout layout : {Layout::row_major, Layout::gemv_interleaved}) {
-            if (layout == Layout::gemv_interleaved && rows != 1) continue;
-            const uint32_t in_row0 = rows == 1 ? 2 : 0;  // read a later row of a taller input
-            const size_t in_rows = rows + in_row0;
-            auto x = random_vector(in_rows * cols, cols + 5 * rows + mode);
-            auto aux = random_vector(mode == 1 ? cols : in_rows * cols, cols + 77);
-            const float eps = 1e-5f;
-            vk::Buffer xb = context().upload_new(x, "x"), ab = context().upload_new(aux, "aux");
-            const size_t stride = rotated_row_elems(cols, block, layout);
-            vk::Buffer out = poisoned(rows * stride);
-            auto cmd = context().commands();
-            Prologue pro{mode == 1 ? Prologue::rmsnorm : Prologue::swiglu, ab, eps};
-            kernels().prepare(cmd, xb, out, rows, cols, block, layout, rotate, pro, in_row0);
-            cmd.run();
-            auto got = read_floats(out, rows * stride);
-            // CPU twin: the prologue in fp64, then the blockwise rotation of pq::fwht_rows.
-            std::vector<float> pre(rows * cols);
-            for (uint32_t r = 0; r < rows; ++r) {
-              const float* xr = &x[(r + in_row0) * cols];
-              double ss = 0;
-              for (uint32_t c = 0; c < cols; ++c) ss += double(xr[c]) * xr[c];
-              const double inv = 1.0 / std::sqrt(ss / cols + eps);
-              for (uint32_t c = 0; c < cols; ++c) {
-                const double a = xr[c];
-                pre[r * cols + c] = static_cast<float>(
-                    mode == 1 ? a * inv * aux[c] : a / (1.0 + std::exp(-a)) * aux[(r + in_row0) * cols + c]);
-              }
+      for (int mode : {1, 2, 3})
+        for (bool rotate : {true, false}) {
+          const Layout layout = rows == 1 ? Layout::gemv_interleaved : Layout::row_major;
+          const uint32_t in_row0 = rows == 1 ? 2 : 0;  // read a later row of a taller input
+          const size_t in_rows = rows + in_row0;
+          auto x = random_vector(in_rows * cols * (mode == 3 ? 2 : 1), cols + 5 * rows + mode);
+          auto aux = random_vector(mode == 1 ? cols : in_rows * cols, cols + 77);
+          const float eps = 1e-5f;
+          vk::Buffer xb = context().upload_new(x, "x"), ab = context().upload_new(aux, "aux");
+          const size_t padded = rotated_row_elems(cols, block), stride = rotated_row_elems(cols, block, layout);
+          vk::Buffer out = poisoned(rows * stride);
+          auto cmd = context().commands();
+          const Prologue::Kind kind = mode == 1 ? Prologue::rmsnorm : mode == 2 ? Prologue::swiglu : Prologue::swiglu_pairs;
+          Prologue pro{kind, mode == 3 ? vk::BufferView() : vk::BufferView(ab), eps};
+          kernels().prepare(cmd, xb, out, rows, cols, block, layout, rotate, pro, in_row0);
+          cmd.run();
+          // CPU twin: the prologue in fp64, then the blockwise rotation of pq::fwht_rows.
+          std::vector<float> pre(rows * cols);
+          for (uint32_t r = 0; r < rows; ++r) {
+            const size_t row = r + in_row0;
+            double ss = 0;
+            for (uint32_t c = 0; c < cols; ++c) ss += double(x[row * cols + c]) * x[row * cols + c];
+            const double inv = 1.0 / std::sqrt(ss / cols + eps);
+            for (uint32_t c = 0; c < cols; ++c) {
+              double v;
+              if (mode == 1) v = double(x[row * cols + c]) * inv * aux[c];
+              else if (mode == 2) v = double(x[row * cols + c]) / (1.0 + std::exp(-double(x[row * cols + c]))) * aux[row * cols + c];
+              else v = double(x[(row * cols + c) * 2]) / (1.0 + std::exp(-double(x[(row * cols + c) * 2]))) * x[(row * cols + c) * 2 + 1];
+              pre[r * cols + c] = static_cast<float>(v);
             }
-            const size_t padded = rotated_row_elems(cols, block, Layout::row_major);
-            std::vector<float> ref(rows * padded, 0.0f);
-            if (rotate) {
-              pq::fwht_rows(pre.data(), rows, cols, static_cast<int>(block), ref.data());
-            } else {
-              for (uint32_t r = 0; r < rows; ++r) std::copy(&pre[r * cols], &pre[r * cols] + cols, &ref[r * padded]);
-            }
-            std::vector<float> g, want;
-            for (uint32_t r = 0; r < rows; ++r)
-              for (size_t e = 0; e < padded; ++e) {
-                g.push_back(got[r * stride + (layout == Layout::gemv_interleaved ? gemv_interleaved_index(e) : e)]);
-                want.push_back(ref[r * padded + e]);
-              }
-            EXPECT_LT(rel_error(g, want), kFwhtTol)
-                << "mode " << mode << " rotate " << rotate << " rows " << rows << " cols " << cols << " B " << block;
           }
+          std::vector<float> ref(rows * padded, 0.0f);
+          if (rotate) {
+            pq::fwht_rows(pre.data(), rows, cols, static_cast<int>(block), ref.data());
+          } else {
+            for (uint32_t r = 0; r < rows; ++r) std::copy(&pre[r * cols], &pre[r * cols] + cols, &ref[r * padded]);
+          }
+          const auto got = read_floats(out, rows * stride);
+          std::vector<float> g;
+          for (uint32_t r = 0; r < rows; ++r)
+            for (size_t e = 0; e < padded; ++e)
+              g.push_back(got[r * stride + (layout == Layout::gemv_interleaved ? gemv_interleaved_index(e) : e)]);
+          EXPECT_LT(rel_error(g, ref), kFwhtTol)
+              << "mode " << mode << " rotate " << rotate << " rows " << rows << " cols " << cols << " B " << block;
+        }
 }
 
 // ---- quantized matrices -----------------------------------------------------------------------
@@ -194,82 +186,167 @@ TEST(Dequant, Fp16Output) {
   EXPECT_LT(rel_error(got, ref), 1e-3);  // fp16 rounding: 2^-11 relative per element
 }
 
-// y = W x on the GPU (fused GEMV on the rotated, interleaved input) against the fp64 twin,
-// through `k` (the fp32 shader, or the fp16 pair-lookup one: 1e-3 relative per its header,
-// bound 3e-3).
-void check_gemv(const MatCase& c, size_t max_slice_bytes, Kernels& k = kernels()) {
+// y = W x on the GPU against the fp64 twin, through `k` (any lookup, any workgroup shape: fp32
+// arithmetic throughout). prepared: the input rotated by fwht() first (gemv-interleaved); else the GEMV's own
+// prologue rotates it (and, with `norm`, applies the RMSNorm first).
+void check_gemv(const MatCase& c, size_t max_slice_bytes, Kernels& k = kernels(), bool prepared = true,
+                bool norm = false) {
   auto q = make_matrix(c);
   auto d = upload_quant(context(), q, describe(c), max_slice_bytes);
   auto x = random_vector(c.cols, static_cast<uint32_t>(c.cols + 99));
-  vk::Buffer xb = context().upload_new(x, "x");
+  auto w = random_vector(c.cols, static_cast<uint32_t>(c.cols + 98));
+  vk::Buffer xb = context().upload_new(x, "x"), wb = context().upload_new(w, "norm weight");
   vk::Buffer xr = poisoned(rotated_row_elems(c.cols, c.block, Layout::gemv_interleaved));
   vk::Buffer y = poisoned(c.rows);
   auto cmd = context().commands();
-  if (q.rotated) {
-    k.fwht(cmd, xb, xr, 1, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block), Layout::gemv_interleaved);
-  } else {  // unrotated methods read the plain input in the same layout
-    std::vector<float> padded(q.cols_padded, 0.0f);
-    std::copy(x.begin(), x.end(), padded.begin());
-    context().upload(xr, interleave_for_gemv(padded.data(), q.cols_padded));
+  GemvOp op;
+  if (prepared) {
+    if (q.rotated) {
+      k.fwht(cmd, xb, xr, 1, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block), Layout::gemv_interleaved);
+    } else {  // unrotated methods read the plain input in the same layout
+      std::vector<float> padded(q.cols_padded, 0.0f);
+      std::copy(x.begin(), x.end(), padded.begin());
+      context().upload(xr, interleave_for_gemv(padded.data(), q.cols_padded));
+    }
+    cmd.barrier();
+  } else {
+    op.prologue = norm ? GemvOp::rmsnorm : GemvOp::raw;
+    op.norm = wb;
+    op.eps = 1e-5f;
   }
-  cmd.barrier();
-  k.gemv(cmd, d, xr, y);
+  k.gemv(cmd, d, prepared ? xr : xb, y, op);
   cmd.run();
+  std::vector<float> xin = x;  // the CPU twin's input: the RMSNorm applied in fp64
+  if (norm) {
+    double ss = 0;
+    for (float v : x) ss += double(v) * v;
+    const double inv = 1.0 / std::sqrt(ss / c.cols + 1e-5);
+    for (size_t i = 0; i < x.size(); ++i) xin[i] = static_cast<float>(double(x[i]) * inv * w[i]);
+  }
   std::vector<double> ref(c.rows);
-  pq::gemv_reference(q, x.data(), ref.data());
+  pq::gemv_reference(q, xin.data(), ref.data());
   const auto got = read_floats(y, c.rows);
-  if (!k.uses_gemv_pairs(c.bits)) {
-    EXPECT_LT(rel_error(got, ref), kDotTol) << describe(c) << " slices=" << d.slices.size();
-    return;
-  }
-  // fp16 sums: the error of each output is bounded by the magnitude of its terms (a sum that
-  // cancels to nearly zero keeps the absolute error of its terms): |y - ref| <= 4e-3 sum|terms|,
-  // terms = scale * codebook[code] * xr in the rotated domain (2^-11 per fp16 rounding, chains
-  // of 8 and a conversion).
-  std::vector<float> xr_cpu(q.cols_padded, 0.0f);
-  if (q.rotated) pq::fwht_rows(x.data(), 1, c.cols, c.block, xr_cpu.data());
-  else std::copy(x.begin(), x.end(), xr_cpu.begin());
-  for (size_t r = 0; r < c.rows; ++r) {
-    double mag = 0;
-    for (size_t j = 0; j < q.cols_padded; ++j)
-      mag += std::abs(double(pq::f16_to_f32(q.scales[r * q.blocks_per_row() + j / q.block])) *
-                      q.codebook[q.code(r, j)] * xr_cpu[j]);
-    ASSERT_TRUE(std::isfinite(got[r])) << describe(c) << " row " << r;
-    EXPECT_LE(std::abs(got[r] - ref[r]), 4e-3 * mag) << describe(c) << " row " << r << " (fp16 pairs)";
-  }
-  EXPECT_LT(rel_error(got, ref), 1e-2) << describe(c) << " (fp16 pairs)";
+  EXPECT_LT(rel_error(got, ref), kDotTol) << describe(c) << " slices=" << d.slices.size()
+                                          << " lookup=" << int(k.gemv_lookup(c.bits)) << " wg=" << k.config().gemv_wg
+                                          << " rows=" << k.config().gemv_rows << " prepared=" << prepared << " norm=" << norm;
 }
 
-Kernels& fp32_gemv_kernels() { return kernels(); }  // the default: pq_gemv.comp
-
-Kernels& pair_gemv_kernels() {
-  static Kernels k(context(), [] {
-    KernelConfig cfg;
-    cfg.gemv_pairs = true;
-    return cfg;
-  }());
-  return k;
+// Kernels with another GEMV shape or lookup mode (made per test: pipelines must not outlive
+// the shared context, which the test environment destroys before exit).
+using Lookup = KernelConfig::GemvLookup;
+KernelConfig gemv_config(uint32_t wg, uint32_t rows, Lookup lookup, int table_shift = -1) {
+  KernelConfig cfg;
+  cfg.gemv_wg = wg;
+  cfg.gemv_rows = rows;
+  cfg.gemv_lookup = lookup;
+  cfg.gemv_table_shift = table_shift;
+  return cfg;
 }
 
-TEST(Gemv, MatchesCpuEveryBitWidth) {
-  for (const auto& c : matrix_cases()) check_gemv(c, 0, fp32_gemv_kernels());
-}
-
-TEST(Gemv, Fp16PairLookupsMatchCpuEveryBitWidth) {
-  ASSERT_TRUE(context().info().fp16) << "lavapipe and every GPU in the tests have shaderFloat16";
-  int paired = 0;
+TEST(Gemv, MatchesCpuEveryBitWidth) {  // the default lookups
+  int shuffled = 0;
   for (const auto& c : matrix_cases()) {
-    check_gemv(c, 0, pair_gemv_kernels());
-    paired += pair_gemv_kernels().uses_gemv_pairs(c.bits);
+    check_gemv(c, 0);
+    const Lookup l = kernels().gemv_lookup(c.bits);
+    shuffled += l == Lookup::shuffle || l == Lookup::shuffle_unmasked;
   }
-  EXPECT_GT(paired, 10);  // 2..6 bits went through the pair shader
+  EXPECT_GE(shuffled, 4);  // 2 and 3 bits even where subgroups have 8 lanes (lavapipe)
+}
+
+TEST(Gemv, SharedTableMatchesCpuEveryBitWidth) {
+  for (int shift : {-1, 0}) {  // 32 copies (fewer at 7-8 bits), one copy
+    Kernels table(context(), gemv_config(128, 2, Lookup::table, shift));
+    for (const auto& c : matrix_cases()) check_gemv(c, 0, table);
+  }
+}
+
+TEST(Gemv, WorkgroupShapes) {
+  // Rows per workgroup that do not divide the row count, one invocation per chunk or many,
+  // chunk counts that are not multiples of the workgroup or subgroup size.
+  for (auto [wg, rows] : std::vector<std::pair<uint32_t, uint32_t>>{{32, 1}, {64, 3}, {256, 8}, {128, 16}})
+    for (Lookup lookup : {Lookup::table, Lookup::shuffle}) {
+      Kernels k(context(), gemv_config(wg, rows, lookup));
+      for (const MatCase& c : std::vector<MatCase>{{1, 200, 3, 128, pq::Method::pq},
+                                                   {37, 4096 + 40, 2, 128, pq::Method::pq},
+                                                   {19, 14336 + 100, 5, 128, pq::Method::pq},
+                                                   {9, 333, 3, 64, pq::Method::absmax}})
+        check_gemv(c, 0, k);
+    }
+}
+
+// The GEMV's own prologue: the rotation (blocks of 64/128/256 across neighbouring invocations)
+// and the RMSNorm before it, at every lookup and awkward shapes; unrotated methods only norm.
+TEST(Gemv, FusedPrologueMatchesCpu) {
+  for (Lookup lookup : {Lookup::automatic, Lookup::table})
+    for (auto [wg, rows] : std::vector<std::pair<uint32_t, uint32_t>>{{128, 4}, {32, 6}}) {
+      Kernels k(context(), gemv_config(wg, rows, lookup));
+      for (const MatCase& c : std::vector<MatCase>{{1, 200, 3, 128, pq::Method::pq},
+                                                   {37, 4096 + 40, 4, 128, pq::Method::pq},
+                                                   {19, 14336 + 100, 5, 256, pq::Method::pq},
+                                                   {7, 1000, 2, 64, pq::Method::pq},
+                                                   {9, 333, 6, 64, pq::Method::absmax},
+                                                   {5, 777, 4, 128, pq::Method::lloyd}})
+        for (bool norm : {false, true}) check_gemv(c, 0, k, false, norm);
+    }
+}
+
+// Gate and up joined with interleaved rows (pq::join_rows): y[i] = silu(gate_i . h) * (up_i . h)
+// with h = rmsnorm(x), from one GEMV; and the residual epilogue with output offsets.
+TEST(Gemv, SwigluAndAccumulateEpilogues) {
+  for (const MatCase& c : std::vector<MatCase>{{13, 1000, 3, 128, pq::Method::pq}, {64, 4096 + 40, 5, 128, pq::Method::pq}}) {
+    auto gate = make_matrix(c), up = pq::quantize(random_vector(c.rows * c.cols, 5).data(), c.rows, c.cols, c.bits,
+                                                  c.block, c.method);
+    const pq::QuantMatrix joined = pq::join_rows({&gate, &up}, true);
+    Kernels k(context(), gemv_config(128, 6, Lookup::automatic));
+    auto d = upload_quant(context(), joined, "gate|up", 0, 2);
+    auto x = random_vector(c.cols, 11), w = random_vector(c.cols, 12);
+    vk::Buffer xb = context().upload_new(x, "x"), wb = context().upload_new(w, "norm");
+    vk::Buffer h = poisoned(c.rows + 3);
+    auto cmd = context().commands();
+    GemvOp op;
+    op.prologue = GemvOp::rmsnorm;
+    op.norm = wb;
+    op.eps = 1e-6f;
+    op.epilogue = GemvOp::swiglu;
+    op.y_offset = 3;
+    k.gemv(cmd, d, xb, h, op);
+    cmd.run();
+    double ss = 0;
+    for (float v : x) ss += double(v) * v;
+    std::vector<float> xn(c.cols);
+    for (size_t i = 0; i < c.cols; ++i) xn[i] = static_cast<float>(x[i] / std::sqrt(ss / c.cols + 1e-6) * w[i]);
+    std::vector<double> g(c.rows), u(c.rows), want;
+    pq::gemv_reference(gate, xn.data(), g.data());
+    pq::gemv_reference(up, xn.data(), u.data());
+    for (size_t i = 0; i < c.rows; ++i) want.push_back(g[i] / (1.0 + std::exp(-g[i])) * u[i]);
+    const auto got = read_floats(h, c.rows + 3);
+    EXPECT_LT(rel_error(std::vector<float>(got.begin() + 3, got.end()), want), 1e-4) << describe(c);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(std::bit_cast<uint32_t>(got[i]), kPoison) << "wrote before y_offset";
+
+    // y += W x at an offset: y starts random, the first rows untouched.
+    auto y0 = random_vector(c.rows + 5, 13);
+    vk::Buffer y = context().upload_new(y0, "residual");
+    auto cmd2 = context().commands();
+    GemvOp acc;
+    acc.prologue = GemvOp::raw;
+    acc.epilogue = GemvOp::accumulate;
+    acc.y_offset = 5;
+    const auto dg = upload_quant(context(), gate, "gate");
+    k.gemv(cmd2, dg, xb, y, acc);
+    cmd2.run();
+    std::vector<double> gx(c.rows), want2(y0.begin(), y0.end());
+    pq::gemv_reference(gate, x.data(), gx.data());
+    for (size_t i = 0; i < c.rows; ++i) want2[5 + i] += gx[i];
+    EXPECT_LT(rel_error(read_floats(y, c.rows + 5), want2), 1e-5) << describe(c) << " (accumulate)";
+  }
 }
 
 TEST(Gemv, SplitAcrossSlices) {
   // Force several slices (as a 4 GiB limit would for an LM head) and an odd tail slice.
   MatCase c{37, 640, 3, 128, pq::Method::pq};
   check_gemv(c, 5 * 3 * 20 * 4);  // 5 rows per slice: 8 slices, the last with 2 rows
-  check_gemv(c, 5 * 3 * 20 * 4, pair_gemv_kernels());
+  Kernels table(context(), gemv_config(128, 2, Lookup::table));
+  check_gemv(c, 5 * 3 * 20 * 4, table);
 }
 
 TEST(Gemm, MatchesCpu) {
@@ -374,42 +451,49 @@ TEST(Argmax, LowestIndexOfTheLargest) {
   }
 }
 
-// qkv_rope + attention against a direct fp64 computation over the same fp16-rounded cache.
-TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
-  struct Case { uint32_t n_heads, n_kv, hd, m, pos0, window; bool bias, norm; };
-  for (const Case& c : {Case{4, 2, 16, 1, 0, 0, false, false}, Case{6, 2, 12, 5, 3, 0, true, false},
-                        Case{4, 1, 20, 3, 130, 0, false, true}, Case{2, 2, 64, 4, 200, 7, true, true},
-                        Case{8, 8, 128, 2, 140, 0, false, false}, Case{3, 3, 14, 2, 9, 0, true, false}}) {
-    Kernels::AttentionShape a{c.n_heads, c.n_kv, c.hd, 512, c.window, 1e-6f};
-    const size_t q_dim = size_t(c.n_heads) * c.hd, kv_dim = size_t(c.n_kv) * c.hd, half = c.hd / 2;
-    const size_t ctx_len = c.pos0 + c.m;
-    // Earlier positions' keys and values: random fp16 words already in the cache.
-    std::mt19937 rng(c.hd * 31 + c.m);
+// Attention inputs of one case: random q/k/v for m tokens at pos0.., biases, norms, and random
+// fp16 keys and values already cached at positions < pos0; with the fp64 CPU twin.
+struct AttnCase { uint32_t n_heads, n_kv, hd, m, pos0, window; bool bias, norm; };
+
+struct AttnData {
+  AttnCase c;
+  Kernels::AttentionShape shape;
+  size_t q_dim, kv_dim, half;
+  std::vector<float> q, k, v, bias, norm, inv_freq;
+  std::vector<uint32_t> kc, vc;  // the caches before the run
+
+  explicit AttnData(const AttnCase& cs) : c(cs) {
+    shape = Kernels::AttentionShape{c.n_heads, c.n_kv, c.hd, 512, c.window, 1e-6f};
+    q_dim = size_t(c.n_heads) * c.hd, kv_dim = size_t(c.n_kv) * c.hd, half = c.hd / 2;
+    std::mt19937 rng(c.hd * 31 + c.m + c.pos0);
     std::normal_distribution<float> nd;
-    std::vector<uint32_t> kc(512 * kv_dim / 2), vc(512 * kv_dim / 2);
+    kc.assign(512 * kv_dim / 2, 0);
+    vc.assign(512 * kv_dim / 2, 0);
     for (size_t i = 0; i < c.pos0 * kv_dim / 2; ++i) {
       kc[i] = pq::f32_to_f16(nd(rng)) | (uint32_t(pq::f32_to_f16(nd(rng))) << 16);
       vc[i] = pq::f32_to_f16(nd(rng)) | (uint32_t(pq::f32_to_f16(nd(rng))) << 16);
     }
-    auto q = random_vector(c.m * q_dim, 1 + c.hd), k = random_vector(c.m * kv_dim, 2 + c.hd),
-         v = random_vector(c.m * kv_dim, 3 + c.hd), bias = random_vector(q_dim + 2 * kv_dim, 4),
-         norm = random_vector(2 * c.hd, 5);
-    std::vector<float> inv_freq(half);
+    q = random_vector(c.m * q_dim, 1 + c.hd + c.pos0), k = random_vector(c.m * kv_dim, 2 + c.hd),
+    v = random_vector(c.m * kv_dim, 3 + c.hd), bias = random_vector(q_dim + 2 * kv_dim, 4),
+    norm = random_vector(2 * c.hd, 5);
+    inv_freq.resize(half);
     for (size_t j = 0; j < half; ++j) inv_freq[j] = static_cast<float>(std::pow(10000.0, -2.0 * j / c.hd));
-    vk::Buffer qb = context().upload_new(q, "q"), kb = context().upload_new(k, "k"), vb = context().upload_new(v, "v");
-    vk::Buffer kcb = context().upload_new(kc, "kc"), vcb = context().upload_new(vc, "vc");
-    vk::Buffer fb = context().upload_new(inv_freq, "freq"), bb = context().upload_new(bias, "bias"),
-               nb = context().upload_new(norm, "norm");
-    vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
-    vk::Buffer out = poisoned(c.m * q_dim);
-    auto cmd = context().commands();
-    kernels().qkv_rope(cmd, a, qb, kb, vb, kcb, vcb, fb, c.bias ? vk::BufferView(bb) : vk::BufferView(),
-                       c.norm ? vk::BufferView(nb) : vk::BufferView(), step, c.m);
-    cmd.barrier();
-    kernels().attention(cmd, a, qb, kcb, vcb, out, step, c.m);
-    cmd.run();
+  }
 
-    // CPU twin.
+  // q, k and v as the projections leave them: [m][q | k | v].
+  std::vector<float> qkv() const {
+    std::vector<float> r;
+    for (size_t m = 0; m < c.m; ++m) {
+      r.insert(r.end(), q.begin() + m * q_dim, q.begin() + (m + 1) * q_dim);
+      r.insert(r.end(), k.begin() + m * kv_dim, k.begin() + (m + 1) * kv_dim);
+      r.insert(r.end(), v.begin() + m * kv_dim, v.begin() + (m + 1) * kv_dim);
+    }
+    return r;
+  }
+
+  // The attention outputs [m][n_heads * hd]; new_k / new_v: the roped key and the value of each
+  // new token [m][n_kv * hd] (before fp16 rounding).
+  std::vector<double> reference(std::vector<double>* new_k = nullptr, std::vector<double>* new_v = nullptr) const {
     auto rope = [&](std::vector<double>& h, size_t pos, const float* nw) {
       if (nw) {
         double ss = 0;
@@ -424,6 +508,7 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
       }
     };
     auto r16 = [](double x) { return double(pq::f16_to_f32(pq::f32_to_f16(static_cast<float>(x)))); };
+    const size_t ctx_len = c.pos0 + c.m;
     std::vector<std::vector<double>> K(ctx_len * c.n_kv), V(ctx_len * c.n_kv);
     for (size_t p = 0; p < c.pos0; ++p)
       for (size_t h = 0; h < c.n_kv; ++h) {
@@ -448,6 +533,8 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
           vv[j] = v[m * kv_dim + h * c.hd + j] + (c.bias ? bias[q_dim + kv_dim + h * c.hd + j] : 0.0);
         }
         rope(kk, pos, c.norm ? norm.data() + c.hd : nullptr);
+        if (new_k) new_k->insert(new_k->end(), kk.begin(), kk.end());
+        if (new_v) new_v->insert(new_v->end(), vv.begin(), vv.end());
         for (auto& e : kk) e = r16(e);
         for (auto& e : vv) e = r16(e);
         K[pos * c.n_kv + h] = kk;
@@ -481,9 +568,83 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
         }
       }
     }
-    EXPECT_LT(rel_error(read_floats(out, c.m * q_dim), ref), 1e-4)
-        << "heads " << c.n_heads << "/" << c.n_kv << " hd " << c.hd << " m " << c.m << " pos0 " << c.pos0;
+    return ref;
   }
+};
+
+std::string describe(const AttnCase& c) {
+  return "heads " + std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv) + " hd " + std::to_string(c.hd) + " m " +
+         std::to_string(c.m) + " pos0 " + std::to_string(c.pos0) + " window " + std::to_string(c.window);
+}
+
+// qkv_rope + attention against a direct fp64 computation over the same fp16-rounded cache.
+TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
+  for (const AttnCase& c : {AttnCase{4, 2, 16, 1, 0, 0, false, false}, AttnCase{6, 2, 12, 5, 3, 0, true, false},
+                            AttnCase{4, 1, 20, 3, 130, 0, false, true}, AttnCase{2, 2, 64, 4, 200, 7, true, true},
+                            AttnCase{8, 8, 128, 2, 140, 0, false, false}, AttnCase{3, 3, 14, 2, 9, 0, true, false}}) {
+    const AttnData d(c);
+    vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v"), qb = poisoned(c.m * d.q_dim);
+    vk::Buffer kcb = context().upload_new(d.kc, "kc"), vcb = context().upload_new(d.vc, "vc");
+    vk::Buffer fb = context().upload_new(d.inv_freq, "freq"), bb = context().upload_new(d.bias, "bias"),
+               nb = context().upload_new(d.norm, "norm");
+    vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
+    vk::Buffer out = poisoned(c.m * d.q_dim);
+    auto cmd = context().commands();
+    kernels().qkv_rope(cmd, d.shape, qkv, qb, kcb, vcb, fb, c.bias ? vk::BufferView(bb) : vk::BufferView(),
+                       c.norm ? vk::BufferView(nb) : vk::BufferView(), step, c.m);
+    cmd.barrier();
+    kernels().attention(cmd, d.shape, qb, kcb, vcb, out, step, c.m);
+    cmd.run();
+    EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), 1e-4) << describe(c);
+  }
+}
+
+// attention_decode (q/k preparation fused, the context split over workgroups) + the merge in
+// fwht's prologue, against the same fp64 twin; also the key and value it appends to the caches.
+TEST(Attention, SplitDecodeMatchesCpu) {
+  for (const AttnCase& c : {AttnCase{4, 2, 16, 1, 0, 0, false, false}, AttnCase{6, 2, 12, 1, 3, 0, true, false},
+                            AttnCase{4, 1, 20, 1, 130, 0, false, true}, AttnCase{2, 2, 64, 1, 200, 7, true, true},
+                            AttnCase{8, 2, 128, 1, 333, 0, false, false}, AttnCase{28, 4, 128, 1, 301, 0, true, true},
+                            AttnCase{16, 2, 256, 1, 45, 0, false, true}, AttnCase{16, 1, 8, 1, 400, 100, false, false}})
+    for (uint32_t splits : {1u, 3u, 64u}) {
+      const AttnData d(c);
+      std::vector<double> new_k, new_v;
+      const auto ref = d.reference(&new_k, &new_v);
+      vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v");
+      vk::Buffer kcb = context().upload_new(d.kc, "kc"), vcb = context().upload_new(d.vc, "vc");
+      vk::Buffer fb = context().upload_new(d.inv_freq, "freq"), bb = context().upload_new(d.bias, "bias"),
+                 nb = context().upload_new(d.norm, "norm");
+      vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
+      vk::Buffer part = poisoned(splits * d.q_dim), ml = poisoned(splits * c.n_heads * 2);
+      vk::Buffer counters = context().upload_new(std::vector<uint32_t>(c.n_kv, 0u), "counters");
+      const std::string what = describe(c) + " splits " + std::to_string(splits);
+      for (int run = 0; run < 2; ++run) {  // the second run needs the counters the first left at zero
+        vk::Buffer out = poisoned(d.q_dim);
+        auto cmd = context().commands();
+        kernels().attention_decode(cmd, d.shape, qkv, kcb, vcb, fb, c.bias ? vk::BufferView(bb) : vk::BufferView(),
+                                   c.norm ? vk::BufferView(nb) : vk::BufferView(), step,
+                                   Kernels::DecodeScratch{part, ml, counters}, out, splits);
+        cmd.run();
+        EXPECT_LT(rel_error(read_floats(out, d.q_dim), ref), 1e-4) << what << " run " << run;
+      }
+      EXPECT_EQ(context().download_all<uint32_t>(counters), std::vector<uint32_t>(c.n_kv, 0u)) << what;
+      // The appended key (RoPE pairs) and value, fp16.
+      const auto kc_after = context().download_all<uint32_t>(kcb), vc_after = context().download_all<uint32_t>(vcb);
+      std::vector<float> gk, gv;
+      std::vector<double> wk, wv;
+      for (size_t h = 0; h < c.n_kv; ++h)
+        for (size_t j = 0; j < d.half; ++j) {
+          const uint32_t kw = kc_after[(c.pos0 * c.n_kv + h) * d.half + j], vw = vc_after[(c.pos0 * c.n_kv + h) * d.half + j];
+          gk.push_back(pq::f16_to_f32(kw & 0xffff)), gk.push_back(pq::f16_to_f32(kw >> 16));
+          wk.push_back(new_k[h * c.hd + j]), wk.push_back(new_k[h * c.hd + j + d.half]);
+          gv.push_back(pq::f16_to_f32(vw & 0xffff)), gv.push_back(pq::f16_to_f32(vw >> 16));
+          wv.push_back(new_v[h * c.hd + 2 * j]), wv.push_back(new_v[h * c.hd + 2 * j + 1]);
+        }
+      EXPECT_LT(rel_error(gk, wk), 1e-3) << what << " (appended key)";  // fp16 rounding
+      EXPECT_LT(rel_error(gv, wv), 1e-3) << what << " (appended value)";
+      // Earlier positions untouched.
+      EXPECT_TRUE(std::equal(d.kc.begin(), d.kc.begin() + c.pos0 * d.kv_dim / 2, kc_after.begin())) << what;
+    }
 }
 
 TEST(RandomFill, MatchesCpuTwin) {

@@ -3,8 +3,10 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <stdexcept>
 
 namespace pqvk {
@@ -30,6 +32,9 @@ void grid(const vk::Context& ctx, size_t n, uint32_t* gx, uint32_t* gy) {
   *gy = static_cast<uint32_t>(n == 0 ? 0 : (n + max_x - 1) / max_x);
 }
 
+// Shared memory a GEMV's replicated lookup table may take.
+size_t gemv_table_budget(const vk::Context& ctx) { return std::min<size_t>(32768, ctx.info().max_shared_memory * 2 / 3); }
+
 void check_block(uint32_t block, const char* what) {
   if (block != 64 && block != 128 && block != 256)
     throw Error(std::string(what) + ": block size " + std::to_string(block) + " is not 64, 128 or 256");
@@ -49,7 +54,7 @@ uint32_t u32(size_t v, const char* what) {
 }  // namespace
 
 size_t rotated_row_elems(size_t cols, int block, Layout layout) {
-  size_t padded = round_up(cols, static_cast<size_t>(block));
+  const size_t padded = round_up(cols, static_cast<size_t>(block));
   return layout == Layout::row_major ? padded : round_up(padded, 1024);
 }
 
@@ -68,7 +73,7 @@ size_t DeviceQuantMatrix::bytes() const {
 }
 
 DeviceQuantMatrix upload_quant(vk::Context& ctx, const pq::QuantMatrix& q, const std::string& name,
-                               size_t max_slice_bytes) {
+                               size_t max_slice_bytes, size_t row_multiple) {
   DeviceQuantMatrix d;
   d.name = name.empty() ? "matrix" : name;
   d.method = q.method;
@@ -85,7 +90,8 @@ DeviceQuantMatrix upload_quant(vk::Context& ctx, const pq::QuantMatrix& q, const
   const size_t row_words = q.codes.size() / q.rows;
   const size_t nb = q.blocks_per_row();
   const size_t limit = binding_limit(ctx, max_slice_bytes);
-  const size_t rows_per_slice = std::min(q.rows, limit / std::max(row_words * 4, round_up(nb, 2) * 2));
+  size_t rows_per_slice = std::min(q.rows, limit / std::max(row_words * 4, round_up(nb, 2) * 2));
+  if (rows_per_slice < q.rows) rows_per_slice -= rows_per_slice % std::max<size_t>(1, row_multiple);
   if (rows_per_slice == 0)
     throw Error(d.name + ": one row (" + std::to_string(row_words * 4) + " bytes) exceeds the device's binding limit");
   for (size_t r0 = 0; r0 < q.rows; r0 += rows_per_slice) {
@@ -136,7 +142,20 @@ DeviceF16Matrix upload_f16(vk::Context& ctx, const float* w, size_t rows, size_t
 // ---- kernels ---------------------------------------------------------------------------------
 
 Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
-  if (const char* e = std::getenv("PQVK_GEMV_PAIRS"); e && *e) cfg_.gemv_pairs = std::strcmp(e, "0") != 0;
+  if (const char* e = std::getenv("PQVK_GEMV"); e && *e) {  // "WGxROWS": benchmarks' override of the GEMV shape
+    unsigned wg = 0, rows = 0;
+    if (std::sscanf(e, "%ux%u", &wg, &rows) != 2) throw Error(std::string("PQVK_GEMV='") + e + "' is not WGxROWS (e.g. 256x8)");
+    cfg_.gemv_wg = wg;
+    cfg_.gemv_rows = rows;
+  }
+  if (const char* e = std::getenv("PQVK_GEMV_LOOKUP"); e && *e) {  // table, shuffle, unmasked (benchmarks)
+    const std::string v = e;
+    if (v == "table") cfg_.gemv_lookup = KernelConfig::GemvLookup::table;
+    else if (v == "shuffle") cfg_.gemv_lookup = KernelConfig::GemvLookup::shuffle;
+    else if (v == "unmasked") cfg_.gemv_lookup = KernelConfig::GemvLookup::shuffle_unmasked;
+    else throw Error("PQVK_GEMV_LOOKUP='" + v + "' is not table, shuffle or unmasked");
+  }
+  if (cfg_.gemv_table_shift > 5) throw Error("gemv table copies: at most 32 (shift 5)");
   if (cfg_.gemv_wg % 32 || cfg_.gemv_wg == 0 || cfg_.gemv_wg > ctx.info().max_workgroup_invocations)
     throw Error("gemv workgroup size " + std::to_string(cfg_.gemv_wg) + " must be a multiple of 32 within the device limit");
   if (cfg_.gemv_rows == 0 || cfg_.gemv_rows > 16) throw Error("gemv rows per workgroup must be 1..16");
@@ -174,16 +193,19 @@ void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, u
   check_view(out, size_t(rows) * stride, "fwht output");
   if (pro.kind == Prologue::rmsnorm) check_view(pro.aux, cols, "rmsnorm weight");
   if (pro.kind == Prologue::swiglu) check_view(pro.aux, (size_t(in_row0) + rows) * cols, "swiglu up input");
+  if (pro.kind == Prologue::swiglu_pairs) check_view(x, (size_t(in_row0) + rows) * cols * 2, "swiglu gate/up input");
   struct { uint32_t rows, cols, nblocks, out_stride, in_row0; float eps; } push{
       rows, cols, u32((cols + block - 1) / block, "blocks"), u32(stride, "row stride"), in_row0, pro.eps};
-  const uint32_t mode = pro.kind == Prologue::rmsnorm ? 1u : pro.kind == Prologue::swiglu ? 2u : 0u;
+  const uint32_t mode = static_cast<uint32_t>(pro.kind);
+  const uint32_t wg = std::max<uint32_t>(block / 4, 256);  // several blocks per workgroup
   const auto& p = pipeline("fwht",
-                           {{0, block / 4}, {1, block}, {2, layout == Layout::gemv_interleaved ? 1u : 0u}, {3, mode},
-                            {4, rotate ? 1u : 0u}},
-                           3, sizeof(push), block / 4);
+                           {{0, wg}, {1, block}, {2, mode}, {3, rotate ? 1u : 0u},
+                            {4, layout == Layout::gemv_interleaved ? 1u : 0u}},
+                           3, sizeof(push), wg);
+  const size_t groups = (push.nblocks + wg / (block / 4) - 1) / (wg / (block / 4));
   uint32_t gx, gy;
-  grid(ctx_, size_t(rows) * push.nblocks, &gx, &gy);
-  cmd.dispatch(p, {x, out, pro.kind == Prologue::none ? vk::BufferView(dummy_) : pro.aux}, push, gx, gy);
+  grid(ctx_, size_t(rows) * groups, &gx, &gy);
+  cmd.dispatch(p, {x, out, pro.aux.buffer ? pro.aux : vk::BufferView(dummy_)}, push, gx, gy);
 }
 
 void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView out, bool f16_out) {
@@ -207,59 +229,134 @@ void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   }
 }
 
-void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y,
-                   bool accumulate) {
-  check_view(x_rot, rotated_row_elems(w.cols, w.block, Layout::gemv_interleaved), w.name + " gemv input");
-  check_view(y, w.rows, w.name + " gemv output");
+void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y,
+                   const GemvOp& op) {
+  gemv_as(cmd, w, x, y, op, gemv_lookup(w.bits));
+}
+
+void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y,
+                      const GemvOp& op, KernelConfig::GemvLookup lookup) {
+  using L = KernelConfig::GemvLookup;
+  const bool swiglu = op.epilogue == GemvOp::swiglu;
+  if (op.x_offset % 4) throw Error(w.name + ": gemv input offset is not a multiple of 4 floats");
+  check_view(x, size_t(op.x_offset) + (op.prologue == GemvOp::prepared
+                                           ? rotated_row_elems(w.cols_padded, w.block, Layout::gemv_interleaved)
+                                           : w.cols), w.name + " gemv input");
+  check_view(y, size_t(op.y_offset) + (swiglu ? w.rows / 2 : w.rows), w.name + " gemv output");
+  if (op.prologue == GemvOp::rmsnorm) check_view(op.norm, w.cols, w.name + " rmsnorm weight");
+  if (swiglu && (w.rows % 2 || cfg_.gemv_rows % 2))
+    throw Error(w.name + ": the SwiGLU epilogue needs an even row count and rows per workgroup");
   const uint32_t bits = static_cast<uint32_t>(w.bits);
-  // Table replicas (a power of two, up to one per bank) within a share of shared memory.
-  const bool pairs = uses_gemv_pairs(w.bits);
-  const size_t entries = size_t(1) << (pairs ? 2 * bits : bits);
-  const size_t budget = std::min<size_t>(32768, ctx_.info().max_shared_memory * 2 / 3);
+  // Table copies (a power of two, up to one per lane of a 32-wide subgroup) within a share of
+  // shared memory.
   uint32_t rep_shift = 5;
-  while (rep_shift > 0 && (entries << rep_shift) * 4 > budget) --rep_shift;
-  const auto& p = pipeline(pairs ? "pq_gemv_pairs" : "pq_gemv",
-                           {{0, cfg_.gemv_wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)}, {4, rep_shift}}, 5, 20,
-                           cfg_.gemv_wg);
+  while (rep_shift > 0 && (size_t(4) << (bits + rep_shift)) > gemv_table_budget(ctx_)) --rep_shift;
+  if (cfg_.gemv_table_shift >= 0) rep_shift = std::min<uint32_t>(rep_shift, static_cast<uint32_t>(cfg_.gemv_table_shift));
+  const uint32_t mode = lookup == L::table ? 0u : lookup == L::shuffle ? 1u : lookup == L::shuffle_unmasked ? 2u : 3u;
+  const uint32_t prologue = op.prologue == GemvOp::prepared ? 0u : (w.rotated ? 1u : 0u) | (op.prologue == GemvOp::rmsnorm ? 2u : 0u);
+  if ((prologue & 1u) && (w.block / 32 > static_cast<int>(cfg_.subgroup_size ? cfg_.subgroup_size : ctx_.info().subgroup_size)))
+    throw Error(w.name + ": rotating blocks of " + std::to_string(w.block) + " inside the GEMV needs subgroups of at least " +
+                std::to_string(w.block / 32) + " invocations");
+  const uint32_t epilogue = static_cast<uint32_t>(op.epilogue);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  // No more invocations than chunks of a row (rounded up to 32): short rows leave none idle.
+  const uint32_t wg = std::min<uint32_t>(cfg_.gemv_wg, static_cast<uint32_t>(round_up(nchunk, 32)));
+  const auto& p = pipeline("pq_gemv",
+                           {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
+                            {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue}},
+                           6, 28, wg);
   for (const auto& s : w.slices) {
-    struct { uint32_t rows, nchunk, nblocks, y_offset, accumulate; } push{u32(s.rows, "rows"), nchunk, nblocks,
-                                                                          u32(s.row0, "row"), accumulate ? 1u : 0u};
+    if (swiglu && (s.row0 % 2 || s.rows % 2)) throw Error(w.name + ": a slice splits a gate/up row pair");
+    struct { uint32_t rows, nchunk, nblocks, cols, y_offset, x_offset; float eps; } push{
+        u32(s.rows, "rows"), nchunk, nblocks, u32(op.prologue == GemvOp::prepared ? w.cols_padded : w.cols, "cols"),
+        u32(op.y_offset + (swiglu ? s.row0 / 2 : s.row0), "row"), op.x_offset, op.eps};
     uint32_t gx, gy;
     grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
-    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, gx, gy);
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x, y, op.norm.buffer ? op.norm : vk::BufferView(dummy_)}, push, gx, gy);
   }
 }
 
-bool Kernels::uses_gemv_pairs(int bits) const {
-  const size_t table = (size_t(1) << (2 * bits)) * 4;
-  return cfg_.gemv_pairs && ctx_.info().fp16 && bits >= 2 && bits <= 6 &&
-         table <= std::min<size_t>(32768, ctx_.info().max_shared_memory * 2 / 3);
+bool Kernels::shuffle_fits(int bits) const {
+  // A shuffle needs every entry in one subgroup; the pipeline's subgroup size may be pinned.
+  const uint32_t sg = cfg_.subgroup_size ? cfg_.subgroup_size : ctx_.info().subgroup_size;
+  return ctx_.info().subgroup_shuffle && bits >= 1 && (1u << bits) <= sg;
+}
+
+KernelConfig::GemvLookup Kernels::gemv_lookup(int bits) {
+  using L = KernelConfig::GemvLookup;
+  switch (cfg_.gemv_lookup) {
+    case L::automatic:
+      if (!shuffle_fits(bits)) return L::table;
+      return unmasked_shuffle_exact() ? L::shuffle_unmasked : L::shuffle;
+    case L::shuffle:
+    case L::shuffle_unmasked:
+      return shuffle_fits(bits) ? cfg_.gemv_lookup : L::table;
+    default:
+      return cfg_.gemv_lookup;
+  }
+}
+
+bool Kernels::unmasked_shuffle_exact() {
+  if (unmasked_exact_) return *unmasked_exact_;
+  // Random codes of every value (and random bits above each code), an awkward shape, both
+  // lookups on the same input: the results must be identical to the bit.
+  bool exact = true;
+  std::mt19937 rng(12345);
+  for (int bits = 1; bits <= 8 && exact; ++bits) {
+    if (!shuffle_fits(bits)) continue;
+    pq::QuantMatrix q;
+    q.method = pq::Method::pq;
+    q.bits = bits;
+    q.block = 128;
+    q.rotated = true;
+    q.rows = 37;
+    q.cols = q.cols_padded = 1152;
+    q.codes.resize(pq::packed_words(q.rows, q.cols_padded, bits));
+    for (auto& c : q.codes) c = static_cast<uint32_t>(rng());
+    q.scales.resize(q.rows * q.blocks_per_row());
+    for (auto& sc : q.scales) sc = pq::f32_to_f16(0.5f + static_cast<float>(rng() % 1000) / 1000.0f);
+    for (int k = 0; k < (1 << bits); ++k) q.codebook.push_back(static_cast<float>(k) * 0.37f - 1.1f);
+    const DeviceQuantMatrix d = upload_quant(ctx_, q, "unmasked-shuffle probe");
+    std::vector<float> x(rotated_row_elems(q.cols, q.block, Layout::gemv_interleaved));
+    for (auto& v : x) v = static_cast<float>(rng() % 2001) / 1000.0f - 1.0f;
+    const vk::Buffer xb = ctx_.upload_new(x, "probe input");
+    const vk::Buffer y1 = ctx_.buffer(q.rows * 4, vk::MemoryKind::device, "probe output");
+    const vk::Buffer y2 = ctx_.buffer(q.rows * 4, vk::MemoryKind::device, "probe output");
+    auto cmd = ctx_.commands();
+    gemv_as(cmd, d, xb, y1, GemvOp{}, KernelConfig::GemvLookup::shuffle);
+    gemv_as(cmd, d, xb, y2, GemvOp{}, KernelConfig::GemvLookup::shuffle_unmasked);
+    cmd.run();
+    exact = ctx_.download_all<uint32_t>(y1) == ctx_.download_all<uint32_t>(y2);
+  }
+  unmasked_exact_ = exact;
+  return exact;
 }
 
 void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
-                   bool accumulate) {
+                   bool accumulate, GemmOut out) {
   if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
+  const uint32_t ldy = out.ldy ? out.ldy : u32(w.rows, "rows");
+  if (out.col + w.rows > ldy) throw Error(w.name + ": gemm output columns exceed its row stride");
   check_view(x_rot, size_t(m) * w.cols_padded, w.name + " gemm input");
-  check_view(y, size_t(m) * w.rows, w.name + " gemm output");
+  check_view(y, size_t(m - 1) * ldy + out.col + w.rows, w.name + " gemm output");
   const auto& p = pipeline("pq_gemm", {{0, uint32_t(w.bits)}, {1, uint32_t(w.block)}}, 5, 32, 256);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } push{
-        u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"),
+        u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
         accumulate ? 1u : 0u};
     cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
   }
 }
 
 void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,
-                       bool accumulate) {
+                       bool accumulate, uint32_t y_offset) {
   check_view(x, w.cols, w.name + " gemv input");
-  check_view(y, w.rows, w.name + " gemv output");
+  check_view(y, size_t(y_offset) + w.rows, w.name + " gemv output");
   const auto& p = pipeline("f16_gemv", {{0, cfg_.gemv_wg}, {1, cfg_.gemv_rows}}, 3, 20, cfg_.gemv_wg);
   for (const auto& s : w.slices) {
     struct { uint32_t rows, cols, ldw, y_offset, accumulate; } push{u32(s.rows, "rows"), u32(w.cols, "cols"),
-                                                                     u32(w.cols_padded, "cols"), u32(s.row0, "row"),
+                                                                     u32(w.cols_padded, "cols"), u32(y_offset + s.row0, "row"),
                                                                      accumulate ? 1u : 0u};
     uint32_t gx, gy;
     grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
@@ -268,16 +365,18 @@ void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferVi
 }
 
 void Kernels::gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m,
-                       bool accumulate, uint32_t ldx) {
+                       bool accumulate, uint32_t ldx, GemmOut out) {
   if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
   if (ldx == 0) ldx = u32(w.cols, "cols");
   if (ldx < w.cols) throw Error(w.name + ": gemm input stride below the column count");
+  const uint32_t ldy = out.ldy ? out.ldy : u32(w.rows, "rows");
+  if (out.col + w.rows > ldy) throw Error(w.name + ": gemm output columns exceed its row stride");
   check_view(x, size_t(m - 1) * ldx + w.cols, w.name + " gemm input");
-  check_view(y, size_t(m) * w.rows, w.name + " gemm output");
+  check_view(y, size_t(m - 1) * ldy + out.col + w.rows, w.name + " gemm output");
   const auto& p = pipeline("f16_gemm", {}, 3, 32, 256);
   for (const auto& s : w.slices) {
     struct { uint32_t rows, m, cols, ldw, ldy, y_offset, accumulate, ldx; } push{
-        u32(s.rows, "rows"), m, u32(w.cols, "cols"), u32(w.cols_padded, "cols"), u32(w.rows, "rows"), u32(s.row0, "row"),
+        u32(s.rows, "rows"), m, u32(w.cols, "cols"), u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
         accumulate ? 1u : 0u, ldx};
     cmd.dispatch(p, {s.data, x, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
   }
@@ -313,25 +412,62 @@ void Kernels::embed_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferV
   }
 }
 
-void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView k,
-                       vk::BufferView v, vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq,
-                       vk::BufferView bias, vk::BufferView norm, vk::BufferView step, uint32_t m) {
+void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView q_out,
+                       vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias,
+                       vk::BufferView norm, vk::BufferView step, uint32_t m) {
   if (a.head_dim % 2 || a.n_kv == 0 || a.n_heads % a.n_kv) throw Error("qkv_rope: bad attention shape");
   const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
-  check_view(q, m * q_dim, "q");
-  check_view(k, m * kv_dim, "k");
-  check_view(v, m * kv_dim, "v");
+  check_view(qkv, m * (q_dim + 2 * kv_dim), "q/k/v");
+  check_view(q_out, m * q_dim, "q");
   check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
   check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
   check_view(inv_freq, a.head_dim / 2, "rope frequencies");
   const bool has_bias = bias.buffer != nullptr, has_norm = norm.buffer != nullptr;
   if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
   if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
-  const auto& p = pipeline("qkv_rope", {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}}, 9, 20, 64);
+  const auto& p = pipeline("qkv_rope", {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}}, 8, 20, 64);
   struct { uint32_t n_heads, n_kv, hd, max_ctx; float eps; } push{a.n_heads, a.n_kv, a.head_dim, a.max_ctx, a.eps};
-  cmd.dispatch(p, {q, k, v, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
+  cmd.dispatch(p, {qkv, q_out, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
                    has_norm ? norm : vk::BufferView(dummy_), step},
                push, a.n_heads + a.n_kv, m);
+}
+
+bool Kernels::decode_attention_supported(const AttentionShape& a) const {
+  if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv || a.n_heads / a.n_kv > 16) return false;
+  const size_t gq = a.n_heads / a.n_kv;  // shared memory of attention_decode.comp
+  const size_t half = a.head_dim / 2, vw0 = gq <= 4 ? 4 : gq <= 8 ? 2 : 1;
+  const size_t vw = half % vw0 == 0 ? vw0 : std::min<size_t>(half % 2 == 0 ? 2 : 1, vw0);
+  const size_t slots = 128 / (half / vw);
+  const size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8;
+  return shared <= ctx_.info().max_shared_memory;
+}
+
+void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView kcache,
+                               vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
+                               vk::BufferView step, const DecodeScratch& scratch, vk::BufferView out, uint32_t splits) {
+  if (!decode_attention_supported(a))
+    throw Error("attention_decode: head size " + std::to_string(a.head_dim) + " or head counts " +
+                std::to_string(a.n_heads) + "/" + std::to_string(a.n_kv) + " unsupported");
+  if (splits == 0 || splits > 64) throw Error("attention_decode: 1..64 splits");
+  const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
+  check_view(qkv, q_dim + 2 * kv_dim, "q/k/v");
+  check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
+  check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
+  check_view(inv_freq, a.head_dim / 2, "rope frequencies");
+  check_view(scratch.part, size_t(splits) * q_dim, "attention partial outputs");
+  check_view(scratch.ml, size_t(splits) * a.n_heads * 2, "attention (max, sum) pairs");
+  check_view(scratch.counters, a.n_kv, "attention split counters");
+  check_view(out, q_dim, "attention output");
+  const bool has_bias = bias.buffer != nullptr, has_norm = norm.buffer != nullptr;
+  if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
+  if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
+  const auto& p = pipeline("attention_decode",
+                           {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, a.n_heads / a.n_kv}, {3, a.head_dim}},
+                           11, 20, 128);
+  struct { uint32_t n_heads, n_kv, window, splits; float eps; } push{a.n_heads, a.n_kv, a.window, splits, a.eps};
+  cmd.dispatch(p, {qkv, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
+                   has_norm ? norm : vk::BufferView(dummy_), step, scratch.part, scratch.ml, scratch.counters, out},
+               push, a.n_kv, splits);
 }
 
 void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,

@@ -6,15 +6,16 @@
 //
 // Activation layouts (docs/packed-layout.md):
 //   row-major  [rows][cols_padded] fp32, zero padded to a multiple of the block size
-//   gemv-interleaved  the layout the fused GEMV reads: element i of 32-element chunk ch of a
-//              vector lives at (ch & ~31) * 32 + (i / 4) * 128 + (ch & 31) * 4 + i % 4, padded
-//              to a multiple of 1024 elements, so that 32 threads reading elements 4q..4q+3 of
-//              32 consecutive chunks issue one 512-byte contiguous load of 16 bytes each.
+//   gemv-interleaved  the layout the decode GEMV reads a prepared input in: element i of
+//              32-element chunk ch lives at (ch & ~31) * 32 + (i / 4) * 128 + (ch & 31) * 4 + i % 4,
+//              padded to a multiple of 1024 elements, so that 32 invocations reading elements
+//              4q..4q+3 of 32 consecutive chunks issue one 512-byte contiguous load.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,11 +24,11 @@
 
 namespace pqvk {
 
-// Activation layout of a rotated vector / matrix.
+// Activation layout of a prepared vector / matrix.
 enum class Layout { row_major, gemv_interleaved };
 
-// Elements in a rotated activation row of `cols` inputs, block `block`, in `layout`.
-size_t rotated_row_elems(size_t cols, int block, Layout layout);
+// Elements in a prepared activation row of `cols` inputs, block `block`, in `layout`.
+size_t rotated_row_elems(size_t cols, int block, Layout layout = Layout::row_major);
 
 // A PolarQuant (or ablation) matrix resident on the device. Rows are split into slices so that
 // no binding exceeds maxStorageBufferRange (lavapipe: 128 MiB; most GPUs: 4 GiB).
@@ -46,8 +47,9 @@ struct DeviceQuantMatrix {
   std::vector<Slice> slices;
   size_t bytes() const;  // codes + scales on the device
 };
+// row_multiple: slices hold a multiple of this many rows (2 for gate/up pairs).
 DeviceQuantMatrix upload_quant(vk::Context& ctx, const pq::QuantMatrix& q, const std::string& name = "",
-                               size_t max_slice_bytes = 0 /* 0: the device limits */);
+                               size_t max_slice_bytes = 0 /* 0: the device limits */, size_t row_multiple = 1);
 
 // An fp16 matrix [rows][cols] on the device (the unquantized baseline); each row is padded
 // to a multiple of 8 halves (16 bytes).
@@ -66,27 +68,54 @@ DeviceF16Matrix upload_f16(vk::Context& ctx, const float* w, size_t rows, size_t
 
 // Tuning knobs, chosen per device by Kernels' constructor (and overridable by benchmarks).
 struct KernelConfig {
-  uint32_t gemv_wg = 128;        // threads per GEMV workgroup (a multiple of 32)
-  uint32_t gemv_rows = 2;        // rows per GEMV workgroup (bench/RESULTS.md: the H100 sweep)
+  uint32_t gemv_wg = 32;         // threads per GEMV workgroup (a multiple of 32; at most the row's chunks)
+  uint32_t gemv_rows = 2;        // rows per GEMV workgroup (bench/RESULTS.md: the H200 sweeps, 2026-12-01)
   uint32_t gemm_tile_m = 64, gemm_tile_n = 64;  // GEMM output tile (tokens x rows)
   uint32_t subgroup_size = 0;    // 0: the device's default; else pinned (subgroup size control)
-  // Experimental: GEMV of 2-6 bit matrices with two codes per lookup and fp16 arithmetic
-  // inside each chunk of 32 weights (shaders/pq_gemv_pairs.comp), where the device has
-  // shaderFloat16. Off by default: its ~1e-3 relative error per GEMV grows to ~4e-2 in the
-  // logits of stories260K (tests/test_decoder.cpp measures 1e-4 with the fp32 shader).
-  // PQVK_GEMV_PAIRS=1 turns it on (for benchmarks).
-  bool gemv_pairs = false;
+  // How the GEMV looks codes up (shaders/pq_gemv.comp, LOOKUP): `automatic` takes a subgroup
+  // shuffle where the codebook fits in a subgroup (2^bits <= subgroup size), with unmasked
+  // indices where a probe on the device shows them exact (Kernels::gemv_lookup), else the table
+  // in shared memory. `code` is a benchmark's measure of the lookups' cost: it computes no
+  // GEMV of the matrix.
+  enum class GemvLookup { automatic, table, shuffle, shuffle_unmasked, code } gemv_lookup = GemvLookup::automatic;
+  int gemv_table_shift = -1;  // table copies = 1 << it (0..5); -1: as many as fit, up to 32
 };
 
 // What fwht/prepare computes before the (optional) rotation of each block.
 struct Prologue {
-  enum Kind { none, rmsnorm, swiglu } kind = none;
+  // swiglu_pairs: x [rows][2 * cols] holds gate and up alternating (a GEMM of a matrix whose
+  // rows alternate, pq::join_rows): silu(x[2c]) * x[2c + 1].
+  enum Kind { none, rmsnorm, swiglu, swiglu_pairs } kind = none;
   vk::BufferView aux;  // rmsnorm: the weight [cols]; swiglu: the up projection [rows][cols]
   float eps = 1e-5f;   // rmsnorm
 };
 
+// What the decode GEMV does before and after the product (shaders/pq_gemv.comp).
+struct GemvOp {
+  // The input: already prepared (rotated when the matrix is, gemv-interleaved: fwht()), or raw
+  // [cols] row-major, the GEMV rotating it itself (rotated matrices), optionally after an
+  // RMSNorm with weight `norm` (measured slower on the H200 than a separate fwht(): the
+  // rotation is repeated in every workgroup, and raw rows are read uncoalesced).
+  enum Prologue { prepared, raw, rmsnorm } prologue = prepared;
+  vk::BufferView norm;
+  float eps = 1e-5f;
+  // y = W x; y += W x (residual); or, on a matrix whose rows alternate gate and up
+  // (interleave_rows()), y[i] = silu(gate_i . x) * (up_i . x) with rows / 2 outputs.
+  enum Epilogue { store, accumulate, swiglu } epilogue = store;
+  uint32_t y_offset = 0;  // where row 0's result goes in y (swiglu: output 0), in floats
+  uint32_t x_offset = 0;  // where x starts in its buffer, in floats (a multiple of 4)
+};
+
+// Where a GEMM writes: Y [m][ldy] from column `col` (ldy 0: the matrix's rows), so that
+// several matrices can fill the columns of one output.
+struct GemmOut {
+  uint32_t ldy = 0, col = 0;
+};
+
 class Kernels {
  public:
+  using GemvOp = pqvk::GemvOp;
+  using GemmOut = pqvk::GemmOut;
   explicit Kernels(vk::Context& ctx, KernelConfig cfg = {});
   vk::Context& context() { return ctx_; }
   const KernelConfig& config() const { return cfg_; }
@@ -106,25 +135,31 @@ class Kernels {
   // cols must then be even).
   void dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView out, bool f16_out = false);
 
-  // y[rows] = W x for one token. x_rot is the rotated input in gemv-interleaved layout when
-  // w.rotated, else the plain input in the same layout (interleave_for_gemv()). y is fp32.
-  // Uses the fp16 pair-lookup shader when config().gemv_pairs allows it (uses_gemv_pairs()).
-  // accumulate: y += W x instead of y = W x (residual connections).
+  // y = W x for one token (x as GemvOp says). y is fp32.
+  void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op);
   void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y,
-            bool accumulate = false);
+            bool accumulate = false) {
+    gemv(cmd, w, x_rot, y, GemvOp{GemvOp::prepared, {}, 0.0f, accumulate ? GemvOp::accumulate : GemvOp::store, 0, 0});
+  }
 
   // Y [m][rows] = X W^T for m tokens; X_rot [m][cols_padded] row-major, rotated when w.rotated.
   void gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
-            bool accumulate = false);
+            bool accumulate = false, GemmOut out = {});
 
   // fp16 baseline: y[rows] = W x (x [cols] fp32) and Y [m][rows] = X W^T (X [m][cols] fp32).
+  // y_offset: where row 0's result goes in y.
   void gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,
-                bool accumulate = false);
+                bool accumulate = false, uint32_t y_offset = 0);
   // ldx: the row stride of x in floats (0: cols).
   void gemm_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y, uint32_t m,
-                bool accumulate = false, uint32_t ldx = 0);
+                bool accumulate = false, uint32_t ldx = 0, GemmOut out = {});
 
-  bool uses_gemv_pairs(int bits) const;
+  // The lookup the GEMV of a `bits`-bit matrix uses (never automatic). The first call that
+  // could use unmasked shuffle indices runs the probe (unmasked_shuffle_exact()).
+  KernelConfig::GemvLookup gemv_lookup(int bits);
+  // Whether GEMVs with unmasked shuffle indices give bit-identical results to masked ones on
+  // this device at every bit width a shuffle serves (a small GEMV of random codes each).
+  bool unmasked_shuffle_exact();
 
   // Embedding lookup: out [m][cols] fp32 = rows tokens[0..m) of the table (dequantized).
   void embed(vk::Commands& cmd, const DeviceQuantMatrix& table, vk::BufferView tokens, vk::BufferView out, uint32_t m);
@@ -135,11 +170,27 @@ class Kernels {
     uint32_t n_heads = 0, n_kv = 0, head_dim = 0, max_ctx = 0, window = 0;
     float eps = 1e-6f;  // q/k norms
   };
-  // q, k, v [m][...] -> biases, q/k norms, RoPE at positions step[0] + i; k, v into the caches.
-  // bias / norm may be empty views when the model has none.
-  void qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView k, vk::BufferView v,
+  // qkv [m][q | k | v] (rows of n_heads * head_dim + 2 * n_kv * head_dim) -> biases, q/k
+  // norms, RoPE at positions step[0] + i; q into q_out [m][n_heads * head_dim], k, v into the
+  // caches. bias / norm may be empty views when the model has none.
+  void qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView q_out,
                 vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias,
                 vk::BufferView norm, vk::BufferView step, uint32_t m);
+  // Decode (one token at position step[0]): qkv_rope's work for that token fused with
+  // attention over the caches split into `splits` ranges of the context (flash-decoding),
+  // the splits merged by the last workgroup of each KV head: out [n_heads * head_dim].
+  // Scratch: part [splits][n_heads * head_dim] and ml [splits][n_heads][2] floats, counters
+  // [n_kv] uints that must be zero before the first dispatch (each dispatch leaves them so).
+  // Needs an even head_dim <= 256, at most 16 query heads per KV head and the shared memory
+  // that takes (decode_attention_supported()).
+  struct DecodeScratch {
+    vk::BufferView part, ml, counters;
+  };
+  // qkv: q [n_heads * head_dim] | k [n_kv * head_dim] | v [n_kv * head_dim].
+  void attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView kcache,
+                        vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
+                        vk::BufferView step, const DecodeScratch& scratch, vk::BufferView out, uint32_t splits);
+  bool decode_attention_supported(const AttentionShape& a) const;
   // out [m][n_heads * head_dim] = causal attention of q over the caches.
   void attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
                  vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m);
@@ -165,18 +216,21 @@ class Kernels {
   vk::Buffer dummy_;  // bound where a shader's optional buffer is unused
   vk::Buffer argmax_parts_;  // argmax's per-workgroup results
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
+  std::optional<bool> unmasked_exact_;  // the probe's answer, once run
+  void gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op,
+               KernelConfig::GemvLookup lookup);
+  bool shuffle_fits(int bits) const;
 };
 
 // CPU helpers matching the GPU layouts (used by the tests and the CPU reference).
-// The CPU twin of random_fill: word i for `seed`.
-uint32_t random_fill_word(uint32_t seed, uint32_t i);
-
 // Position of element e of a vector in gemv-interleaved layout.
 inline size_t gemv_interleaved_index(size_t e) {
   const size_t ch = e / 32, i = e % 32;
   return (ch & ~size_t(31)) * 32 + (i / 4) * 128 + (ch & 31) * 4 + i % 4;
 }
-// Reorders one row-major rotated row (cols_padded elements) into gemv-interleaved layout.
+// Reorders one row-major prepared row (cols_padded elements) into gemv-interleaved layout.
 std::vector<float> interleave_for_gemv(const float* row, size_t cols_padded);
+// The CPU twin of random_fill: word i for `seed`.
+uint32_t random_fill_word(uint32_t seed, uint32_t i);
 
 }  // namespace pqvk

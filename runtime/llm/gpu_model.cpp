@@ -49,9 +49,19 @@ std::string matrix_kind(const Linear& l) {
 }
 
 std::string prologue_name(const Prologue& p, bool rotated) {
-  std::string s = p.kind == Prologue::rmsnorm ? "rmsnorm" : p.kind == Prologue::swiglu ? "swiglu" : "";
+  std::string s = p.kind == Prologue::rmsnorm ? "rmsnorm" : p.kind == Prologue::none ? "" : "swiglu";
   if (rotated) s += s.empty() ? "fwht" : "+fwht";
   return s.empty() ? "layout" : s;
+}
+
+// Output rows of the matrices that are joined (q, k, v, gate, up).
+size_t role_rows(const model::ModelConfig& c, model::Role r) {
+  switch (r) {
+    case model::Role::attn_q: return size_t(c.n_heads * c.head_dim);
+    case model::Role::attn_k:
+    case model::Role::attn_v: return size_t(c.n_kv_heads * c.head_dim);
+    default: return size_t(c.hidden_dim);  // gate, up
+  }
 }
 
 // Matrices that read one input must agree on how it is prepared.
@@ -65,10 +75,20 @@ void check_group(const std::string& what, std::initializer_list<const Linear*> w
 
 }  // namespace
 
+// A layer's matrices: q/k/v as one matrix (rows stacked) and gate/up as one (rows
+// interleaved) where their formats allow (pq::join_rows), else one by one.
 struct GpuModel::Layer {
   vk::Buffer attn_norm, mlp_norm, qkv_bias, qk_norm;
-  Linear wq, wk, wv, wo, gate, up, down;
+  std::optional<Linear> qkv, gate_up;
+  Linear wq, wk, wv, wo, gate, up, down;  // wq, wk, wv / gate, up: when not joined
   vk::Buffer kcache, vcache;
+  std::vector<const Linear*> matrices() const {
+    std::vector<const Linear*> v;
+    for (const Linear* w : {qkv ? &*qkv : &wq, qkv ? nullptr : &wk, qkv ? nullptr : &wv, &wo,
+                            gate_up ? &*gate_up : &gate, gate_up ? nullptr : &up, &down})
+      if (w) v.push_back(w);
+    return v;
+  }
 };
 
 // ---- loading ---------------------------------------------------------------------------------
@@ -78,6 +98,28 @@ GpuModel::GpuModel(vk::Context& ctx, const model::PqmFile& f, GpuOptions opt)
   WeightSource src;
   src.matrix = [&](const std::string& name, model::Role, size_t, size_t) { return load_linear(ctx, f, name); };
   src.vector = [&](const std::string& name, size_t) { return upload_vector(ctx, f, name); };
+  src.joined = [&](const std::string& name, const std::vector<std::string>& parts, const std::vector<model::Role>&,
+                   bool interleave) -> std::optional<Linear> {
+    std::vector<pq::QuantMatrix> qs;
+    for (const std::string& n : parts) {
+      const model::TensorInfo& t = f.tensor(n);
+      if (t.kind != model::TensorKind::pq) return std::nullopt;
+      qs.push_back(f.read_quant(t));
+    }
+    std::vector<const pq::QuantMatrix*> ptrs;
+    for (const auto& q : qs) ptrs.push_back(&q);
+    pq::QuantMatrix joined;
+    try {
+      joined = pq::join_rows(ptrs, interleave);
+    } catch (const std::invalid_argument&) {
+      return std::nullopt;  // formats differ: the matrices stay apart
+    }
+    Linear l;
+    l.rows = joined.rows;
+    l.cols = joined.cols;
+    l.q = upload_quant(ctx, joined, name, 0, interleave ? 2 : 1);
+    return l;
+  };
   build(src, opt, f.path());
 }
 
@@ -141,6 +183,17 @@ GpuModel::GpuModel(vk::Context& ctx, const model::ModelConfig& c, const Syntheti
   src.vector = [&](const std::string& name, size_t n) {
     return ctx.upload_new(std::vector<float>(n, 1.0f), name);  // norm weights of 1, biases of 1
   };
+  src.joined = [&](const std::string& name, const std::vector<std::string>&, const std::vector<model::Role>& roles,
+                   bool) -> std::optional<Linear> {
+    if (sw.fp16) return std::nullopt;
+    const int bits = model::recipe_bits(sw.recipe, roles[0]);
+    for (model::Role r : roles)
+      if (model::recipe_bits(sw.recipe, r) != bits) return std::nullopt;
+    // Random codes: stacking or interleaving random rows is another random matrix.
+    size_t rows = 0;
+    for (model::Role r : roles) rows += role_rows(c, r);
+    return src.matrix(name, roles[0], rows, static_cast<size_t>(c.dim));
+  };
   build(src, opt, "synthetic model");
 }
 
@@ -153,6 +206,7 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   context_ = static_cast<int32_t>(opt.context > 0 ? std::min<int64_t>(opt.context, c.max_seq_len)
                                                   : std::min<int64_t>(c.max_seq_len, 8192));
   max_batch_ = std::max<uint32_t>(1, std::min<uint32_t>(opt.max_batch, static_cast<uint32_t>(context_)));
+  fused_gemv_ = opt.fused_gemv > 0;
   shape_.n_heads = static_cast<uint32_t>(c.n_heads);
   shape_.n_kv = static_cast<uint32_t>(c.n_kv_heads);
   shape_.head_dim = static_cast<uint32_t>(c.head_dim);
@@ -163,11 +217,23 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   // Weights, in the order of model::model_tensors().
   std::map<std::string, Linear> mats;
   std::map<std::string, vk::Buffer> vecs;
+  std::map<std::string, model::TensorSpec> specs;
+  auto joinable = [](model::Role r) {
+    return r == model::Role::attn_q || r == model::Role::attn_k || r == model::Role::attn_v ||
+           r == model::Role::mlp_gate || r == model::Role::mlp_up;
+  };
   for (const model::TensorSpec& t : model::model_tensors(c)) {
-    if (model::is_matrix(t.role)) mats[t.name] = src.matrix(t.name, t.role, t.shape[0], t.shape[1]);
-    else vecs[t.name] = src.vector(t.name, t.shape[0]);
+    specs[t.name] = t;
+    if (!model::is_matrix(t.role)) vecs[t.name] = src.vector(t.name, t.shape[0]);
+    else if (!joinable(t.role)) mats[t.name] = src.matrix(t.name, t.role, t.shape[0], t.shape[1]);
   }
-  auto take_mat = [&](const std::string& n) { return std::move(mats.at(n)); };
+  auto take_mat = [&](const std::string& n) {
+    if (!mats.count(n)) {
+      const model::TensorSpec& t = specs.at(n);
+      return src.matrix(t.name, t.role, t.shape[0], t.shape[1]);
+    }
+    return std::move(mats.at(n));
+  };
   auto take_vec = [&](const std::string& n) { return std::move(vecs.at(n)); };
   embed_ = take_mat("embed");
   const size_t kv_bytes = size_t(context_) * size_t(c.n_kv_heads * c.head_dim) * 2;
@@ -176,15 +242,22 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
     auto L = std::make_unique<Layer>();
     L->attn_norm = take_vec(p + "attn_norm");
     L->mlp_norm = take_vec(p + "mlp_norm");
-    L->wq = take_mat(p + "attn.q");
-    L->wk = take_mat(p + "attn.k");
-    L->wv = take_mat(p + "attn.v");
+    using R = model::Role;
+    L->qkv = src.joined(p + "attn.qkv", {p + "attn.q", p + "attn.k", p + "attn.v"}, {R::attn_q, R::attn_k, R::attn_v}, false);
+    if (!L->qkv) {
+      L->wq = take_mat(p + "attn.q");
+      L->wk = take_mat(p + "attn.k");
+      L->wv = take_mat(p + "attn.v");
+      check_group(where + ": " + p + "attn.q/k/v", {&L->wq, &L->wk, &L->wv});
+    }
     L->wo = take_mat(p + "attn.o");
-    L->gate = take_mat(p + "mlp.gate");
-    L->up = take_mat(p + "mlp.up");
+    L->gate_up = src.joined(p + "mlp.gate_up", {p + "mlp.gate", p + "mlp.up"}, {R::mlp_gate, R::mlp_up}, true);
+    if (!L->gate_up) {
+      L->gate = take_mat(p + "mlp.gate");
+      L->up = take_mat(p + "mlp.up");
+      check_group(where + ": " + p + "mlp.gate/up", {&L->gate, &L->up});
+    }
     L->down = take_mat(p + "mlp.down");
-    check_group(where + ": " + p + "attn.q/k/v", {&L->wq, &L->wk, &L->wv});
-    check_group(where + ": " + p + "mlp.gate/up", {&L->gate, &L->up});
     if (c.qkv_bias) {  // one buffer: q | k | v
       vk::Buffer parts[3] = {take_vec(p + "attn.q_bias"), take_vec(p + "attn.k_bias"), take_vec(p + "attn.v_bias")};
       L->qkv_bias = ctx.buffer(parts[0].size() + parts[1].size() + parts[2].size(), vk::MemoryKind::device, p + "q/k/v biases");
@@ -219,14 +292,22 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   const size_t q_dim = size_t(c.n_heads * c.head_dim), kv_dim = size_t(c.n_kv_heads * c.head_dim);
   const size_t widest = round_up(std::max({size_t(c.dim), size_t(c.hidden_dim), q_dim}), 1024);
   x_ = ctx.buffer(M * c.dim * 4, vk::MemoryKind::device, "residual stream");
-  q_ = ctx.buffer(M * q_dim * 4, vk::MemoryKind::device, "q");
-  k_ = ctx.buffer(M * kv_dim * 4, vk::MemoryKind::device, "k");
-  v_ = ctx.buffer(M * kv_dim * 4, vk::MemoryKind::device, "v");
+  qkv_ = ctx.buffer(M * (q_dim + 2 * kv_dim) * 4, vk::MemoryKind::device, "q|k|v");
+  q_ = ctx.buffer(M * q_dim * 4, vk::MemoryKind::device, "q after RoPE");
   att_ = ctx.buffer(M * q_dim * 4, vk::MemoryKind::device, "attention output");
-  gate_ = ctx.buffer(M * c.hidden_dim * 4, vk::MemoryKind::device, "mlp gate");
+  gate_ = ctx.buffer(M * c.hidden_dim * 4 * 2, vk::MemoryKind::device, "mlp gate (or gate|up pairs)");
   up_ = ctx.buffer(M * c.hidden_dim * 4, vk::MemoryKind::device, "mlp up");
+  hidden_ = ctx.buffer(size_t(c.hidden_dim) * 4, vk::MemoryKind::device, "mlp hidden (decode)");
   prep_rot_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "rotated input");
   prep_plain_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "prepared input");
+  // Decode attention: the context in splits of at least 256 keys at full length, 4 to 32 of
+  // them (at short contexts many are empty and return at once).
+  if (kernels_.decode_attention_supported(shape_)) {
+    splits_ = static_cast<uint32_t>(std::clamp<int64_t>(context_ / 256, 4, 32));
+    att_parts_ = ctx.buffer(size_t(splits_) * q_dim * 4, vk::MemoryKind::device, "attention partial outputs");
+    att_ml_ = ctx.buffer(size_t(splits_) * c.n_heads * 2 * 4, vk::MemoryKind::device, "attention (max, sum) pairs");
+    att_counters_ = ctx.upload_new(std::vector<uint32_t>(size_t(c.n_kv_heads), 0u), "attention split counters");
+  }
   logits_ = ctx.buffer(size_t(c.vocab_size) * 4, vk::MemoryKind::download, "logits");
   tokens_ = ctx.buffer(M * 4, vk::MemoryKind::upload, "token ids");
   step_ = ctx.buffer(16, vk::MemoryKind::upload, "step");
@@ -238,7 +319,7 @@ GpuModel::~GpuModel() = default;
 uint64_t GpuModel::weight_bytes() const {
   uint64_t n = embed_.bytes();
   for (const auto& L : layers_)
-    for (const Linear* w : {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down}) n += w->bytes();
+    for (const Linear* w : L->matrices()) n += w->bytes();
   if (lm_head_.q || lm_head_.f) n += lm_head_.bytes();
   return n;
 }
@@ -250,7 +331,7 @@ StepBytes GpuModel::decode_bytes(double positions) const {
   const model::ModelConfig& c = config_;
   auto act = [](const Linear& w) { return uint64_t(w.cols + w.rows) * 4; };  // input read, output written
   for (const auto& L : layers_)
-    for (const Linear* w : {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down}) {
+    for (const Linear* w : L->matrices()) {
       b.weights += w->bytes();
       b.activations += act(*w);
     }
@@ -273,49 +354,106 @@ void GpuModel::embed(vk::Commands& cmd, uint32_t m) {
   mark(cmd, "embed");
 }
 
-void GpuModel::linear(vk::Commands& cmd, std::initializer_list<std::pair<const Linear*, vk::BufferView>> outs,
-                      vk::BufferView x, uint32_t cols, uint32_t m, const Prologue& pro, bool accumulate,
-                      uint32_t in_row0) {
-  const Linear& first = *outs.begin()->first;
+bool GpuModel::fused_gemv(const Linear& w, uint32_t m, const Prologue& pro) const {
+  // One token, a PolarQuant matrix, a prologue the GEMV has (rotation, RMSNorm) and rotation
+  // blocks a subgroup holds (Kernels::gemv).
+  const uint32_t sg = ctx_.info().subgroup_size;
+  return fused_gemv_ && m == 1 && w.q && (pro.kind == Prologue::none || pro.kind == Prologue::rmsnorm) &&
+         (!w.q->rotated || static_cast<uint32_t>(w.q->block) / 32 <= sg);
+}
+
+void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::BufferView x, uint32_t cols, uint32_t m,
+                      const Prologue& pro, bool accumulate, uint32_t in_row0) {
+  bool all_fused = (size_t(in_row0) * cols) % 4 == 0;  // the GEMV reads rows from 16-byte boundaries
+  for (const Out& o : outs) all_fused = all_fused && fused_gemv(*o.w, m, pro);
+  if (all_fused) {  // each GEMV prepares its input itself: no kernel in between
+    for (const Out& o : outs) {
+      Kernels::GemvOp op;
+      op.prologue = pro.kind == Prologue::rmsnorm ? Kernels::GemvOp::rmsnorm : Kernels::GemvOp::raw;
+      op.norm = pro.aux;
+      op.eps = pro.eps;
+      op.epilogue = accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store;
+      op.y_offset = o.col;
+      op.x_offset = in_row0 * cols;
+      kernels_.gemv(cmd, *o.w->q, x, o.y, op);
+      if (marks_) mark(cmd, std::string("gemv ") + matrix_kind(*o.w) + (pro.kind == Prologue::rmsnorm ? " (+rmsnorm+fwht)" : " (+fwht)"));
+    }
+    cmd.barrier();
+    return;
+  }
+  const Linear& first = *outs.begin()->w;
   const bool gemv = m == 1;
   const vk::Buffer& in = first.rotated() ? prep_rot_ : prep_plain_;
   const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : Layout::row_major;
   kernels_.prepare(cmd, x, in, m, cols, static_cast<uint32_t>(first.block()), layout, first.rotated(), pro, in_row0);
   cmd.barrier();
   mark(cmd, prologue_name(pro, first.rotated()));
-  for (const auto& [w, y] : outs) {
-    if (w->q) {
-      if (gemv) kernels_.gemv(cmd, *w->q, in, y, accumulate);
-      else kernels_.gemm(cmd, *w->q, in, y, m, accumulate);
+  for (const Out& o : outs) {
+    const Linear& w = *o.w;
+    if (w.q) {
+      if (gemv) kernels_.gemv(cmd, *w.q, in, o.y, Kernels::GemvOp{Kernels::GemvOp::prepared, {}, 0.0f,
+                                                                   accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store, o.col});
+      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col});
     } else {
-      if (gemv) kernels_.gemv_f16(cmd, *w->f, in, y, accumulate);
-      else kernels_.gemm_f16(cmd, *w->f, in, y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)));
+      if (gemv) kernels_.gemv_f16(cmd, *w.f, in, o.y, accumulate, o.col);
+      else kernels_.gemm_f16(cmd, *w.f, in, o.y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)), Kernels::GemmOut{o.ld, o.col});
     }
-    if (marks_) mark(cmd, std::string(gemv ? "gemv " : "gemm ") + matrix_kind(*w));
+    if (marks_) mark(cmd, std::string(gemv ? "gemv " : "gemm ") + matrix_kind(w));
   }
   cmd.barrier();
 }
 
 // x += Wo attention(rope(Wq h), rope(Wk h), Wv h),  h = rmsnorm(x)
+// q, k and v land in one buffer, [m][q | k | v]. Decode (m = 1) fuses the RoPE and cache store
+// into attention split over the context (one dispatch, the splits merged by the last
+// workgroup); prefill runs them one after another.
 void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
   const auto dim = static_cast<uint32_t>(config_.dim);
-  linear(cmd, {{&L.wq, q_}, {&L.wk, k_}, {&L.wv, v_}}, x_, dim, m,
-         Prologue{Prologue::rmsnorm, L.attn_norm, shape_.eps}, false);
-  kernels_.qkv_rope(cmd, shape_, q_, k_, v_, L.kcache, L.vcache, inv_freq_,
-                    config_.qkv_bias ? vk::BufferView(L.qkv_bias) : vk::BufferView(),
-                    config_.qk_norm ? vk::BufferView(L.qk_norm) : vk::BufferView(), step_, m);
+  const uint32_t q_dim = shape_.n_heads * shape_.head_dim, kv_dim = shape_.n_kv * shape_.head_dim;
+  const uint32_t ld = q_dim + 2 * kv_dim;
+  const Prologue norm{Prologue::rmsnorm, L.attn_norm, shape_.eps};
+  if (L.qkv) linear(cmd, {{&*L.qkv, qkv_, 0, ld}}, x_, dim, m, norm, false);
+  else linear(cmd, {{&L.wq, qkv_, 0, ld}, {&L.wk, qkv_, q_dim, ld}, {&L.wv, qkv_, q_dim + kv_dim, ld}}, x_, dim, m, norm, false);
+  const vk::BufferView bias = config_.qkv_bias ? vk::BufferView(L.qkv_bias) : vk::BufferView();
+  const vk::BufferView qk_norm = config_.qk_norm ? vk::BufferView(L.qk_norm) : vk::BufferView();
+  if (m == 1 && splits_ > 0) {
+    kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_,
+                              Kernels::DecodeScratch{att_parts_, att_ml_, att_counters_}, att_, splits_);
+  } else {
+    kernels_.qkv_rope(cmd, shape_, qkv_, q_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, m);
+    cmd.barrier();
+    mark(cmd, "qkv bias/norm+rope+kv store");
+    kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, step_, m);
+  }
   cmd.barrier();
-  mark(cmd, "qkv bias/norm+rope+kv store");
-  kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, step_, m);
-  cmd.barrier();
-  mark(cmd, "attention");
-  linear(cmd, {{&L.wo, x_}}, att_, shape_.n_heads * shape_.head_dim, m, Prologue{}, true);
+  mark(cmd, m == 1 && splits_ > 0 ? "attention (rope, kv store, split context, merge)" : "attention");
+  linear(cmd, {{&L.wo, x_}}, att_, q_dim, m, Prologue{}, true);
 }
 
 // x += W_down (silu(W_gate h) * W_up h),  h = rmsnorm(x)
+// Gate and up joined with rows interleaved: one token's GEMV applies the SwiGLU itself; a GEMM
+// writes gate/up pairs that the down projection's preparation combines.
 void GpuModel::mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
   const auto dim = static_cast<uint32_t>(config_.dim), hid = static_cast<uint32_t>(config_.hidden_dim);
-  linear(cmd, {{&L.gate, gate_}, {&L.up, up_}}, x_, dim, m, Prologue{Prologue::rmsnorm, L.mlp_norm, shape_.eps}, false);
+  const Prologue norm{Prologue::rmsnorm, L.mlp_norm, shape_.eps};
+  if (L.gate_up && fused_gemv(*L.gate_up, m, norm) && fused_gemv(L.down, m, Prologue{})) {
+    Kernels::GemvOp op;
+    op.prologue = Kernels::GemvOp::rmsnorm;
+    op.norm = L.mlp_norm;
+    op.eps = shape_.eps;
+    op.epilogue = Kernels::GemvOp::swiglu;
+    kernels_.gemv(cmd, *L.gate_up->q, x_, hidden_, op);
+    cmd.barrier();
+    mark(cmd, "gemv mlp.gate_up (+rmsnorm+fwht, swiglu)");
+    linear(cmd, {{&L.down, x_}}, hidden_, hid, m, Prologue{}, true);
+    return;
+  }
+  if (L.gate_up) {
+    linear(cmd, {{&*L.gate_up, gate_}}, x_, dim, m, norm, false);
+    linear(cmd, {{&L.down, x_}}, gate_, hid, m, Prologue{Prologue::swiglu_pairs, {}, 0.0f}, true);
+    return;
+  }
+  linear(cmd, {{&L.gate, gate_}, {&L.up, up_}}, x_, dim, m, norm, false);
   linear(cmd, {{&L.down, x_}}, gate_, hid, m, Prologue{Prologue::swiglu, up_, 0.0f}, true);
 }
 

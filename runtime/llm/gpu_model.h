@@ -31,6 +31,11 @@ struct SyntheticWeights {
 struct GpuOptions {
   int32_t context = 0;      // KV-cache length; 0: the model's, at most 8192
   uint32_t max_batch = 128; // prompt tokens per prefill pass
+  // Decode GEMVs that prepare their input themselves (RMSNorm, rotation: no kernel between
+  // matrices; Kernels::GemvOp). Off by default: measured slower on the H200 (bench/RESULTS.md)
+  // and on lavapipe, where repeating the rotation in every workgroup costs more than the
+  // preparation kernel it saves.
+  int fused_gemv = 0;
 };
 
 // One linear layer's weight on the device: PolarQuant-packed, or fp16.
@@ -106,6 +111,11 @@ class GpuModel {
   struct WeightSource {
     std::function<Linear(const std::string& name, model::Role role, size_t rows, size_t cols)> matrix;
     std::function<vk::Buffer(const std::string& name, size_t n)> vector;
+    // Several matrices of one input as one (pq::join_rows): stacked (q | k | v) or with rows
+    // interleaved (gate, up); nothing where their formats differ or one is fp16.
+    std::function<std::optional<Linear>(const std::string& name, const std::vector<std::string>& parts,
+                                        const std::vector<model::Role>& roles, bool interleave)>
+        joined;
   };
   void build(const WeightSource& src, const GpuOptions& opt, const std::string& where);
   void check_positions(int32_t pos0, size_t n) const;
@@ -116,11 +126,19 @@ class GpuModel {
   void mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m);
   void logits(vk::Commands& cmd, uint32_t m, bool argmax);
   void logits_all(vk::Commands& cmd, uint32_t m);
-  // Prepares `x` (m rows of `cols`) for every matrix in `ws` (prologue, rotation, layout),
-  // then records y_i = W_i x (or +=).
-  void linear(vk::Commands& cmd, std::initializer_list<std::pair<const Linear*, vk::BufferView>> outs,
-              vk::BufferView x, uint32_t cols, uint32_t m, const Prologue& pro, bool accumulate,
-              uint32_t in_row0 = 0);
+  // One output of a linear step: a matrix, where its result goes (columns from `col` of rows
+  // of `ld` floats; ld 0: the matrix's rows).
+  struct Out {
+    const Linear* w;
+    vk::BufferView y;
+    uint32_t col = 0, ld = 0;
+  };
+  // y_i = W_i prologue(x) (or +=) for m rows of x of `cols`: for one token of PolarQuant matrices
+  // the GEMV applies the prologue itself (fused_gemv()); otherwise x is prepared once (prologue,
+  // rotation) for every matrix, then multiplied.
+  void linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::BufferView x, uint32_t cols, uint32_t m,
+              const Prologue& pro, bool accumulate, uint32_t in_row0 = 0);
+  bool fused_gemv(const Linear& w, uint32_t m, const Prologue& pro) const;
 
   vk::Context& ctx_;
   Kernels kernels_;
@@ -137,9 +155,12 @@ class GpuModel {
   vk::Buffer inv_freq_;
 
   // Activations for up to max_batch tokens.
-  vk::Buffer x_, q_, k_, v_, att_, gate_, up_, logits_, prep_rot_, prep_plain_;
+  vk::Buffer x_, qkv_, q_, att_, gate_, up_, hidden_, logits_, prep_rot_, prep_plain_;
   vk::Buffer tokens_, step_, next_;  // host-visible: token ids, {pos0}, argmax result
   vk::Buffer logits_all_;            // [max_batch][vocab], made on the first prefill_all()
+  bool fused_gemv_ = true;           // GpuOptions::fused_gemv, resolved
+  uint32_t splits_ = 0;              // decode attention's context splits (0: the prefill kernels)
+  vk::Buffer att_parts_, att_ml_, att_counters_;  // its scratch (Kernels::DecodeScratch)
 
   std::unique_ptr<vk::Commands> decode_, decode_argmax_;
 

@@ -518,7 +518,12 @@ void gemv_reference(const QuantMatrix& q, const float* x, double* y) {
   std::copy(x, x + q.cols, xr.begin());
   if (q.rotated)
     for (size_t b = 0; b < q.blocks_per_row(); ++b) fwht(xr.data() + b * B, B);
+  gemv_reference_prepared(q, xr.data(), y);
+}
 
+void gemv_reference_prepared(const QuantMatrix& q, const double* xr, double* y) {
+  check_quant_matrix(q);
+  const int B = q.block;
   for (size_t r = 0; r < q.rows; ++r) {
     const std::vector<uint8_t> codes = unpack_row(q, r);
     double acc = 0.0;
@@ -529,6 +534,36 @@ void gemv_reference(const QuantMatrix& q, const float* x, double* y) {
     }
     y[r] = acc;
   }
+}
+
+QuantMatrix join_rows(const std::vector<const QuantMatrix*>& parts, bool interleave) {
+  if (parts.empty()) throw std::invalid_argument("join_rows: no matrices");
+  const QuantMatrix& a = *parts[0];
+  QuantMatrix out = a;
+  out.rows = 0;
+  out.codes.clear();
+  out.scales.clear();
+  for (const QuantMatrix* p : parts) {
+    check_quant_matrix(*p);
+    if (p->method != a.method || p->bits != a.bits || p->block != a.block || p->rotated != a.rotated ||
+        p->cols != a.cols || p->codebook != a.codebook)
+      throw std::invalid_argument("join_rows: the matrices differ in method, bits, block, rotation, columns or codebook");
+    if (interleave && p->rows != a.rows) throw std::invalid_argument("join_rows: interleaved matrices differ in rows");
+    out.rows += p->rows;
+  }
+  const size_t words = a.codes.size() / a.rows, nb = a.blocks_per_row();
+  auto append = [&](const QuantMatrix& m, size_t r) {
+    out.codes.insert(out.codes.end(), m.codes.begin() + r * words, m.codes.begin() + (r + 1) * words);
+    out.scales.insert(out.scales.end(), m.scales.begin() + r * nb, m.scales.begin() + (r + 1) * nb);
+  };
+  if (interleave) {
+    for (size_t r = 0; r < a.rows; ++r)
+      for (const QuantMatrix* p : parts) append(*p, r);
+  } else {
+    for (const QuantMatrix* p : parts)
+      for (size_t r = 0; r < p->rows; ++r) append(*p, r);
+  }
+  return out;
 }
 
 // ---- Packed layout ---------------------------------------------------------------------------------

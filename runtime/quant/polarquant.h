@@ -77,6 +77,16 @@ void dequantize_f64(const QuantMatrix& q, double* out);
 // y[rows] = W_dequant x, computed in fp64 the way the GPU does it: x is rotated block-wise first
 // when q.rotated (the CPU twin of the fused GEMV). x has q.cols entries.
 void gemv_reference(const QuantMatrix& q, const float* x, double* y);
+// The same on an input already prepared as the GEMV shader reads it: xr [cols_padded], zero
+// padded and, for rotated matrices, already rotated block-wise (the twin of pq_gemv.comp).
+void gemv_reference_prepared(const QuantMatrix& q, const double* xr, double* y);
+
+// The rows of several matrices of one format (method, bits, block, rotation, columns and
+// codebook all equal) as one matrix: stacked (all of parts[0]'s rows, then parts[1]'s, ...) or
+// interleaved (row 0 of every part, then row 1 of every part, ...; equal row counts). Rows
+// are self-contained in the packed layout, so this only moves whole rows of codes and scales.
+// Throws std::invalid_argument naming what differs.
+QuantMatrix join_rows(const std::vector<const QuantMatrix*>& parts, bool interleave);
 
 // ---- Packed layout ----------------------------------------------------------------------
 // Codes of one row are cut into chunks of 32 codes; a chunk is a little-endian bit stream of

@@ -23,7 +23,14 @@ uint pq_word_index(uint row, uint nchunk, uint bits, uint ch, uint word) {
     (((((i) * (bits)) & 31u) + (bits) > 32u) ? ((w)[(((i) * (bits)) >> 5u) + 1u] << (32u + (sh) - (((i) * (bits)) & 31u))) : 0u)) & \
    (((1u << (bits)) - 1u) << (sh)))
 
-// Position of element e of a rotated vector in gemv-interleaved layout (kernels.h): element i
+// The bit stream of a chunk shifted so that code i starts at bit 0, higher bits NOT cleared
+// (pq_gemv.comp's LOOKUP 2): one shift, or one funnel shift where the code straddles words.
+#define PQ_CODE_UNMASKED(w, i, bits) \
+  (((((i) * (bits)) & 31u) + (bits) > 32u) \
+       ? (((w)[((i) * (bits)) >> 5u] >> (((i) * (bits)) & 31u)) | ((w)[(((i) * (bits)) >> 5u) + 1u] << (32u - (((i) * (bits)) & 31u)))) \
+       : ((w)[((i) * (bits)) >> 5u] >> (((i) * (bits)) & 31u)))
+
+// Position of element e of a prepared vector in gemv-interleaved layout (kernels.h): element i
 // of chunk ch at (ch & ~31) * 32 + (i / 4) * 128 + (ch & 31) * 4 + i % 4.
 uint gemv_interleaved_index(uint e) {
   uint ch = e >> 5u, i = e & 31u;
@@ -35,21 +42,5 @@ float half_at(uint word, uint idx) {
   vec2 v = unpackHalf2x16(word);
   return (idx & 1u) == 0u ? v.x : v.y;
 }
-
-// The end of both GEMV shaders: acc[r] (r < ROWS) of every invocation summed over the
-// workgroup (subgroupAdd, then `partial` in shared memory across subgroups) and stored to
-// y[y_offset + row0 + r], or added to it (p.accumulate). Needs ROWS, WG, partial[], p, y[].
-#define GEMV_REDUCE_AND_STORE(acc, row0, t)                                        \
-  [[unroll]] for (uint r = 0u; r < ROWS; ++r) {                                    \
-    float v = subgroupAdd(acc[r]);                                                 \
-    if (subgroupElect()) partial[r * (WG / 4u) + gl_SubgroupID] = v;               \
-  }                                                                                \
-  barrier();                                                                       \
-  if ((t) < ROWS && (row0) + (t) < p.rows) {                                       \
-    float v = 0.0;                                                                 \
-    for (uint s = 0u; s < gl_NumSubgroups; ++s) v += partial[(t) * (WG / 4u) + s]; \
-    const uint o = p.y_offset + (row0) + (t);                                      \
-    y[o] = p.accumulate != 0u ? y[o] + v : v;                                      \
-  }
 
 #endif

@@ -1,0 +1,303 @@
+#version 450
+// attention_decode: one query token at position pos (decode), split over the context
+// (flash-decoding), with the q/k preparation of qkv_rope.comp fused in front:
+//   q, k += bias (HAS_BIAS); q, k = RMSNorm_head(q, k) * norm (HAS_NORM); q, k = RoPE(pos)
+//   kcache[pos][kvh] = k, vcache[pos][kvh] = v          (by the split that holds pos)
+//   for the keys t of split s:  part[s][h] = sum_t e^(q_h.k_t/sqrt(hd) - m_s) v_t / l_s,
+//                               ml[s][h] = (m_s, l_s),  l_s = sum_t e^(q_h.k_t/sqrt(hd) - m_s)
+//   out[h] = sum_s e^(m_s - m) l_s part[s][h] / sum_s e^(m_s - m) l_s,  m = max_s m_s
+// The merge is done by the last workgroup of each KV head to finish (an atomic counter per KV
+// head, reset by that workgroup for the next dispatch), so the whole attention is one dispatch.
+// Keys are [lo, pos] (lo > 0 with a sliding window), cut into `splits` ranges of
+// ceil(n / splits) keys; an empty range writes l = 0 and is skipped by the merge.
+// One workgroup serves the GQ = n_heads / n_kv query heads of one KV head, so each key and
+// value is read once for all of them.
+// Buffers: 0 qkv: q [n_heads*hd] | k [n_kv*hd] | v [n_kv*hd] (fp32, the projections);
+//          1 kcache; 2 vcache (qkv_rope.comp's layout: K word j = (k_j, k_{j+hd/2}), V word i =
+//          (v_2i, v_2i+1), fp16); 3 inv_freq [hd/2]; 4 biases (q | k | v); 5 norms
+//          (q_norm[hd] | k_norm[hd]); 6 step: uint pos at [0]; 7 part [splits][n_heads*hd]
+//          fp32; 8 ml [splits][n_heads][2] fp32; 9 counters [n_kv] uint (zero between
+//          dispatches); 10 out [n_heads*hd] fp32.
+// Workgroup: 128 invocations. Scores: invocation t takes key tile_start + t for all GQ heads,
+//          its whole key row loaded at once (16-byte loads where hd % 8 == 0). Values: VW words
+//          (2 VW dimensions) of a value row per invocation, for all GQ heads, so that
+//          128 / (hd / 2 / VW) keys are in flight; the key slots are summed at the end.
+// Dispatch: (n_kv, splits).
+// Shared memory: hd/2 * (GQ + 1) * 8 + 128 * (GQ + 1) * 4 + GQ * 132 + SLOTS * GQ * hd * 4 bytes
+// (Kernels checks the device's limit).
+// Specialization: 0 HAS_BIAS, 1 HAS_NORM, 2 GQ (query heads per KV head, <= 16),
+//          3 HD (head size, even, <= 256). Push constants: head counts, window, splits, eps.
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_EXT_control_flow_attributes : require
+
+layout(local_size_x = 128) in;
+layout(constant_id = 0) const uint HAS_BIAS = 0u;
+layout(constant_id = 1) const uint HAS_NORM = 0u;
+layout(constant_id = 2) const uint GQ = 4u;
+layout(constant_id = 3) const uint HD = 128u;
+const uint HALF = HD / 2u;
+const uint NQK = GQ + 1u;                      // the query heads, then the new key
+const uint PAIRS_PER_T = (GQ * HALF + 127u) / 128u;  // (head, V word) pairs per invocation at the end
+const uint VW0 = GQ <= 4u ? 4u : GQ <= 8u ? 2u : 1u;  // value words per invocation: GQ * VW accumulators
+const uint VW1 = HALF % 2u == 0u ? 2u : 1u;
+const uint VW = HALF % VW0 == 0u ? VW0 : (VW1 < VW0 ? VW1 : VW0);
+const uint TPR = HALF / VW;     // invocations per value row
+const uint SLOTS = 128u / TPR;  // value rows (keys) in flight
+
+layout(std430, binding = 0) readonly buffer QKV { float qkv[]; };
+layout(std430, binding = 1) coherent buffer KC { uint kc[]; };
+layout(std430, binding = 1) readonly buffer KC4 { uvec4 kc4[]; };  // the same cache, 16 bytes at a time
+layout(std430, binding = 2) coherent buffer VC { uint vc[]; };
+layout(std430, binding = 2) readonly buffer VC4 { uvec4 vc4[]; };
+layout(std430, binding = 2) readonly buffer VC2 { uvec2 vc2[]; };
+layout(std430, binding = 3) readonly buffer F { float inv_freq[]; };
+layout(std430, binding = 4) readonly buffer Bias { float bias[]; };
+layout(std430, binding = 5) readonly buffer Norm { float norm[]; };
+layout(std430, binding = 6) readonly buffer Step { uint pos; } step;
+layout(std430, binding = 7) coherent buffer Part { float part[]; };
+layout(std430, binding = 8) coherent buffer ML { float ml[]; };
+layout(std430, binding = 9) coherent buffer Counters { uint counters[]; };
+layout(std430, binding = 10) writeonly buffer Out { float att_out[]; };
+layout(push_constant) uniform Push { uint n_heads, n_kv, window, splits; float eps; } p;
+
+shared vec2 qk[NQK * HALF];       // RoPE pairs (x_j, x_{j+hd/2}) of the query heads and the new key
+// First the per-head sums of squares (HAS_NORM; 128 slots per head), then the tile's e^(s - m)
+// per head (probs).
+shared float scratch[(HAS_NORM != 0u ? NQK : GQ) * 128u];
+#define ssq scratch
+#define probs scratch
+shared float red[GQ * 32u];       // per-subgroup partial max / sum (subgroups of >= 4 lanes)
+shared float head_sh[GQ];         // per head: the softmax sum, for the final division
+shared vec2 vred[SLOTS * GQ * HALF];  // the key slots' value sums, [slot][head][word]
+shared uint is_last;
+
+// Max (is_max) or sum over the workgroup of one value per head.
+void wg_reduce(inout float vals[GQ], bool is_max) {
+  [[unroll]] for (uint g = 0u; g < GQ; ++g) {
+    const float r = is_max ? subgroupMax(vals[g]) : subgroupAdd(vals[g]);
+    if (subgroupElect()) red[g * 32u + gl_SubgroupID] = r;
+  }
+  barrier();
+  [[unroll]] for (uint g = 0u; g < GQ; ++g) {
+    float r = red[g * 32u];
+    for (uint i = 1u; i < gl_NumSubgroups; ++i) r = is_max ? max(r, red[g * 32u + i]) : r + red[g * 32u + i];
+    vals[g] = r;
+  }
+  barrier();  // red[] is reused by the next call
+}
+
+void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last);
+void merge_if_last(uint kvh, uint t);
+
+void main() {
+  const uint kvh = gl_WorkGroupID.x, split = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
+  const uint pos = step.pos;
+  const uint lo = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
+  const uint n = pos + 1u - lo;
+  const uint len = (n + p.splits - 1u) / p.splits;
+  const uint first = lo + split * len;
+  const uint last = min(first + len, pos + 1u);  // exclusive
+  if (first >= last) {  // no key in this split (short contexts): l = 0
+    if (t < GQ) {
+      ml[(split * p.n_heads + kvh * GQ + t) * 2u] = 0.0;
+      ml[(split * p.n_heads + kvh * GQ + t) * 2u + 1u] = 0.0;
+    }
+  } else {
+    attend(kvh, split, t, pos, first, last);
+  }
+  merge_if_last(kvh, t);
+}
+
+// Split `split` of KV head kvh: keys [first, last), at least one; writes part[] and ml[].
+void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
+  const uint q_dim = p.n_heads * HD, kv_dim = p.n_kv * HD;
+  const bool has_pos = last == pos + 1u;  // this split appends the new key and value
+
+  // 1. q (and, in the split that holds pos, k): bias, head norm, RoPE; into shared memory.
+  for (uint i = t; i < NQK * HALF; i += 128u) {
+    const uint hh = i / HALF, j = i % HALF;
+    const bool is_q = hh < GQ;
+    vec2 x = vec2(0.0);
+    if (is_q || has_pos) {
+      const uint base = is_q ? (kvh * GQ + hh) * HD : kvh * HD;
+      const uint at = is_q ? base : q_dim + base;
+      x = vec2(qkv[at + j], qkv[at + j + HALF]);
+      if (HAS_BIAS != 0u) {
+        const uint bb = is_q ? base : q_dim + base;
+        x += vec2(bias[bb + j], bias[bb + j + HALF]);
+      }
+    }
+    qk[i] = x;
+    if (HAS_NORM != 0u) ssq[hh * 128u + j] = dot(x, x);
+  }
+  if (HAS_NORM != 0u) {
+    for (uint i = t; i < NQK * 128u; i += 128u)
+      if (i % 128u >= HALF) ssq[i] = 0.0;
+    barrier();
+    for (uint st = 64u; st > 0u; st >>= 1u) {  // tree sum per head over 128 slots
+      for (uint i = t; i < NQK * 128u; i += 128u)
+        if (i % 128u < st) ssq[i] += ssq[i + st];
+      barrier();
+    }
+  }
+  barrier();
+  for (uint i = t; i < NQK * HALF; i += 128u) {
+    const uint hh = i / HALF, j = i % HALF;
+    vec2 x = qk[i];
+    if (HAS_NORM != 0u) {
+      const uint nb = hh < GQ ? 0u : HD;
+      x *= inversesqrt(ssq[hh * 128u] / float(HD) + p.eps) * vec2(norm[nb + j], norm[nb + j + HALF]);
+    }
+    const float ang = float(pos) * inv_freq[j];
+    const float c = cos(ang), s = sin(ang);
+    x = vec2(x.x * c - x.y * s, x.y * c + x.x * s);
+    qk[i] = x;
+    if (hh == GQ && has_pos) kc[(pos * p.n_kv + kvh) * HALF + j] = packHalf2x16(x);
+  }
+  if (has_pos) {
+    for (uint i = t; i < HALF; i += 128u) {
+      vec2 x = vec2(qkv[q_dim + kv_dim + kvh * HD + 2u * i], qkv[q_dim + kv_dim + kvh * HD + 2u * i + 1u]);
+      if (HAS_BIAS != 0u) x += vec2(bias[q_dim + kv_dim + kvh * HD + 2u * i], bias[q_dim + kv_dim + kvh * HD + 2u * i + 1u]);
+      vc[(pos * p.n_kv + kvh) * HALF + i] = packHalf2x16(x);
+    }
+  }
+  memoryBarrierBuffer();  // the new key and value, read back below by this workgroup
+  barrier();
+
+  // 2. Keys in tiles of 128 with an online softmax per head.
+  const float scale = inversesqrt(float(HD));
+  float run_max[GQ], run_sum[GQ];
+  vec2 acc[GQ * VW];  // [head][word] of this invocation's value column
+  [[unroll]] for (uint g = 0u; g < GQ; ++g) { run_max[g] = -1.0 / 0.0; run_sum[g] = 0.0; }
+  [[unroll]] for (uint a = 0u; a < GQ * VW; ++a) acc[a] = vec2(0.0);
+  const uint col = t % TPR, slot = t / TPR;  // value words col * VW .., keys slot, slot + SLOTS, ...
+  for (uint start = first; start < last; start += 128u) {
+    const uint key = start + t;
+    float s[GQ];
+    [[unroll]] for (uint g = 0u; g < GQ; ++g) s[g] = -1.0 / 0.0;
+    if (key < last) {
+      const uint kb = (key * p.n_kv + kvh) * HALF;
+      vec2 d[GQ];
+      [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = vec2(0.0);
+      if (HALF % 4u == 0u) {
+        for (uint j0 = 0u; j0 < HALF; j0 += 64u) {  // up to 16 loads of 16 bytes in flight
+          uvec4 kw[16];
+          [[unroll]] for (uint u = 0u; u < 16u; ++u) kw[u] = j0 + 4u * u < HALF ? kc4[(kb + j0) / 4u + u] : uvec4(0u);
+          [[unroll]] for (uint u = 0u; u < 16u; ++u) {
+            if (j0 + 4u * u < HALF) {
+              [[unroll]] for (uint e = 0u; e < 4u; ++e) {
+                const vec2 kk = unpackHalf2x16(kw[u][e]);
+                [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = fma(qk[g * HALF + j0 + 4u * u + e], kk, d[g]);
+              }
+            }
+          }
+        }
+      } else {
+        for (uint j = 0u; j < HALF; j += 4u) {  // four words (eight values) per step
+          uint kw[4];
+          [[unroll]] for (uint u = 0u; u < 4u; ++u) kw[u] = j + u < HALF ? kc[kb + j + u] : 0u;
+          [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+            if (j + u < HALF) {
+              const vec2 kk = unpackHalf2x16(kw[u]);
+              [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = fma(qk[g * HALF + j + u], kk, d[g]);
+            }
+          }
+        }
+      }
+      [[unroll]] for (uint g = 0u; g < GQ; ++g) s[g] = (d[g].x + d[g].y) * scale;
+    }
+    float tile_max[GQ];
+    [[unroll]] for (uint g = 0u; g < GQ; ++g) tile_max[g] = s[g];
+    wg_reduce(tile_max, true);
+    float e_sum[GQ], rescale[GQ];
+    [[unroll]] for (uint g = 0u; g < GQ; ++g) {
+      const float new_max = max(run_max[g], tile_max[g]);
+      const float e = key < last ? exp(s[g] - new_max) : 0.0;
+      probs[g * 128u + t] = e;
+      e_sum[g] = e;
+      rescale[g] = exp(run_max[g] - new_max);  // 0 on the first tile (run_max = -inf)
+      run_max[g] = new_max;
+    }
+    wg_reduce(e_sum, false);  // its barriers also publish probs[]
+    const uint nk = min(128u, last - start);
+    [[unroll]] for (uint g = 0u; g < GQ; ++g)
+      [[unroll]] for (uint w = 0u; w < VW; ++w) acc[g * VW + w] *= rescale[g];
+    if (slot < SLOTS) {
+      const uint vstride = p.n_kv * HALF;  // words from one position to the next
+      const uint vb = (start * p.n_kv + kvh) * HALF + col * VW;
+      for (uint i0 = slot; i0 < nk; i0 += 4u * SLOTS) {  // four value rows in flight
+        uvec4 vw[4];
+        [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+          const uint i = i0 + u * SLOTS;
+          const uint at = vb + min(i, nk - 1u) * vstride;
+          if (VW == 4u) vw[u] = vc4[at / 4u];
+          else if (VW == 2u) vw[u] = uvec4(vc2[at / 2u], 0u, 0u);
+          else vw[u] = uvec4(vc[at], 0u, 0u, 0u);
+        }
+        [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+          const uint i = i0 + u * SLOTS;
+          if (i < nk) {
+            [[unroll]] for (uint w = 0u; w < VW; ++w) {
+              const vec2 vv = unpackHalf2x16(vw[u][w]);
+              [[unroll]] for (uint g = 0u; g < GQ; ++g) acc[g * VW + w] = fma(vec2(probs[g * 128u + i]), vv, acc[g * VW + w]);
+            }
+          }
+        }
+      }
+    }
+    [[unroll]] for (uint g = 0u; g < GQ; ++g) run_sum[g] = run_sum[g] * rescale[g] + e_sum[g];
+    barrier();  // probs[] is rewritten by the next tile
+  }
+  [[unroll]] for (uint g = 0u; g < GQ; ++g) {
+    if (t == g) {
+      head_sh[g] = run_sum[g];
+      ml[(split * p.n_heads + kvh * GQ + g) * 2u] = run_max[g];
+      ml[(split * p.n_heads + kvh * GQ + g) * 2u + 1u] = run_sum[g];
+    }
+  }
+  barrier();
+
+  // 3. The key slots summed, then this split's normalized output and its (max, sum) per head.
+  if (slot < SLOTS)
+    [[unroll]] for (uint g = 0u; g < GQ; ++g)
+      [[unroll]] for (uint w = 0u; w < VW; ++w) vred[(slot * GQ + g) * HALF + col * VW + w] = acc[g * VW + w];
+  barrier();
+  [[unroll]] for (uint a = 0u; a < PAIRS_PER_T; ++a) {
+    const uint idx = t + a * 128u;
+    if (idx < GQ * HALF) {
+      const uint g = idx / HALF, wd = idx % HALF;
+      vec2 sum = vec2(0.0);
+      for (uint sl = 0u; sl < SLOTS; ++sl) sum += vred[(sl * GQ + g) * HALF + wd];
+      const uint o = split * q_dim + (kvh * GQ + g) * HD + 2u * wd;
+      part[o] = sum.x / head_sh[g];
+      part[o + 1u] = sum.y / head_sh[g];
+    }
+  }
+}
+
+// The last of the splits of KV head kvh to finish merges them all into att_out.
+void merge_if_last(uint kvh, uint t) {
+  memoryBarrierBuffer();  // this split's part[] and ml[] before its count
+  barrier();
+  if (t == 0u) is_last = atomicAdd(counters[kvh], 1u) == p.splits - 1u ? 1u : 0u;
+  barrier();
+  if (is_last == 0u) return;  // uniform over the workgroup
+  memoryBarrierBuffer();      // the other splits' results after their counts
+  for (uint idx = t; idx < GQ * HD; idx += 128u) {
+    const uint h = kvh * GQ + idx / HD, d = idx % HD;
+    float m = -1.0 / 0.0;
+    for (uint s = 0u; s < p.splits; ++s) m = max(m, ml[(s * p.n_heads + h) * 2u]);
+    float num = 0.0, den = 0.0;
+    for (uint s = 0u; s < p.splits; ++s) {
+      const float l = ml[(s * p.n_heads + h) * 2u + 1u];
+      if (l > 0.0) {  // splits without keys hold l = 0
+        const float wgt = exp(ml[(s * p.n_heads + h) * 2u] - m) * l;
+        num = fma(wgt, part[s * p.n_heads * HD + h * HD + d], num);
+        den += wgt;
+      }
+    }
+    att_out[h * HD + d] = num / den;
+  }
+  if (t == 0u) counters[kvh] = 0u;  // for the next dispatch
+}
