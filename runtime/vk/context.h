@@ -267,7 +267,7 @@ class Context {
   // inside fn. fn must not call back into this Context's submitting functions (deadlock).
   void with_queue(const std::function<void()>& fn) const;
 
-  struct Impl;  // Vulkan handles; defined in context.cpp
+  struct Impl;  // Vulkan handles; defined in internal.h
 
  private:
   friend class Buffer;
