@@ -135,6 +135,35 @@ TEST(Vk, RecordOnceReplayManyWithTimestamps) {
   EXPECT_THROW(cmd.copy(a, b, 4), vk::Error);  // recording is closed once it ran
 }
 
+TEST(Vk, CountsRecordedDispatchesAndBarriers) {
+  std::vector<uint32_t> v(1024);
+  std::iota(v.begin(), v.end(), 1u);
+  vk::Buffer a = context().upload_new(v, "a");
+  vk::Buffer b = context().buffer(v.size() * 4);
+  vk::Buffer c = context().buffer(v.size() * 4);
+  vk::Pipeline copy = context().pipeline({"copy", {}, 2, 4, 0});
+  const uint32_t n16 = static_cast<uint32_t>(v.size() * 4 / 16);
+  auto cmd = context().commands(1);
+  EXPECT_EQ(cmd.dispatches(), 0u);
+  EXPECT_EQ(cmd.barriers(), 0u);
+  cmd.timestamp(0);
+  cmd.fill(c, 0);  // transfers and timestamps are neither
+  cmd.barrier();
+  cmd.dispatch(copy, {a, b}, n16, 1);
+  cmd.dispatch(copy, {a, b}, n16, 0);  // no workgroups: nothing recorded, not counted
+  cmd.barrier();
+  cmd.dispatch(copy, {b, c}, n16, 2);
+  EXPECT_EQ(cmd.dispatches(), 2u);
+  EXPECT_EQ(cmd.barriers(), 2u);
+  vk::Commands moved = std::move(cmd);
+  for (int rep = 0; rep < 2; ++rep) {  // replays record nothing new
+    moved.run();
+    EXPECT_EQ(context().download_all<uint32_t>(c), v);
+  }
+  EXPECT_EQ(moved.dispatches(), 2u);
+  EXPECT_EQ(moved.barriers(), 2u);
+}
+
 TEST(Vk, PipelineCacheIsWrittenAndReused) {
   auto dir = std::filesystem::temp_directory_path() / ("pqvk-cache-test-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);

@@ -56,7 +56,7 @@ Commands::Commands(Context* ctx, uint32_t timestamp_slots) : ctx_(ctx), timestam
 Commands::Commands(Commands&& o) noexcept
     : ctx_(o.ctx_), pool_(o.pool_), cmd_(o.cmd_), desc_pool_(o.desc_pool_), query_pool_(o.query_pool_),
       fence_(o.fence_), desc_pools_(std::move(o.desc_pools_)), timestamp_slots_(o.timestamp_slots_),
-      sets_in_pool_(o.sets_in_pool_), ended_(o.ended_) {
+      sets_in_pool_(o.sets_in_pool_), dispatches_(o.dispatches_), barriers_(o.barriers_), ended_(o.ended_) {
   o.ctx_ = nullptr;
 }
 
@@ -141,6 +141,7 @@ void Commands::dispatch(const Pipeline& p, const std::vector<BufferView>& buffer
   vkCmdBindDescriptorSets(cb, VK_PIPELINE_BIND_POINT_COMPUTE, layout, 0, 1, &set, 0, nullptr);
   if (push_bytes) vkCmdPushConstants(cb, layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, static_cast<uint32_t>(push_bytes), push);
   vkCmdDispatch(cb, gx, gy, gz);
+  ++dispatches_;
 }
 
 void Commands::ensure_recording(const char* what) const {
@@ -155,6 +156,7 @@ void Commands::barrier() {
                      VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
   const VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
   vkCmdPipelineBarrier(from_u64<VkCommandBuffer>(cmd_), st, st, 0, 1, &mb, 0, nullptr, 0, nullptr);
+  ++barriers_;
 }
 
 void Commands::copy(const Buffer& src, const Buffer& dst, size_t bytes, size_t src_off, size_t dst_off) {

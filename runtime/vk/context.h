@@ -194,6 +194,11 @@ class Commands {
   // Timestamps of the last run(), in nanoseconds, relative to slot 0.
   std::vector<double> timestamps_ns() const;
 
+  // What has been recorded so far: vkCmdDispatch calls (a dispatch of zero workgroups records
+  // nothing and is not counted) and barrier() calls. Replays do not change them.
+  uint32_t dispatches() const { return dispatches_; }
+  uint32_t barriers() const { return barriers_; }
+
  private:
   friend class Context;
   explicit Commands(Context* ctx, uint32_t timestamp_slots);
@@ -201,6 +206,7 @@ class Commands {
   uint64_t pool_ = 0, cmd_ = 0, desc_pool_ = 0, query_pool_ = 0, fence_ = 0;
   std::vector<uint64_t> desc_pools_;
   uint32_t timestamp_slots_ = 0, sets_in_pool_ = 0;
+  uint32_t dispatches_ = 0, barriers_ = 0;
   bool ended_ = false;
   uint64_t allocate_set(uint64_t layout);
   void ensure_recording(const char* what) const;
