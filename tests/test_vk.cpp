@@ -37,6 +37,42 @@ TEST(Vk, ListsDevicesAndSelectsByNameAndIndex) {
   EXPECT_EQ(a.validation_messages() + b.validation_messages(), 0u);
 }
 
+TEST(Vk, CooperativeMatrixShapes) {
+  using T = vk::CoopMatShape::Type;
+  using S = vk::CoopMatShape::Scope;
+  // The device's report: shapes only where the extension is.
+  const auto& info = context().info();
+  if (!info.cooperative_matrix_nv) {
+    EXPECT_TRUE(info.coopmat_nv.empty());
+  }
+  if (!info.cooperative_matrix_khr) {
+    EXPECT_TRUE(info.coopmat_khr.empty());
+  }
+  for (const auto& s : info.coopmat_nv) {
+    EXPECT_GT(s.m * s.n * s.k, 0u) << s.str();
+    EXPECT_FALSE(s.saturating) << s.str();
+  }
+  // has_coopmat_nv_f16 asks for fp16 A and B, fp32 C and D, subgroup scope, the exact shape.
+  vk::DeviceInfo d;
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 16, 16));
+  vk::CoopMatShape f16acc{16, 8, 16, T::f16, T::f16, T::f16, T::f16, S::subgroup};
+  vk::CoopMatShape f32acc{16, 8, 16, T::f16, T::f16, T::f32, T::f32, S::subgroup};
+  vk::CoopMatShape workgroup{16, 16, 16, T::f16, T::f16, T::f32, T::f32, S::workgroup};
+  d.coopmat_nv = {f16acc, workgroup};
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 8, 16));   // fp16 accumulation only
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 16, 16));  // not subgroup scope
+  d.coopmat_nv.push_back(f32acc);
+  EXPECT_TRUE(d.has_coopmat_nv_f16(16, 8, 16));
+  EXPECT_FALSE(d.has_coopmat_nv_f16(8, 16, 16));
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 8, 8));
+  d.coopmat_khr = d.coopmat_nv;  // KHR shapes are reported, never used by this helper
+  d.coopmat_nv.clear();
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 8, 16));
+  EXPECT_EQ(f32acc.str(), "16x8x16 f16*f16+f32->f32 subgroup");
+  vk::CoopMatShape s8{16, 16, 32, T::s8, T::u8, T::s32, T::s32, S::queue_family, true};
+  EXPECT_EQ(s8.str(), "16x16x32 s8*u8+s32->s32 queue family saturating");
+}
+
 TEST(Vk, UnknownDeviceIsAClearError) {
   vk::ContextOptions o;
   o.device = "no-such-gpu-xyz";

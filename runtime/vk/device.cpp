@@ -97,25 +97,129 @@ struct FeatureChain {
       VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES};
   VkPhysicalDeviceShaderIntegerDotProductFeatures idot{
       VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
-  void link(bool with_ssc, bool with_idot) {
+  VkPhysicalDeviceCooperativeMatrixFeaturesNV coopmat_nv{
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
+  void link(bool with_ssc, bool with_idot, bool with_coopmat_nv) {
     f2.pNext = &v11;
     v11.pNext = &v12;
     void** tail = &v12.pNext;
     *tail = nullptr;
     if (with_ssc) { *tail = &ssc; tail = &ssc.pNext; *tail = nullptr; }
     if (with_idot) { *tail = &idot; tail = &idot.pNext; *tail = nullptr; }
+    if (with_coopmat_nv) { *tail = &coopmat_nv; tail = &coopmat_nv.pNext; *tail = nullptr; }
   }
 };
+
+// ---- cooperative matrices ----
+
+// VK_KHR_cooperative_matrix's properties structure. Vulkan headers before 1.3.255 (Debian
+// bookworm's 1.3.239) do not declare it; there it is declared here as the Vulkan registry
+// specifies it (its component types and scopes take VK_NV_cooperative_matrix's values).
+#ifdef VK_KHR_cooperative_matrix
+using CoopMatPropertiesKHR = VkCooperativeMatrixPropertiesKHR;
+constexpr VkStructureType kCoopMatPropertiesKHR = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR;
+#else
+struct CoopMatPropertiesKHR {
+  VkStructureType sType;
+  void* pNext;
+  uint32_t MSize, NSize, KSize;
+  VkComponentTypeNV AType, BType, CType, ResultType;
+  VkBool32 saturatingAccumulation;
+  VkScopeNV scope;
+};
+constexpr auto kCoopMatPropertiesKHR = static_cast<VkStructureType>(1000506001);
+#endif
+// vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR, taken through vkGetInstanceProcAddr:
+// volk as old as those headers has no pointer for it.
+using GetCoopMatPropertiesKHR = VkResult(VKAPI_PTR*)(VkPhysicalDevice, uint32_t*, CoopMatPropertiesKHR*);
+
+CoopMatShape::Type component_type(int t) {
+  using T = CoopMatShape::Type;
+  switch (t) {
+    case VK_COMPONENT_TYPE_FLOAT16_NV: return T::f16;
+    case VK_COMPONENT_TYPE_FLOAT32_NV: return T::f32;
+    case VK_COMPONENT_TYPE_FLOAT64_NV: return T::f64;
+    case VK_COMPONENT_TYPE_SINT8_NV: return T::s8;
+    case VK_COMPONENT_TYPE_SINT16_NV: return T::s16;
+    case VK_COMPONENT_TYPE_SINT32_NV: return T::s32;
+    case VK_COMPONENT_TYPE_SINT64_NV: return T::s64;
+    case VK_COMPONENT_TYPE_UINT8_NV: return T::u8;
+    case VK_COMPONENT_TYPE_UINT16_NV: return T::u16;
+    case VK_COMPONENT_TYPE_UINT32_NV: return T::u32;
+    case VK_COMPONENT_TYPE_UINT64_NV: return T::u64;
+    default: return T::other;  // types of later extensions (bfloat16, fp8, ...)
+  }
+}
+
+CoopMatShape::Scope scope_of(int s) {
+  using S = CoopMatShape::Scope;
+  switch (s) {
+    case VK_SCOPE_DEVICE_NV: return S::device;
+    case VK_SCOPE_WORKGROUP_NV: return S::workgroup;
+    case VK_SCOPE_SUBGROUP_NV: return S::subgroup;
+    case VK_SCOPE_QUEUE_FAMILY_NV: return S::queue_family;
+    default: return S::other;
+  }
+}
+
+// The shapes an enumeration of VkCooperativeMatrixProperties{NV,KHR} reports: `get` is the
+// two-call query, `result` picks D's type (NV: DType, KHR: ResultType), `saturating` KHR's flag.
+template <class Props, class Get, class Result, class Saturating>
+std::vector<CoopMatShape> coopmat_shapes(VkPhysicalDevice pd, VkStructureType stype, Get get, const char* what,
+                                         Result result, Saturating saturating) {
+  uint32_t n = 0;
+  check(get(pd, &n, nullptr), what);
+  Props init{};
+  init.sType = stype;
+  std::vector<Props> props(n, init);
+  check(get(pd, &n, props.data()), what);
+  props.resize(n);
+  std::vector<CoopMatShape> out;
+  for (const Props& p : props) {
+    CoopMatShape s;
+    s.m = p.MSize;
+    s.n = p.NSize;
+    s.k = p.KSize;
+    s.a = component_type(p.AType);
+    s.b = component_type(p.BType);
+    s.c = component_type(p.CType);
+    s.d = component_type(result(p));
+    s.scope = scope_of(p.scope);
+    s.saturating = saturating(p);
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::vector<CoopMatShape> coopmat_shapes_nv(VkPhysicalDevice pd) {
+  const char* what = "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV";
+  if (!vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)
+    throw Error(std::string(what) + " is not available although the device has VK_NV_cooperative_matrix");
+  return coopmat_shapes<VkCooperativeMatrixPropertiesNV>(
+      pd, VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV, vkGetPhysicalDeviceCooperativeMatrixPropertiesNV,
+      what, [](const VkCooperativeMatrixPropertiesNV& p) { return p.DType; },
+      [](const VkCooperativeMatrixPropertiesNV&) { return false; });
+}
+
+std::vector<CoopMatShape> coopmat_shapes_khr(VkInstance inst, VkPhysicalDevice pd) {
+  const char* what = "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR";
+  auto get = reinterpret_cast<GetCoopMatPropertiesKHR>(vkGetInstanceProcAddr(inst, what));
+  if (!get) throw Error(std::string(what) + " is not available although the device has VK_KHR_cooperative_matrix");
+  return coopmat_shapes<CoopMatPropertiesKHR>(
+      pd, kCoopMatPropertiesKHR, get, what, [](const CoopMatPropertiesKHR& p) { return p.ResultType; },
+      [](const CoopMatPropertiesKHR& p) { return p.saturatingAccumulation == VK_TRUE; });
+}
 
 struct Candidate {
   VkPhysicalDevice pd = VK_NULL_HANDLE;
   DeviceInfo info;
   VkPhysicalDeviceType vk_type{};
   bool has_ssc_ext = false, has_idot = false, full_subgroups = false;
+  bool coopmat_nv = false;  // VK_NV_cooperative_matrix + its feature in compute: enabled with the device
   uint32_t api = 0;
 };
 
-Candidate describe(VkPhysicalDevice pd, uint32_t index) {
+Candidate describe(VkInstance inst, VkPhysicalDevice pd, uint32_t index) {
   Candidate c;
   c.pd = pd;
   DeviceInfo& d = c.info;
@@ -136,12 +240,17 @@ Candidate describe(VkPhysicalDevice pd, uint32_t index) {
   VkPhysicalDeviceDriverProperties drv{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
   p2.pNext = &sg;
   sg.pNext = &drv;
-  if (c.has_ssc_ext) drv.pNext = &sscp;
+  VkPhysicalDeviceCooperativeMatrixPropertiesNV cmp{
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_PROPERTIES_NV};
+  const bool has_coopmat_nv = has_ext(exts, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME);
+  void** tail = &drv.pNext;
+  if (c.has_ssc_ext) { *tail = &sscp; tail = &sscp.pNext; }
+  if (has_coopmat_nv) { *tail = &cmp; tail = &cmp.pNext; }
   vkGetPhysicalDeviceProperties2(pd, &p2);
   const VkPhysicalDeviceLimits& lim = base.limits;
 
   FeatureChain fc;
-  fc.link(c.has_ssc_ext, c.has_idot);
+  fc.link(c.has_ssc_ext, c.has_idot, has_coopmat_nv);
   vkGetPhysicalDeviceFeatures2(pd, &fc.f2);
 
   d.name = base.deviceName;
@@ -167,8 +276,12 @@ Candidate describe(VkPhysicalDevice pd, uint32_t index) {
   d.storage_8bit = fc.v12.storageBuffer8BitAccess;
   d.storage_16bit = fc.v11.storageBuffer16BitAccess;
   d.cooperative_matrix_khr = has_ext(exts, "VK_KHR_cooperative_matrix");
-  d.cooperative_matrix_nv = has_ext(exts, "VK_NV_cooperative_matrix");
+  d.cooperative_matrix_nv = has_coopmat_nv;
   d.cooperative_matrix2_nv = has_ext(exts, "VK_NV_cooperative_matrix2");
+  c.coopmat_nv = has_coopmat_nv && fc.coopmat_nv.cooperativeMatrix &&
+                 (cmp.cooperativeMatrixSupportedStages & VK_SHADER_STAGE_COMPUTE_BIT);
+  if (c.coopmat_nv) d.coopmat_nv = coopmat_shapes_nv(pd);
+  if (d.cooperative_matrix_khr) d.coopmat_khr = coopmat_shapes_khr(inst, pd);
   d.integer_dot_product = c.has_idot && fc.idot.shaderIntegerDotProduct;
   d.memory_budget = has_ext(exts, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
   d.max_storage_buffer_range = lim.maxStorageBufferRange;
@@ -286,7 +399,7 @@ std::vector<Candidate> enumerate(VkInstance inst) {
   std::vector<VkPhysicalDevice> pds(n);
   check(vkEnumeratePhysicalDevices(inst, &n, pds.data()), "vkEnumeratePhysicalDevices");
   std::vector<Candidate> out;
-  for (uint32_t i = 0; i < n; ++i) out.push_back(describe(pds[i], i));
+  for (uint32_t i = 0; i < n; ++i) out.push_back(describe(inst, pds[i], i));
   return out;
 }
 
@@ -322,6 +435,50 @@ uint32_t graphics_present_family(VkInstance inst, VkPhysicalDevice pd,
 }
 
 }  // namespace
+
+// ---- the capability report ------------------------------------------------------------------
+
+const char* CoopMatShape::name(Type t) {
+  switch (t) {
+    case Type::f16: return "f16";
+    case Type::f32: return "f32";
+    case Type::f64: return "f64";
+    case Type::s8: return "s8";
+    case Type::s16: return "s16";
+    case Type::s32: return "s32";
+    case Type::s64: return "s64";
+    case Type::u8: return "u8";
+    case Type::u16: return "u16";
+    case Type::u32: return "u32";
+    case Type::u64: return "u64";
+    case Type::other: break;
+  }
+  return "other";
+}
+
+const char* CoopMatShape::name(Scope s) {
+  switch (s) {
+    case Scope::device: return "device";
+    case Scope::workgroup: return "workgroup";
+    case Scope::subgroup: return "subgroup";
+    case Scope::queue_family: return "queue family";
+    case Scope::other: break;
+  }
+  return "other";
+}
+
+std::string CoopMatShape::str() const {
+  return std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k) + " " + name(a) + "*" + name(b) +
+         "+" + name(c) + "->" + name(d) + " " + name(scope) + (saturating ? " saturating" : "");
+}
+
+bool DeviceInfo::has_coopmat_nv_f16(uint32_t m, uint32_t n, uint32_t k) const {
+  using T = CoopMatShape::Type;
+  return std::any_of(coopmat_nv.begin(), coopmat_nv.end(), [&](const CoopMatShape& s) {
+    return s.m == m && s.n == n && s.k == k && s.a == T::f16 && s.b == T::f16 && s.c == T::f32 && s.d == T::f32 &&
+           s.scope == CoopMatShape::Scope::subgroup;
+  });
+}
 
 // ---- Context --------------------------------------------------------------------------------
 
@@ -433,10 +590,10 @@ Context::Context(const ContextOptions& opts) : impl_(std::make_unique<Impl>()) {
 
     // ---- features and extensions to enable ----
     FeatureChain have;
-    have.link(chosen->has_ssc_ext, chosen->has_idot);
+    have.link(chosen->has_ssc_ext, chosen->has_idot, false);
     vkGetPhysicalDeviceFeatures2(I.physical, &have.f2);
     FeatureChain on;
-    on.link(chosen->has_ssc_ext && info_.subgroup_size_control, false);
+    on.link(chosen->has_ssc_ext && info_.subgroup_size_control, false, chosen->coopmat_nv);
     on.v11.storageBuffer16BitAccess = have.v11.storageBuffer16BitAccess;
     on.v12.shaderFloat16 = have.v12.shaderFloat16;
     on.v12.shaderInt8 = have.v12.shaderInt8;
@@ -447,12 +604,14 @@ Context::Context(const ContextOptions& opts) : impl_(std::make_unique<Impl>()) {
       on.ssc.subgroupSizeControl = VK_TRUE;
       on.ssc.computeFullSubgroups = have.ssc.computeFullSubgroups;
     }
+    if (chosen->coopmat_nv) on.coopmat_nv.cooperativeMatrix = VK_TRUE;  // for a tensor-core GEMM
     auto exts = device_extensions(I.physical);
     std::vector<const char*> enable;
     const bool v13 = VK_API_VERSION_MINOR(chosen->api) >= 3;
     if (info_.subgroup_size_control && !v13) enable.push_back(VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME);
     if (info_.memory_budget) enable.push_back(VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
     if (presentation_) enable.push_back(VK_KHR_SWAPCHAIN_EXTENSION_NAME);
+    if (chosen->coopmat_nv) enable.push_back(VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME);
 
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci{VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
