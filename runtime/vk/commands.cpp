@@ -192,14 +192,21 @@ void Commands::run() {
   }
   VkFence fence = from_u64<VkFence>(fence_);
   check(vkResetFences(I.device, 1, &fence), "vkResetFences");
+  submit_and_wait(I, cb, fence, "");
+}
+
+void submit_and_wait(Context::Impl& I, VkCommandBuffer cb, VkFence fence, const char* what) {
   VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
   si.commandBufferCount = 1;
   si.pCommandBuffers = &cb;
+  VkResult r = VK_SUCCESS;
   {
     std::lock_guard<std::mutex> lock(I.queue_mutex);
-    check(vkQueueSubmit(I.queue, 1, &si, fence), "vkQueueSubmit");
+    r = vkQueueSubmit(I.queue, 1, &si, fence);
   }
-  check(vkWaitForFences(I.device, 1, &fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
+  if (r != VK_SUCCESS) check(r, (std::string("vkQueueSubmit") + what).c_str());  // throws
+  r = vkWaitForFences(I.device, 1, &fence, VK_TRUE, UINT64_MAX);
+  if (r != VK_SUCCESS) check(r, (std::string("vkWaitForFences") + what).c_str());
 }
 
 std::vector<double> Commands::timestamps_ns() const {

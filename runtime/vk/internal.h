@@ -46,6 +46,11 @@ template <class H> H from_u64(uint64_t v) { return reinterpret_cast<H>(v); }
 // (memory.cpp; used by the staged transfers and by Commands::copy / fill).
 void check_range(const Buffer& b, size_t bytes, size_t offset, const char* op);
 
+// Submits cb to the context's queue (under its lock) signalling `fence`, and waits for the
+// fence (commands.cpp; used by Commands::run and the staged transfers). `what` is appended to
+// the names of the calls in errors ("" or e.g. " (transfer)").
+void submit_and_wait(Context::Impl& I, VkCommandBuffer cb, VkFence fence, const char* what);
+
 // ---- the on-disk pipeline cache (pipelines.cpp), opened and closed with the device ----------
 
 // The cache file for ContextOptions::pipeline_cache `option` on the device with `props`:

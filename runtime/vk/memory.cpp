@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
-#include <mutex>
+#include <string>
 
 #include "vk/internal.h"
 
@@ -39,14 +39,7 @@ void one_shot(Context::Impl& I, F&& record) {
     check(vkEndCommandBuffer(cb), "vkEndCommandBuffer");
     VkFenceCreateInfo fi{VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     check(vkCreateFence(I.device, &fi, nullptr, &fence), "vkCreateFence");
-    VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
-    si.commandBufferCount = 1;
-    si.pCommandBuffers = &cb;
-    {
-      std::lock_guard<std::mutex> lock(I.queue_mutex);
-      check(vkQueueSubmit(I.queue, 1, &si, fence), "vkQueueSubmit (transfer)");
-    }
-    check(vkWaitForFences(I.device, 1, &fence, VK_TRUE, UINT64_MAX), "vkWaitForFences (transfer)");
+    submit_and_wait(I, cb, fence, " (transfer)");
   } catch (...) {
     if (fence) vkDestroyFence(I.device, fence, nullptr);
     vkFreeCommandBuffers(I.device, I.transfer_pool, 1, &cb);
