@@ -17,6 +17,21 @@ namespace {
 
 std::string mib(uint64_t b) { return std::to_string(b >> 20) + " MiB"; }
 
+nlohmann::json to_json(const std::vector<pqvk::vk::CoopMatShape>& shapes) {
+  using S = pqvk::vk::CoopMatShape;
+  nlohmann::json out = nlohmann::json::array();
+  for (const S& s : shapes)
+    out.push_back({{"m", s.m}, {"n", s.n}, {"k", s.k}, {"a", S::name(s.a)}, {"b", S::name(s.b)}, {"c", S::name(s.c)},
+                   {"d", S::name(s.d)}, {"scope", S::name(s.scope)}, {"saturating", s.saturating}});
+  return out;
+}
+
+// One line per shape: the first after `label`, the others aligned under it.
+void print_shapes(const char* label, const std::vector<pqvk::vk::CoopMatShape>& shapes) {
+  for (size_t i = 0; i < shapes.size(); ++i)
+    std::printf("    %-22s %s\n", i == 0 ? label : "", shapes[i].str().c_str());
+}
+
 nlohmann::json to_json(const pqvk::vk::DeviceInfo& d) {
   nlohmann::json heaps = nlohmann::json::array();
   for (const auto& h : d.heaps)
@@ -31,7 +46,8 @@ nlohmann::json to_json(const pqvk::vk::DeviceInfo& d) {
           {"cooperative_matrix2_nv", d.cooperative_matrix2_nv}, {"integer_dot_product", d.integer_dot_product},
           {"max_storage_buffer_range", d.max_storage_buffer_range}, {"max_allocation_size", d.max_allocation_size},
           {"max_shared_memory", d.max_shared_memory}, {"max_workgroup_invocations", d.max_workgroup_invocations},
-          {"timestamp_period_ns", d.timestamp_period_ns}, {"memory_budget", d.memory_budget}, {"heaps", heaps}};
+          {"timestamp_period_ns", d.timestamp_period_ns}, {"memory_budget", d.memory_budget}, {"heaps", heaps},
+          {"coopmat_nv", to_json(d.coopmat_nv)}, {"coopmat_khr", to_json(d.coopmat_khr)}};
 }
 
 void print(const pqvk::vk::DeviceInfo& d, bool chosen) {
@@ -46,6 +62,8 @@ void print(const pqvk::vk::DeviceInfo& d, bool chosen) {
   std::printf("    8 / 16-bit storage     %s / %s\n", yn(d.storage_8bit), yn(d.storage_16bit));
   std::printf("    cooperative matrix     KHR: %s, NV: %s, NV2: %s\n", yn(d.cooperative_matrix_khr),
               yn(d.cooperative_matrix_nv), yn(d.cooperative_matrix2_nv));
+  print_shapes("  NV shapes (MxNxK)", d.coopmat_nv);
+  print_shapes("  KHR shapes (MxNxK)", d.coopmat_khr);
   std::printf("    integer dot product    %s\n", yn(d.integer_dot_product));
   std::printf("    max storage buffer     %s per binding\n", mib(d.max_storage_buffer_range).c_str());
   std::printf("    max allocation         %s\n", mib(d.max_allocation_size).c_str());

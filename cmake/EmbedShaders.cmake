@@ -1,7 +1,7 @@
 # pqvk_embed_shaders(OUT_SOURCES shaders includes)
 # Compiles every shaders/*.comp with glslc (once per build, not per test) to SPIR-V and
 # generates one C++ file per shader holding the words, plus a registry (shader_registry.cpp)
-# that runtime/vk/context.cpp looks shaders up in by name. Binaries need no files at run time.
+# that runtime/vk/pipelines.cpp looks shaders up in by name. Binaries need no files at run time.
 function(pqvk_embed_shaders out_var shaders includes)
   set(gen_dir ${CMAKE_BINARY_DIR}/shaders)
   file(MAKE_DIRECTORY ${gen_dir})

@@ -37,6 +37,42 @@ TEST(Vk, ListsDevicesAndSelectsByNameAndIndex) {
   EXPECT_EQ(a.validation_messages() + b.validation_messages(), 0u);
 }
 
+TEST(Vk, CooperativeMatrixShapes) {
+  using T = vk::CoopMatShape::Type;
+  using S = vk::CoopMatShape::Scope;
+  // The device's report: shapes only where the extension is.
+  const auto& info = context().info();
+  if (!info.cooperative_matrix_nv) {
+    EXPECT_TRUE(info.coopmat_nv.empty());
+  }
+  if (!info.cooperative_matrix_khr) {
+    EXPECT_TRUE(info.coopmat_khr.empty());
+  }
+  for (const auto& s : info.coopmat_nv) {
+    EXPECT_GT(s.m * s.n * s.k, 0u) << s.str();
+    EXPECT_FALSE(s.saturating) << s.str();
+  }
+  // has_coopmat_nv_f16 asks for fp16 A and B, fp32 C and D, subgroup scope, the exact shape.
+  vk::DeviceInfo d;
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 16, 16));
+  vk::CoopMatShape f16acc{16, 8, 16, T::f16, T::f16, T::f16, T::f16, S::subgroup};
+  vk::CoopMatShape f32acc{16, 8, 16, T::f16, T::f16, T::f32, T::f32, S::subgroup};
+  vk::CoopMatShape workgroup{16, 16, 16, T::f16, T::f16, T::f32, T::f32, S::workgroup};
+  d.coopmat_nv = {f16acc, workgroup};
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 8, 16));   // fp16 accumulation only
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 16, 16));  // not subgroup scope
+  d.coopmat_nv.push_back(f32acc);
+  EXPECT_TRUE(d.has_coopmat_nv_f16(16, 8, 16));
+  EXPECT_FALSE(d.has_coopmat_nv_f16(8, 16, 16));
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 8, 8));
+  d.coopmat_khr = d.coopmat_nv;  // KHR shapes are reported, never used by this helper
+  d.coopmat_nv.clear();
+  EXPECT_FALSE(d.has_coopmat_nv_f16(16, 8, 16));
+  EXPECT_EQ(f32acc.str(), "16x8x16 f16*f16+f32->f32 subgroup");
+  vk::CoopMatShape s8{16, 16, 32, T::s8, T::u8, T::s32, T::s32, S::queue_family, true};
+  EXPECT_EQ(s8.str(), "16x16x32 s8*u8+s32->s32 queue family saturating");
+}
+
 TEST(Vk, UnknownDeviceIsAClearError) {
   vk::ContextOptions o;
   o.device = "no-such-gpu-xyz";
@@ -133,6 +169,35 @@ TEST(Vk, RecordOnceReplayManyWithTimestamps) {
     EXPECT_LE(ts[1], ts[2]);
   }
   EXPECT_THROW(cmd.copy(a, b, 4), vk::Error);  // recording is closed once it ran
+}
+
+TEST(Vk, CountsRecordedDispatchesAndBarriers) {
+  std::vector<uint32_t> v(1024);
+  std::iota(v.begin(), v.end(), 1u);
+  vk::Buffer a = context().upload_new(v, "a");
+  vk::Buffer b = context().buffer(v.size() * 4);
+  vk::Buffer c = context().buffer(v.size() * 4);
+  vk::Pipeline copy = context().pipeline({"copy", {}, 2, 4, 0});
+  const uint32_t n16 = static_cast<uint32_t>(v.size() * 4 / 16);
+  auto cmd = context().commands(1);
+  EXPECT_EQ(cmd.dispatches(), 0u);
+  EXPECT_EQ(cmd.barriers(), 0u);
+  cmd.timestamp(0);
+  cmd.fill(c, 0);  // transfers and timestamps are neither
+  cmd.barrier();
+  cmd.dispatch(copy, {a, b}, n16, 1);
+  cmd.dispatch(copy, {a, b}, n16, 0);  // no workgroups: nothing recorded, not counted
+  cmd.barrier();
+  cmd.dispatch(copy, {b, c}, n16, 2);
+  EXPECT_EQ(cmd.dispatches(), 2u);
+  EXPECT_EQ(cmd.barriers(), 2u);
+  vk::Commands moved = std::move(cmd);
+  for (int rep = 0; rep < 2; ++rep) {  // replays record nothing new
+    moved.run();
+    EXPECT_EQ(context().download_all<uint32_t>(c), v);
+  }
+  EXPECT_EQ(moved.dispatches(), 2u);
+  EXPECT_EQ(moved.barriers(), 2u);
 }
 
 TEST(Vk, PipelineCacheIsWrittenAndReused) {

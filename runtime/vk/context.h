@@ -28,6 +28,22 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// One cooperative-matrix configuration a driver supports (VK_NV_cooperative_matrix,
+// VK_KHR_cooperative_matrix): D (M x N) = A (M x K) * B (K x N) + C (M x N), each matrix with
+// its component type, shared by the invocations of `scope`.
+struct CoopMatShape {
+  enum class Type : uint8_t { f16, f32, f64, s8, s16, s32, s64, u8, u16, u32, u64, other };
+  enum class Scope : uint8_t { device, workgroup, subgroup, queue_family, other };
+  uint32_t m = 0, n = 0, k = 0;
+  Type a = Type::other, b = Type::other, c = Type::other, d = Type::other;  // d: the result
+  Scope scope = Scope::other;
+  bool saturating = false;  // KHR's saturatingAccumulation (integer types); false for NV
+
+  static const char* name(Type t);    // "f16", "s8", ...
+  static const char* name(Scope s);   // "subgroup", "queue family", ...
+  std::string str() const;            // "16x8x16 f16*f16+f32->f32 subgroup[ saturating]"
+};
+
 // What a device can do, as the runtime and `pq-info` see it.
 struct DeviceInfo {
   uint32_t index = 0;
@@ -43,6 +59,15 @@ struct DeviceInfo {
   bool storage_8bit = false, storage_16bit = false;      // storageBuffer8/16BitAccess
   bool cooperative_matrix_khr = false, cooperative_matrix_nv = false;
   bool cooperative_matrix2_nv = false;
+  // The shapes of VK_NV_cooperative_matrix, when the device has it with its cooperativeMatrix
+  // feature in compute shaders (the context then enables both); empty otherwise.
+  std::vector<CoopMatShape> coopmat_nv;
+  // The shapes of VK_KHR_cooperative_matrix where the device has it (reported only: the
+  // context does not enable it); empty otherwise.
+  std::vector<CoopMatShape> coopmat_khr;
+  // Whether coopmat_nv has the M x N x K shape with fp16 A and B, fp32 C and D (fp32
+  // accumulation) and subgroup scope.
+  bool has_coopmat_nv_f16(uint32_t m, uint32_t n, uint32_t k) const;
   bool integer_dot_product = false;
   bool memory_budget = false;
   uint64_t max_storage_buffer_range = 0;
@@ -194,6 +219,11 @@ class Commands {
   // Timestamps of the last run(), in nanoseconds, relative to slot 0.
   std::vector<double> timestamps_ns() const;
 
+  // What has been recorded so far: vkCmdDispatch calls (a dispatch of zero workgroups records
+  // nothing and is not counted) and barrier() calls. Replays do not change them.
+  uint32_t dispatches() const { return dispatches_; }
+  uint32_t barriers() const { return barriers_; }
+
  private:
   friend class Context;
   explicit Commands(Context* ctx, uint32_t timestamp_slots);
@@ -201,6 +231,7 @@ class Commands {
   uint64_t pool_ = 0, cmd_ = 0, desc_pool_ = 0, query_pool_ = 0, fence_ = 0;
   std::vector<uint64_t> desc_pools_;
   uint32_t timestamp_slots_ = 0, sets_in_pool_ = 0;
+  uint32_t dispatches_ = 0, barriers_ = 0;
   bool ended_ = false;
   uint64_t allocate_set(uint64_t layout);
   void ensure_recording(const char* what) const;
@@ -267,7 +298,7 @@ class Context {
   // inside fn. fn must not call back into this Context's submitting functions (deadlock).
   void with_queue(const std::function<void()>& fn) const;
 
-  struct Impl;  // Vulkan handles; defined in context.cpp
+  struct Impl;  // Vulkan handles; defined in internal.h
 
  private:
   friend class Buffer;
