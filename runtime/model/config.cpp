@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <cmath>
+#include <numbers>
 #include <set>
 
 #include "model/error.h"
@@ -117,6 +119,33 @@ void ModelConfig::validate(const std::string& where) const {
   if (bos_id >= vocab_size) model_fail(where, "bos_id " + std::to_string(bos_id) + " is not below vocab_size");
   for (int64_t e : eos_ids)
     if (e < 0 || e >= vocab_size) model_fail(where, "eos id " + std::to_string(e) + " is not a token id");
+}
+
+// ---- RoPE -------------------------------------------------------------------------------------
+
+std::vector<double> rope_inverse_frequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  const RopeScaling& rs = c.rope_scaling;
+  std::vector<double> f(static_cast<size_t>(half));
+  for (int64_t j = 0; j < half; ++j) {
+    double inv = std::pow(c.rope_theta, -2.0 * static_cast<double>(j) / static_cast<double>(c.head_dim));
+    if (rs.type == "linear") {
+      inv /= rs.factor;
+    } else if (rs.type == "llama3") {
+      // Llama 3.1: long wavelengths are slowed down by `factor`, short ones kept, and the band
+      // between L / high_freq_factor and L / low_freq_factor interpolated.
+      const double L = static_cast<double>(rs.original_max_position_embeddings);
+      const double wavelength = 2.0 * std::numbers::pi / inv;
+      if (wavelength > L / rs.low_freq_factor) {
+        inv /= rs.factor;
+      } else if (wavelength >= L / rs.high_freq_factor) {
+        const double s = (L / wavelength - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+        inv = (1.0 - s) * inv / rs.factor + s * inv;
+      }
+    }
+    f[static_cast<size_t>(j)] = inv;
+  }
+  return f;
 }
 
 // ---- tokenizer -------------------------------------------------------------------------------

@@ -54,6 +54,10 @@ struct ModelConfig {
   void validate(const std::string& where) const;
 };
 
+// The RoPE inverse frequencies of a configuration, rope_scaling applied (head_dim / 2 values):
+// theta^(-2j/head_dim), divided by the factor ("linear"), or rescaled piecewise ("llama3").
+std::vector<double> rope_inverse_frequencies(const ModelConfig& c);
+
 struct AddedToken {
   int64_t id = 0;
   std::string content;
