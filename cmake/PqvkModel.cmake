@@ -17,6 +17,7 @@ add_library(pqvk_model STATIC
   runtime/model/config.cpp
   runtime/model/convert.cpp
   runtime/model/files.cpp
+  runtime/model/gguf.cpp
   runtime/model/hf_checkpoint.cpp
   runtime/model/import_hf.cpp
   runtime/model/import_llama2c.cpp
