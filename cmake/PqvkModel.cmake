@@ -18,7 +18,9 @@ add_library(pqvk_model STATIC
   runtime/model/convert.cpp
   runtime/model/files.cpp
   runtime/model/gguf.cpp
+  runtime/model/gguf_tokenizer.cpp
   runtime/model/hf_checkpoint.cpp
+  runtime/model/import_gguf.cpp
   runtime/model/import_hf.cpp
   runtime/model/import_llama2c.cpp
   runtime/model/import_reference.cpp
