@@ -103,5 +103,7 @@ struct TensorSpec {
 std::vector<TensorSpec> model_tensors(const ModelConfig& c);
 // The HuggingFace (transformers) name of a tensor, e.g. "model.layers.3.self_attn.q_proj.weight".
 std::string hf_name(const TensorSpec& t);
+// Its name in llama.cpp's GGUF files, e.g. "blk.3.attn_q.weight".
+std::string gguf_name(const TensorSpec& t);
 
 }  // namespace pqvk::model

@@ -66,6 +66,12 @@ class ProtoWriter {
   std::string out_;
 };
 
+// "<0xXX>": SentencePiece's name of a byte-fallback piece.
+bool is_byte_piece(const std::string& t) {
+  auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f'); };
+  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && hex(t[3]) && hex(t[4]) && t[5] == '>';
+}
+
 struct SpecialIds {
   int64_t bos = -1, eos = -1, unk = -1, pad = -1;
 };
@@ -138,8 +144,11 @@ SourceTokenizer sentencepiece_from_gguf(const GgufFile& f, const std::vector<std
   if (sp.unk < 0)
     for (size_t i = 0; i < types.size() && sp.unk < 0; ++i)
       if (types[i] == kUnknown) sp.unk = static_cast<int64_t>(i);
-  for (size_t i = 0; i < tokens.size(); ++i)
+  for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i].empty()) model_fail(tw, "token " + std::to_string(i) + " is empty (SentencePiece pieces must not be)");
+    if (types[i] == kByte && !is_byte_piece(tokens[i]))
+      model_fail(tw, "token " + std::to_string(i) + " '" + tokens[i] + "' has the byte type but is not of the form <0xXX>");
+  }
   const std::string proto = sentencepiece_proto(tokens, scores, types, sp, f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true),
                                                 f.get_bool("tokenizer.ggml.remove_extra_whitespaces").value_or(false));
   sentencepiece::SentencePieceProcessor check;

@@ -73,31 +73,6 @@ class ArchKeys {
   std::string prefix_;
 };
 
-std::string gguf_tensor_name(const TensorSpec& s) {
-  const std::string blk = "blk." + std::to_string(s.layer) + ".";
-  switch (s.role) {
-    case Role::embed: return "token_embd.weight";
-    case Role::attn_norm: return blk + "attn_norm.weight";
-    case Role::attn_q: return blk + "attn_q.weight";
-    case Role::attn_k: return blk + "attn_k.weight";
-    case Role::attn_v: return blk + "attn_v.weight";
-    case Role::attn_o: return blk + "attn_output.weight";
-    case Role::q_bias: return blk + "attn_q.bias";
-    case Role::k_bias: return blk + "attn_k.bias";
-    case Role::v_bias: return blk + "attn_v.bias";
-    case Role::o_bias: return blk + "attn_output.bias";
-    case Role::q_norm: return blk + "attn_q_norm.weight";
-    case Role::k_norm: return blk + "attn_k_norm.weight";
-    case Role::mlp_norm: return blk + "ffn_norm.weight";
-    case Role::mlp_gate: return blk + "ffn_gate.weight";
-    case Role::mlp_up: return blk + "ffn_up.weight";
-    case Role::mlp_down: return blk + "ffn_down.weight";
-    case Role::final_norm: return "output_norm.weight";
-    case Role::lm_head: return "output.weight";
-  }
-  return "?";
-}
-
 // Llama 3.1's scaling from llama.cpp's per-frequency divisors r[j] (inverse frequency j is
 // divided by r[j]): 1 for wavelengths w below L / high_freq_factor, `factor` above
 // L / low_freq_factor, and 1 / ((1 - s) / factor + s) between, s = (L / w - low) / (high - low)
@@ -257,7 +232,7 @@ SourceModel import_gguf(std::shared_ptr<const GgufFile> file) {
 
   const bool permute_qk = *arch == "llama";
   for (const TensorSpec& spec : model_tensors(c)) {
-    const std::string name = gguf_tensor_name(spec);
+    const std::string name = gguf_name(spec);
     const GgufTensor* t = f.find_tensor(name);
     if (!t) model_fail(path, "missing tensor '" + name + "' (the " + role_name(spec.role) + " of this " + *arch + " configuration)");
     if (t->shape() != spec.shape)
