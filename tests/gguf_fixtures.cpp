@@ -322,22 +322,13 @@ void add_llama_vocab(GgufBuilder& b) {
 }  // namespace
 
 model::ModelConfig gguf_spec_config(const GgufModelSpec& s) {
-  model::ModelConfig c;
-  c.architecture = s.arch;
-  c.dim = s.dim;
-  c.hidden_dim = s.hidden;
-  c.n_layers = s.layers;
-  c.n_heads = s.heads;
-  c.n_kv_heads = s.kv_heads;
-  c.head_dim = s.head_dim ? s.head_dim : s.dim / s.heads;
-  c.vocab_size = s.vocab;
+  model::ModelConfig c = tiny_arch_config(s.arch, s.dim, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.vocab);
   c.max_seq_len = s.ctx;
   c.rope_theta = s.arch == "llama" ? 500000.0 : 1000000.0;
   c.rms_norm_eps = 1e-6;
   c.tie_word_embeddings = s.tied;
-  c.qkv_bias = s.arch == "qwen2" || s.bias;
+  c.qkv_bias = c.qkv_bias || s.bias;
   c.o_bias = s.bias;
-  c.qk_norm = s.arch == "qwen3";
   if (s.rope == "linear") c.rope_scaling = {"linear", 2.0, 1.0, 4.0, 0};
   if (s.rope == "llama3") c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 1024};
   if (s.tokenizer == "gpt2") c.bos_id = 264, c.eos_ids = {262};
@@ -352,18 +343,7 @@ GgufBuilder gguf_model_builder(const GgufModelSpec& s, std::map<std::string, std
   if (s.tokenizer == "gpt2") add_gpt2_vocab(b, s.pre);
   if (s.tokenizer == "llama") add_llama_vocab(b);
   if (s.tokenizer != "none") b.string("tokenizer.chat_template", kGgufChatTemplate);
-  std::map<std::string, std::vector<float>> canonical;
-  uint32_t seed = 100;
-  for (const model::TensorSpec& t : model::model_tensors(c)) {
-    uint64_t n = 1;
-    for (uint64_t d : t.shape) n *= d;
-    std::vector<float> w = random_weights(n, seed++, model::is_matrix(t.role) ? 0.02f : 0.5f);
-    const bool norm = t.role == model::Role::attn_norm || t.role == model::Role::mlp_norm || t.role == model::Role::final_norm ||
-                      t.role == model::Role::q_norm || t.role == model::Role::k_norm;
-    if (norm)
-      for (float& x : w) x += 1.0f;
-    canonical[t.name] = std::move(w);
-  }
+  const std::map<std::string, std::vector<float>> canonical = random_model_weights(c, 100);
   add_model_tensors(b, c, canonical, s.matrix_type, values);
   return b;
 }

@@ -16,6 +16,7 @@
 #include <ostream>
 #include <string>
 
+#include "expect_error.h"
 #include "gguf_fixtures.h"
 #include "llm/cpu_model.h"
 #include "model/convert.h"
@@ -35,16 +36,6 @@ using model::GgmlType;
 using model::GgufFile;
 using model::PqmFile;
 using model::SourceModel;
-
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning '" << parts.front() << "'";
-  } catch (const ModelError& e) {
-    for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "'" << p << "' not in: " << e.what();
-  }
-}
 
 std::vector<float> decode(GgmlType type, const std::vector<uint8_t>& bytes, size_t n) {
   std::vector<float> out(n, -12345.0f);
@@ -398,10 +389,8 @@ TEST(GgufReader, HostileTensorInfos) {
 // ---- the importer -------------------------------------------------------------------------------------
 
 struct ArchCase {
-  std::string name, arch, rope;
-  uint32_t type;
-  bool tied, bias;
-  int dim, heads, kv_heads, head_dim;
+  std::string name;
+  GgufModelSpec spec;
 };
 
 void PrintTo(const ArchCase& c, std::ostream* os) { *os << c.name; }
@@ -409,19 +398,9 @@ void PrintTo(const ArchCase& c, std::ostream* os) { *os << c.name; }
 class GgufImport : public ::testing::TestWithParam<ArchCase> {};
 
 TEST_P(GgufImport, EveryTensorExactlyAndTheConfig) {
-  const ArchCase& k = GetParam();
+  GgufModelSpec s = GetParam().spec;
   TempDir d;
-  GgufModelSpec s;
-  s.arch = k.arch;
-  s.rope = k.rope;
-  s.matrix_type = k.type;
-  s.tied = k.tied;
-  s.bias = k.bias;
-  s.dim = k.dim;
-  s.heads = k.heads;
-  s.kv_heads = k.kv_heads;
-  s.head_dim = k.head_dim;
-  if (k.arch == "qwen2") s.pre = "qwen2";
+  if (s.arch == "qwen2") s.pre = "qwen2";
   std::map<std::string, std::vector<float>> values;
   const std::string path = d.file("m.gguf");
   gguf_model_builder(s, &values).write(path);
@@ -430,7 +409,7 @@ TEST_P(GgufImport, EveryTensorExactlyAndTheConfig) {
   EXPECT_EQ(m.format, "gguf");
   const model::ModelConfig want = gguf_spec_config(s);
   model::ModelConfig got = m.config;
-  if (k.rope == "llama3") {
+  if (s.rope == "llama3") {
     // Recovered from the divisors: close to the parameters they were made from, and giving the
     // same frequencies.
     EXPECT_EQ(got.rope_scaling.type, "llama3");
@@ -460,12 +439,13 @@ TEST_P(GgufImport, EveryTensorExactlyAndTheConfig) {
 
 INSTANTIATE_TEST_SUITE_P(
     Architectures, GgufImport,
-    ::testing::Values(ArchCase{"llama_f16", "llama", "none", kF16, false, false, 64, 4, 2, 0},
-                      ArchCase{"llama_q8_0_tied_bias", "llama", "none", kQ8_0, true, true, 64, 4, 2, 0},
-                      ArchCase{"llama_f32_linear_rope", "llama", "linear", kF32, false, false, 64, 4, 4, 0},
-                      ArchCase{"llama_bf16_llama3_rope", "llama", "llama3", kBF16, true, false, 64, 2, 1, 32},
-                      ArchCase{"qwen2_f32", "qwen2", "none", kF32, true, false, 64, 4, 2, 0},
-                      ArchCase{"qwen3_bf16", "qwen3", "none", kBF16, false, false, 64, 4, 2, 32}),
+    ::testing::Values(ArchCase{"llama_f16", {.matrix_type = kF16}},
+                      ArchCase{"llama_q8_0_tied_bias", {.tied = true, .bias = true, .matrix_type = kQ8_0}},
+                      ArchCase{"llama_f32_linear_rope", {.kv_heads = 4, .rope = "linear", .matrix_type = kF32}},
+                      ArchCase{"llama_bf16_llama3_rope",
+                               {.heads = 2, .kv_heads = 1, .head_dim = 32, .tied = true, .rope = "llama3", .matrix_type = kBF16}},
+                      ArchCase{"qwen2_f32", {.arch = "qwen2", .tied = true, .matrix_type = kF32}},
+                      ArchCase{"qwen3_bf16", {.arch = "qwen3", .head_dim = 32, .matrix_type = kBF16}}),
     [](const ::testing::TestParamInfo<ArchCase>& p) { return p.param.name; });
 
 TEST(GgufImportDetails, LlamaQkRowsAreInterleavedInTheFileAndRotateHalfAfterImport) {
@@ -707,6 +687,19 @@ TEST(GgufTokenizer, Errors) {
   }, {"key 'tokenizer.ggml.tokens'", "not make a valid SentencePiece model"});
   expect_import_error(s, [](GgufBuilder& b) { drop_key(b, "tokenizer.ggml.scores"), b.f32s("tokenizer.ggml.scores", {1.0f}); },
                       {"key 'tokenizer.ggml.scores'", "1 scores for 273 tokens"});
+  expect_import_error(s, [](GgufBuilder& b) {
+    drop_key(b, "tokenizer.ggml.token_type");
+    std::vector<int32_t> types(273, 1);
+    types[0] = 2, types[1] = types[2] = 3, types[200] = 6, types[265] = 6;  // 265 is "r"
+    b.i32s("tokenizer.ggml.token_type", types);
+  }, {"key 'tokenizer.ggml.tokens'", "token 265 'r' has the byte type"});
+  expect_import_error(s, [](GgufBuilder& b) {
+    std::vector<uint8_t> charsmap;
+    put_u32(charsmap, kU8);
+    put_u64(charsmap, 3);
+    charsmap.insert(charsmap.end(), {1, 2, 3});
+    b.kvs.push_back({"tokenizer.ggml.precompiled_charsmap", kArray, charsmap});
+  }, {"key 'tokenizer.ggml.precompiled_charsmap'", "not supported"});
 }
 
 // ---- the bundled model through GGUF ----------------------------------------------------------------------
