@@ -555,6 +555,10 @@ TEST(GgufImportDetails, ConfigAndTensorErrors) {
   expect_import_error(s, [](GgufBuilder& b) { drop_key(b, "llama.rope.dimension_count"), b.u32("llama.rope.dimension_count", 8); },
                       {"key 'llama.rope.dimension_count'", "partial rotary"});
   expect_import_error(s, [](GgufBuilder& b) { set_string(b, "llama.rope.scaling.type", "yarn"); }, {"RoPE scaling 'yarn' is not supported"});
+  expect_import_error(s, [](GgufBuilder& b) { b.u32("llama.expert_count", 8); }, {"key 'llama.expert_count'", "8 experts (not supported)"});
+  expect_import_error(s, [](GgufBuilder& b) { b.f32("llama.rope.freq_base", -1.0f); }, {"appears twice"});
+  expect_import_error(s, [](GgufBuilder& b) { drop_key(b, "llama.rope.freq_base"), b.f32("llama.rope.freq_base", -1.0f); },
+                      {"rope_theta must be positive"});
   expect_import_error(s, [](GgufBuilder& b) { drop_key(b, "llama.attention.head_count_kv"), b.u32("llama.attention.head_count_kv", 3); },
                       {"not a multiple of n_kv_heads"});
   expect_import_error(s, [](GgufBuilder& b) { drop_key(b, "llama.vocab_size"), b.u32("llama.vocab_size", 301); },

@@ -115,7 +115,7 @@ RopeScaling llama3_from_divisors(const std::vector<float>& r, const ModelConfig&
   const std::vector<double> f = rope_inverse_frequencies(scaled_config);
   for (size_t j = 0; j < r.size(); ++j) {
     const double divisor = inv_freq(j) / f[j];
-    if (std::fabs(divisor - r[j]) > 1e-4 * r[j])
+    if (!(std::fabs(divisor - r[j]) <= 1e-4 * r[j]))
       model_fail(where, "element " + std::to_string(j) + " = " + std::to_string(r[j]) + " does not follow Llama 3 RoPE scaling (the " +
                             "fitted factor " + std::to_string(rs.factor) + ", low " + std::to_string(rs.low_freq_factor) + ", high " +
                             std::to_string(rs.high_freq_factor) + ", L " + std::to_string(rs.original_max_position_embeddings) +
@@ -167,6 +167,8 @@ ModelConfig gguf_model_config(const GgufFile& f, const std::string& arch) {
   if (const auto rd = k.uint("rope.dimension_count", 1, 1024); rd && *rd != c.head_dim)
     model_fail(f.where_key(k.key("rope.dimension_count")), "RoPE over " + std::to_string(*rd) + " of the " + std::to_string(c.head_dim) +
                                                               " dimensions of a head is not supported (partial rotary)");
+  if (const auto experts = k.uint("expert_count", 0, 1 << 16); experts && *experts > 0)
+    model_fail(f.where_key(k.key("expert_count")), "a mixture of " + std::to_string(*experts) + " experts (not supported)");
   c.max_seq_len = k.need_uint("context_length", 1, kMaxSeq);
   c.rope_theta = k.number("rope.freq_base").value_or(10000.0);
   c.rope_scaling = rope_scaling_of(f, k);
@@ -219,6 +221,7 @@ SourceModel import_gguf(std::shared_ptr<const GgufFile> file) {
       c.eos_ids.push_back(id);
   m.tokenizer = load_gguf_tokenizer(f, c.vocab_size);
 
+  c.validate(path);
   std::set<std::string> used;
   if (const GgufTensor* rf = f.find_tensor(kRopeFreqs)) {
     if (*arch != "llama") model_fail(f.where(*rf), "per-frequency RoPE divisors are only supported for llama models");
@@ -228,7 +231,6 @@ SourceModel import_gguf(std::shared_ptr<const GgufFile> file) {
     c.rope_scaling = llama3_from_divisors(f.read_floats(*rf), c, f.where(*rf));
     used.insert(kRopeFreqs);
   }
-  c.validate(path);
 
   const bool permute_qk = *arch == "llama";
   for (const TensorSpec& spec : model_tensors(c)) {
