@@ -1,5 +1,5 @@
-// pq-quantize: converts a model (HuggingFace directory or .safetensors, llama2.c .bin, or a
-// PolarQuant reference checkpoint) into one .pqm file (docs/pqm-format.md).
+// pq-quantize: converts a model (HuggingFace directory or .safetensors, GGUF file, llama2.c .bin,
+// or a PolarQuant reference checkpoint) into one .pqm file (docs/pqm-format.md).
 //   pq-quantize INPUT OUTPUT [--bits N | --recipe q2..q8|mixed] [--method pq|absmax|rot-uniform|lloyd|fp16]
 //               [--block-size 64|128|256] [--threads N] [--tokenizer PATH] [--dequant-out FILE.safetensors]
 // Progress goes to stderr (a bar with ETA on a terminal, plain lines otherwise); the summary
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   int bits = 0;
   bool quiet = false;
   pqvk::model::QuantizeOptions opt;
-  app.add_option("INPUT", input, "HuggingFace directory or .safetensors file, llama2.c .bin, or PolarQuant reference directory")
+  app.add_option("INPUT", input, "HuggingFace directory or .safetensors file, GGUF file, llama2.c .bin, or PolarQuant reference directory")
       ->required();
   app.add_option("OUTPUT", output, "The .pqm file to write")->required();
   auto* bits_opt = app.add_option("--bits", bits, "Bits for every matrix (2..8): the same as --recipe qN");

@@ -1,4 +1,4 @@
-# The model library (runtime/model), pq-quantize, and, with PQVK_FUZZ, the libFuzzer target.
+# The model library (runtime/model), pq-quantize, and, with PQVK_FUZZ, the libFuzzer targets.
 # Included from the top-level CMakeLists.txt right after pqvk_quant is defined.
 find_library(SENTENCEPIECE_LIBRARY sentencepiece REQUIRED)   # libsentencepiece-dev
 find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h REQUIRED)
@@ -17,7 +17,10 @@ add_library(pqvk_model STATIC
   runtime/model/config.cpp
   runtime/model/convert.cpp
   runtime/model/files.cpp
+  runtime/model/gguf.cpp
+  runtime/model/gguf_tokenizer.cpp
   runtime/model/hf_checkpoint.cpp
+  runtime/model/import_gguf.cpp
   runtime/model/import_hf.cpp
   runtime/model/import_llama2c.cpp
   runtime/model/import_reference.cpp
@@ -34,16 +37,21 @@ target_compile_options(pqvk_model PRIVATE ${PQVK_WARNINGS})
 
 if(PQVK_FUZZ)
   target_compile_options(pqvk_model PRIVATE ${PQVK_FUZZ_FLAGS} -fsanitize=fuzzer-no-link)
-  # The reader's fuzz target, and a tool writing its seed corpus (small valid .pqm files).
-  add_executable(fuzz_pqm tests/fuzz_pqm.cpp)
-  target_link_libraries(fuzz_pqm PRIVATE pqvk_model)
-  target_compile_options(fuzz_pqm PRIVATE ${PQVK_WARNINGS} ${PQVK_FUZZ_FLAGS} -fsanitize=fuzzer)
-  target_link_options(fuzz_pqm PRIVATE -fsanitize=fuzzer,address,undefined)
-  add_executable(fuzz_pqm_seeds tests/fuzz_pqm_seeds.cpp tests/model_fixtures.cpp)
-  target_include_directories(fuzz_pqm_seeds PRIVATE ${CMAKE_SOURCE_DIR}/tests)
-  target_link_libraries(fuzz_pqm_seeds PRIVATE pqvk_model)
-  target_compile_options(fuzz_pqm_seeds PRIVATE ${PQVK_WARNINGS} ${PQVK_FUZZ_FLAGS})
-  target_link_options(fuzz_pqm_seeds PRIVATE -fsanitize=address,undefined)
+  # A reader's fuzz target fuzz_NAME (tests/fuzz_NAME.cpp), and a tool writing its seed corpus
+  # (tests/fuzz_NAME_seeds.cpp and the fixtures it needs).
+  function(pqvk_fuzz_target name)
+    add_executable(fuzz_${name} tests/fuzz_${name}.cpp)
+    target_link_libraries(fuzz_${name} PRIVATE pqvk_model)
+    target_compile_options(fuzz_${name} PRIVATE ${PQVK_WARNINGS} ${PQVK_FUZZ_FLAGS} -fsanitize=fuzzer)
+    target_link_options(fuzz_${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+    add_executable(fuzz_${name}_seeds tests/fuzz_${name}_seeds.cpp ${ARGN})
+    target_include_directories(fuzz_${name}_seeds PRIVATE ${CMAKE_SOURCE_DIR}/tests ${SENTENCEPIECE_INCLUDE_DIR})
+    target_link_libraries(fuzz_${name}_seeds PRIVATE pqvk_model ${SENTENCEPIECE_LIBRARY})
+    target_compile_options(fuzz_${name}_seeds PRIVATE ${PQVK_WARNINGS} ${PQVK_FUZZ_FLAGS})
+    target_link_options(fuzz_${name}_seeds PRIVATE -fsanitize=address,undefined)
+  endfunction()
+  pqvk_fuzz_target(pqm tests/model_fixtures.cpp)                           # .pqm files
+  pqvk_fuzz_target(gguf tests/model_fixtures.cpp tests/gguf_fixtures.cpp)  # GGUF input
 else()
   add_executable(pq-quantize apps/pq-quantize.cpp)
   target_link_libraries(pq-quantize PRIVATE pqvk_model CLI11::CLI11)

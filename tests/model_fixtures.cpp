@@ -137,25 +137,24 @@ void write_hf_tokenizer(const std::string& dir, int vocab) {
 
 }  // namespace
 
-TensorValues make_hf_model(const std::string& dir, const HfSpec& s) {
-  write_text(dir + "/config.json", hf_config_json(s).dump(2));
-  if (s.tokenizer) write_hf_tokenizer(dir, s.vocab);
+model::ModelConfig tiny_arch_config(const std::string& arch, int dim, int hidden, int layers, int heads, int kv_heads,
+                                    int head_dim, int vocab) {
   model::ModelConfig c;
-  c.architecture = s.arch;
-  c.dim = s.dim;
-  c.hidden_dim = s.hidden;
-  c.n_layers = s.layers;
-  c.n_heads = s.heads;
-  c.n_kv_heads = s.kv_heads;
-  c.head_dim = s.head_dim ? s.head_dim : s.dim / s.heads;
-  c.vocab_size = s.vocab;
-  c.tie_word_embeddings = s.tied;
-  c.qkv_bias = s.arch == "qwen2" || (s.arch == "llama" && s.attention_bias);
-  c.o_bias = s.arch == "llama" && s.attention_bias;
-  c.qk_norm = s.arch == "qwen3";
-  std::vector<FixtureTensor> all;
-  TensorValues values;
-  uint32_t seed = 100;
+  c.architecture = arch;
+  c.dim = dim;
+  c.hidden_dim = hidden;
+  c.n_layers = layers;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.head_dim = head_dim ? head_dim : dim / heads;
+  c.vocab_size = vocab;
+  c.qkv_bias = arch == "qwen2";
+  c.qk_norm = arch == "qwen3";
+  return c;
+}
+
+std::map<std::string, std::vector<float>> random_model_weights(const model::ModelConfig& c, uint32_t seed) {
+  std::map<std::string, std::vector<float>> values;
   for (const model::TensorSpec& t : model::model_tensors(c)) {
     uint64_t n = 1;
     for (uint64_t d : t.shape) n *= d;
@@ -163,6 +162,23 @@ TensorValues make_hf_model(const std::string& dir, const HfSpec& s) {
     if (!model::is_matrix(t.role) && t.role != model::Role::q_bias && t.role != model::Role::k_bias &&
         t.role != model::Role::v_bias && t.role != model::Role::o_bias)
       for (float& x : w) x += 1.0f;  // norm weights hover around 1
+    values[t.name] = std::move(w);
+  }
+  return values;
+}
+
+TensorValues make_hf_model(const std::string& dir, const HfSpec& s) {
+  write_text(dir + "/config.json", hf_config_json(s).dump(2));
+  if (s.tokenizer) write_hf_tokenizer(dir, s.vocab);
+  model::ModelConfig c = tiny_arch_config(s.arch, s.dim, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.vocab);
+  c.tie_word_embeddings = s.tied;
+  c.qkv_bias = c.qkv_bias || (s.arch == "llama" && s.attention_bias);
+  c.o_bias = s.arch == "llama" && s.attention_bias;
+  std::vector<FixtureTensor> all;
+  TensorValues values;
+  std::map<std::string, std::vector<float>> weights = random_model_weights(c, 100);
+  for (const model::TensorSpec& t : model::model_tensors(c)) {
+    std::vector<float>& w = weights.at(t.name);
     for (float& x : w) x = stored_value(x, s.dtype);
     const std::string name = model::hf_name(t);
     values[name] = w;

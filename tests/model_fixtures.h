@@ -57,6 +57,14 @@ struct HfSpec {
   bool attention_bias = false;  // llama: q/k/v/o biases
   bool tokenizer = true;        // tokenizer.json (BPE) + tokenizer_config.json with a chat template
 };
+// A tiny model's configuration: the flags of `arch` (qwen2: q/k/v biases, qwen3: q/k norms),
+// head_dim 0 meaning dim / heads; everything else at ModelConfig's defaults.
+model::ModelConfig tiny_arch_config(const std::string& arch, int dim, int hidden, int layers, int heads, int kv_heads,
+                                    int head_dim, int vocab);
+// Random weights (fixed seeds from `seed`, one per tensor in file order) for every tensor of `c`:
+// matrices with sigma 0.02, biases 0.5, norm weights around 1. Canonical name -> values.
+std::map<std::string, std::vector<float>> random_model_weights(const model::ModelConfig& c, uint32_t seed);
+
 // The tensors (HF names -> values as stored) written by make_hf_model.
 using TensorValues = std::map<std::string, std::vector<float>>;
 TensorValues make_hf_model(const std::string& dir, const HfSpec& spec);

@@ -12,6 +12,7 @@
 #include <ostream>
 #include <string>
 
+#include "expect_error.h"
 #include "model/convert.h"
 #include "model/error.h"
 #include "model/files.h"
@@ -25,17 +26,6 @@ namespace {
 
 using model::PqmFile;
 using model::SourceModel;
-
-// Runs f and expects a ModelError whose message contains every one of `parts`.
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning '" << parts.front() << "'";
-  } catch (const ModelError& e) {
-    for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "'" << p << "' not in: " << e.what();
-  }
-}
 
 double rel_rmse(const std::vector<float>& a, const std::vector<float>& ref) {
   double num = 0, den = 0;

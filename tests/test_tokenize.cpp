@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.h"
 #include "model/pqm.h"
 #include "model/source.h"
 #include "tokenize/chat.h"
@@ -65,13 +66,7 @@ class TempDir {
 // Runs f and expects a TokenizerError whose message contains every one of `parts`.
 template <typename F>
 void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning '" << parts.front() << "'";
-  } catch (const TokenizerError& e) {
-    for (const std::string& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "'" << p << "' not in: " << e.what();
-  }
+  pqvk::test::expect_error_of<TokenizerError>(f, parts);
 }
 
 // A .pqm holding a tiny model (all tensors f16) and the given tokenizer.

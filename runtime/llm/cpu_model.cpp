@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <new>
-#include <numbers>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -18,33 +17,6 @@ namespace pqvk::llm {
 
 using model::ModelConfig;
 using model::Role;
-
-// ---- RoPE frequencies -------------------------------------------------------------------------
-
-std::vector<double> rope_inverse_frequencies(const ModelConfig& c) {
-  const int64_t half = c.head_dim / 2;
-  const model::RopeScaling& rs = c.rope_scaling;
-  std::vector<double> f(static_cast<size_t>(half));
-  for (int64_t j = 0; j < half; ++j) {
-    double inv = std::pow(c.rope_theta, -2.0 * static_cast<double>(j) / static_cast<double>(c.head_dim));
-    if (rs.type == "linear") {
-      inv /= rs.factor;
-    } else if (rs.type == "llama3") {
-      // Llama 3.1: long wavelengths are slowed down by `factor`, short ones kept, and the band
-      // between L / high_freq_factor and L / low_freq_factor interpolated.
-      const double L = static_cast<double>(rs.original_max_position_embeddings);
-      const double wavelength = 2.0 * std::numbers::pi / inv;
-      if (wavelength > L / rs.low_freq_factor) {
-        inv /= rs.factor;
-      } else if (wavelength >= L / rs.high_freq_factor) {
-        const double s = (L / wavelength - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-        inv = (1.0 - s) * inv / rs.factor + s * inv;
-      }
-    }
-    f[static_cast<size_t>(j)] = inv;
-  }
-  return f;
-}
 
 namespace {
 

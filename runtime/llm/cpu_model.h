@@ -113,8 +113,7 @@ class CpuModel {
   int32_t cached_ = 0;
 };
 
-// The RoPE inverse frequencies of a configuration, rope_scaling applied (head_dim / 2 values):
-// theta^(-2j/head_dim), divided by the factor ("linear"), or rescaled piecewise ("llama3").
-std::vector<double> rope_inverse_frequencies(const model::ModelConfig& c);
+// The RoPE inverse frequencies of a configuration (model/config.h).
+using model::rope_inverse_frequencies;
 
 }  // namespace pqvk::llm

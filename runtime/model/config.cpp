@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <cmath>
+#include <numbers>
 #include <set>
 
 #include "model/error.h"
@@ -117,6 +119,33 @@ void ModelConfig::validate(const std::string& where) const {
   if (bos_id >= vocab_size) model_fail(where, "bos_id " + std::to_string(bos_id) + " is not below vocab_size");
   for (int64_t e : eos_ids)
     if (e < 0 || e >= vocab_size) model_fail(where, "eos id " + std::to_string(e) + " is not a token id");
+}
+
+// ---- RoPE -------------------------------------------------------------------------------------
+
+std::vector<double> rope_inverse_frequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  const RopeScaling& rs = c.rope_scaling;
+  std::vector<double> f(static_cast<size_t>(half));
+  for (int64_t j = 0; j < half; ++j) {
+    double inv = std::pow(c.rope_theta, -2.0 * static_cast<double>(j) / static_cast<double>(c.head_dim));
+    if (rs.type == "linear") {
+      inv /= rs.factor;
+    } else if (rs.type == "llama3") {
+      // Llama 3.1: long wavelengths are slowed down by `factor`, short ones kept, and the band
+      // between L / high_freq_factor and L / low_freq_factor interpolated.
+      const double L = static_cast<double>(rs.original_max_position_embeddings);
+      const double wavelength = 2.0 * std::numbers::pi / inv;
+      if (wavelength > L / rs.low_freq_factor) {
+        inv /= rs.factor;
+      } else if (wavelength >= L / rs.high_freq_factor) {
+        const double s = (L / wavelength - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+        inv = (1.0 - s) * inv / rs.factor + s * inv;
+      }
+    }
+    f[static_cast<size_t>(j)] = inv;
+  }
+  return f;
 }
 
 // ---- tokenizer -------------------------------------------------------------------------------
@@ -240,29 +269,45 @@ std::vector<TensorSpec> model_tensors(const ModelConfig& c) {
   return t;
 }
 
-std::string hf_name(const TensorSpec& t) {
-  const std::string p = "model.layers." + std::to_string(t.layer) + ".";
-  switch (t.role) {
-    case Role::embed: return "model.embed_tokens.weight";
-    case Role::attn_norm: return p + "input_layernorm.weight";
-    case Role::attn_q: return p + "self_attn.q_proj.weight";
-    case Role::attn_k: return p + "self_attn.k_proj.weight";
-    case Role::attn_v: return p + "self_attn.v_proj.weight";
-    case Role::attn_o: return p + "self_attn.o_proj.weight";
-    case Role::q_bias: return p + "self_attn.q_proj.bias";
-    case Role::k_bias: return p + "self_attn.k_proj.bias";
-    case Role::v_bias: return p + "self_attn.v_proj.bias";
-    case Role::o_bias: return p + "self_attn.o_proj.bias";
-    case Role::q_norm: return p + "self_attn.q_norm.weight";
-    case Role::k_norm: return p + "self_attn.k_norm.weight";
-    case Role::mlp_norm: return p + "post_attention_layernorm.weight";
-    case Role::mlp_gate: return p + "mlp.gate_proj.weight";
-    case Role::mlp_up: return p + "mlp.up_proj.weight";
-    case Role::mlp_down: return p + "mlp.down_proj.weight";
-    case Role::final_norm: return "model.norm.weight";
-    case Role::lm_head: return "lm_head.weight";
-  }
+namespace {
+
+// Each role's tensor name in HuggingFace's and in llama.cpp's (GGUF) convention; for the roles
+// of a layer, the part after the layer's prefix.
+struct RoleNames {
+  Role role;
+  const char* hf;
+  const char* gguf;
+};
+constexpr RoleNames kRoleNames[] = {
+    {Role::embed, "model.embed_tokens.weight", "token_embd.weight"},
+    {Role::attn_norm, "input_layernorm.weight", "attn_norm.weight"},
+    {Role::attn_q, "self_attn.q_proj.weight", "attn_q.weight"},
+    {Role::attn_k, "self_attn.k_proj.weight", "attn_k.weight"},
+    {Role::attn_v, "self_attn.v_proj.weight", "attn_v.weight"},
+    {Role::attn_o, "self_attn.o_proj.weight", "attn_output.weight"},
+    {Role::q_bias, "self_attn.q_proj.bias", "attn_q.bias"},
+    {Role::k_bias, "self_attn.k_proj.bias", "attn_k.bias"},
+    {Role::v_bias, "self_attn.v_proj.bias", "attn_v.bias"},
+    {Role::o_bias, "self_attn.o_proj.bias", "attn_output.bias"},
+    {Role::q_norm, "self_attn.q_norm.weight", "attn_q_norm.weight"},
+    {Role::k_norm, "self_attn.k_norm.weight", "attn_k_norm.weight"},
+    {Role::mlp_norm, "post_attention_layernorm.weight", "ffn_norm.weight"},
+    {Role::mlp_gate, "mlp.gate_proj.weight", "ffn_gate.weight"},
+    {Role::mlp_up, "mlp.up_proj.weight", "ffn_up.weight"},
+    {Role::mlp_down, "mlp.down_proj.weight", "ffn_down.weight"},
+    {Role::final_norm, "model.norm.weight", "output_norm.weight"},
+    {Role::lm_head, "lm_head.weight", "output.weight"}};
+
+std::string name_in(const TensorSpec& t, const char* RoleNames::*convention, const std::string& layer_prefix) {
+  for (const RoleNames& r : kRoleNames)
+    if (r.role == t.role) return t.layer < 0 ? std::string(r.*convention) : layer_prefix + r.*convention;
   return t.name;
 }
+
+}  // namespace
+
+std::string hf_name(const TensorSpec& t) { return name_in(t, &RoleNames::hf, "model.layers." + std::to_string(t.layer) + "."); }
+
+std::string gguf_name(const TensorSpec& t) { return name_in(t, &RoleNames::gguf, "blk." + std::to_string(t.layer) + "."); }
 
 }  // namespace pqvk::model

@@ -54,6 +54,10 @@ struct ModelConfig {
   void validate(const std::string& where) const;
 };
 
+// The RoPE inverse frequencies of a configuration, rope_scaling applied (head_dim / 2 values):
+// theta^(-2j/head_dim), divided by the factor ("linear"), or rescaled piecewise ("llama3").
+std::vector<double> rope_inverse_frequencies(const ModelConfig& c);
+
 struct AddedToken {
   int64_t id = 0;
   std::string content;
@@ -99,5 +103,7 @@ struct TensorSpec {
 std::vector<TensorSpec> model_tensors(const ModelConfig& c);
 // The HuggingFace (transformers) name of a tensor, e.g. "model.layers.3.self_attn.q_proj.weight".
 std::string hf_name(const TensorSpec& t);
+// Its name in llama.cpp's GGUF files, e.g. "blk.3.attn_q.weight".
+std::string gguf_name(const TensorSpec& t);
 
 }  // namespace pqvk::model

@@ -75,18 +75,6 @@ Layout layout_of(const Header& h, const std::string& path) {
   return l;
 }
 
-// Rows of a [n_heads * hd][cols] matrix from interleaved to rotate-half RoPE order.
-std::vector<float> rope_permute(const std::vector<float>& w, uint64_t heads, uint64_t hd, uint64_t cols) {
-  std::vector<float> out(w.size());
-  for (uint64_t h = 0; h < heads; ++h)
-    for (uint64_t t = 0; t < 2; ++t)
-      for (uint64_t i = 0; i < hd / 2; ++i) {
-        const float* src = w.data() + (h * hd + 2 * i + t) * cols;
-        std::copy(src, src + cols, out.data() + (h * hd + t * (hd / 2) + i) * cols);
-      }
-  return out;
-}
-
 }  // namespace
 
 SourceModel import_llama2c(const std::string& path, const std::string& tokenizer_path) {
@@ -151,7 +139,7 @@ SourceModel import_llama2c(const std::string& path, const std::string& tokenizer
       std::memcpy(w.data(), file->data() + 28 + at * 4, n * 4);
       for (size_t i = 0; i < n; ++i)
         if (!std::isfinite(w[i])) model_fail(origin, "element " + std::to_string(i) + " is not finite");
-      return heads ? rope_permute(w, heads, hd, cols) : w;
+      return heads ? rope_rows_to_rotate_half(w, heads, hd, cols) : w;
     };
     m.tensors.push_back({spec, origin, load, nullptr});
   }

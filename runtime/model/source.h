@@ -33,7 +33,7 @@ struct SourceTokenizer {
 
 struct SourceModel {
   std::string path;
-  std::string format;  // "huggingface", "llama2c", "polarquant-reference"
+  std::string format;  // "huggingface", "gguf", "llama2c", "polarquant-reference"
   ModelConfig config;
   SourceTokenizer tokenizer;
   std::vector<SourceTensor> tensors;  // model_tensors(config) order
@@ -47,15 +47,23 @@ struct ImportOptions {
 //   directory with polar_config.json     the PolarQuant reference's checkpoint
 //   directory with config.json           a HuggingFace checkpoint (safetensors, sharded or not)
 //   *.safetensors                        one HuggingFace shard, config.json beside it
+//   *.gguf, or a file starting "GGUF"    a llama.cpp GGUF model (gguf.h)
 //   *.bin                                a llama2.c checkpoint
 SourceModel open_source(const std::string& path, const ImportOptions& options = {});
 
 SourceModel import_huggingface(const std::string& dir_or_file);
+SourceModel import_gguf(const std::string& path);
 SourceModel import_llama2c(const std::string& path, const std::string& tokenizer_path = "");
 SourceModel import_reference(const std::string& dir);
 
 // Takes the tokenizer's BOS/EOS ids where the config has none.
 void adopt_special_ids(ModelConfig& c, const SourceTokenizer& t);
+
+// The rows of a [heads * head_dim][cols] q or k matrix (or a bias, cols = 1) from the
+// interleaved RoPE order (pairs (2i, 2i+1) of each head: llama2.c, Meta's original checkpoints,
+// llama.cpp's GGUF files of llama models) to the rotate-half order of .pqm files (pairs
+// (i, i + head_dim/2)): new row h*head_dim + t*(head_dim/2) + i = old row h*head_dim + 2i + t.
+std::vector<float> rope_rows_to_rotate_half(const std::vector<float>& w, uint64_t heads, uint64_t head_dim, uint64_t cols);
 
 // Tokenizers (runtime/model/tokenizer_import.cpp). vocab_size bounds the token count.
 SourceTokenizer load_sentencepiece(const std::string& path, int64_t vocab_size);

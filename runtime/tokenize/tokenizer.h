@@ -37,6 +37,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/config.h"
+#include "tokenize/split_patterns.h"
 
 namespace pqvk::model {
 class PqmFile;
@@ -179,14 +180,8 @@ std::unique_ptr<Tokenizer> make_llama2c(std::vector<std::string> vocab, std::vec
 std::unique_ptr<Tokenizer> make_bpe(std::vector<std::string> vocab, const std::vector<std::string>& merge_pairs,
                                     const nlohmann::json& options, const TokenizerSetup& setup);
 
-// The pre-tokenizer split patterns of tokenizer.json (Split, behavior Isolated).
-inline constexpr std::string_view kLlama3SplitPattern =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-inline constexpr std::string_view kQwen2SplitPattern =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-// ByteLevel's own split (use_regex: true), GPT-2's.
-inline constexpr std::string_view kGpt2SplitPattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+// The pre-tokenizer split patterns kLlama3SplitPattern, kQwen2SplitPattern, kGpt2SplitPattern:
+// tokenize/split_patterns.h.
 
 // GPT-2's byte-to-unicode map: the printable bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for
 // themselves, the others for U+0100 onwards in byte order. Returns the UTF-8 of the character.
