@@ -4,12 +4,20 @@
 //   pq-info --json          the same as JSON
 //   pq-info model.pqm       the model's metadata and tensor table (no GPU needed; checksums
 //                           verified unless --no-verify); with --json, the file's index JSON
+//   pq-info --chat-template T.jinja --messages CONV.json [--add-generation-prompt] [--bos X] [--eos Y]
+//   pq-info model.pqm --messages CONV.json [...]
+//                           the prompt a chat template (or the model's) renders for a conversation
+//                           ({"messages": [...], "tools": [...]}, OpenAI's shape), byte for byte
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "model/checked_math.h"
 #include "model/pqm.h"
+#include "tokenize/chat.h"
 #include "vk/context.h"
 #include "vk/shader_registry.h"
 
@@ -125,6 +133,76 @@ int show_model(const std::string& path, bool verify, bool json) {
   return 0;
 }
 
+// ---- pq-info --messages: render a chat template ------------------------------------------------
+
+struct ChatRender {
+  std::string template_path, messages_path;
+  bool add_generation_prompt = false;
+  std::optional<std::string> bos, eos;
+};
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error(path + ": cannot open");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) throw std::runtime_error(path + ": cannot read");
+  return ss.str();
+}
+
+int render_chat(const std::string& model_path, const ChatRender& o) {
+  namespace tk = pqvk::tokenize;
+  tk::ChatTemplateInput in;
+  {
+    pqvk::jinja::json conv;
+    try {
+      conv = pqvk::jinja::json::parse(read_text(o.messages_path));
+    } catch (const pqvk::jinja::json::parse_error& e) {
+      throw std::runtime_error(o.messages_path + ": not valid JSON: " + e.what());
+    }
+    in = tk::parse_conversation(conv, o.messages_path);
+  }
+  in.add_generation_prompt = o.add_generation_prompt;
+  std::string source, name = o.template_path, bos, eos;
+  std::optional<tk::ChatTemplate> builtin;
+  if (!model_path.empty()) {
+    const auto f = pqvk::model::PqmFile::open(model_path, {.verify_checksums = false});
+    if (f.tokenizer().kind != "none") {
+      const auto tok = tk::Tokenizer::from_pqm(f);
+      if (tok->bos() >= 0) bos = tok->token_bytes(tok->bos());
+      if (!tok->eos_ids().empty()) eos = tok->token_bytes(tok->eos_ids()[0]);
+      if (o.template_path.empty() && f.tokenizer().chat_template.empty())
+        builtin = tk::ChatTemplate::for_model(f.tokenizer(), f.config(), *tok);
+    }
+    if (o.template_path.empty()) {
+      source = f.tokenizer().chat_template;
+      name = model_path + ": chat template";
+      if (source.empty() && !builtin)
+        throw std::runtime_error(model_path + ": the model has neither a chat template nor a tokenizer");
+    }
+  }
+  if (!o.template_path.empty()) source = read_text(o.template_path);
+  in.bos_token = o.bos.value_or(bos);
+  in.eos_token = o.eos.value_or(eos);
+  std::string out;
+  if (builtin) {  // a model without a template: its built-in format, roles and string contents only
+    std::vector<tk::ChatMessage> msgs;
+    for (const auto& m : in.messages) {
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") || !m["content"].is_string())
+        throw std::runtime_error(o.messages_path + ": the built-in chat format " + builtin->name() +
+                                 " takes messages with a string role and content only");
+      msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    }
+    out = builtin->render(msgs, in.add_generation_prompt);
+  } else {
+    const pqvk::jinja::Template t(source, name);
+    out = tk::render_chat_template(t, in);
+  }
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  std::fflush(stdout);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -136,7 +214,30 @@ int main(int argc, char** argv) {
   app.add_flag("--no-verify", no_verify, "With MODEL: skip the tensor checksums");
   app.add_option("-d,--device", device, "Device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
   app.add_flag("--json", json, "Print JSON");
+  ChatRender chat;
+  std::string bos, eos;
+  auto* tmpl_opt = app.add_option("--chat-template", chat.template_path,
+                                  "A Jinja chat template file to render (with --messages); default: MODEL's");
+  auto* msg_opt = app.add_option("--messages", chat.messages_path,
+                                 "Print the prompt the chat template renders for CONVERSATION.json "
+                                 "({\"messages\": [...], \"tools\": [...]}; other keys become template variables)");
+  app.add_flag("--add-generation-prompt", chat.add_generation_prompt, "With --messages: end with the assistant's turn opening");
+  auto* bos_opt = app.add_option("--bos", bos, "With --messages: bos_token (default: MODEL's BOS text, else empty)");
+  auto* eos_opt = app.add_option("--eos", eos, "With --messages: eos_token (default: MODEL's first EOS text, else empty)");
+  tmpl_opt->needs(msg_opt);
   CLI11_PARSE(app, argc, argv);
+  if (*bos_opt) chat.bos = bos;
+  if (*eos_opt) chat.eos = eos;
+  if (!chat.messages_path.empty()) {
+    try {
+      if (chat.template_path.empty() && model.empty())
+        throw std::runtime_error("--messages needs --chat-template FILE or a MODEL.pqm whose template to use");
+      return render_chat(model, chat);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pq-info: error: %s\n", e.what());
+      return 1;
+    }
+  }
   if (!model.empty()) {
     try {
       return show_model(model, !no_verify, json);
