@@ -126,7 +126,7 @@ TEST(ChatEngine, LoadErrorsNameTheFileAndKeepTheLoadedModel) {
 TEST(ChatEngine, BundledModelUsesThePlainFormat) {
   ChatEngine e(test::context());
   e.load(kModel);
-  EXPECT_EQ(e.model().format, tokenize::ChatFormat::plain);
+  EXPECT_EQ(e.model().format, "plain");
   EXPECT_EQ(e.model().context_size, 512);
   e.set_system("Be brief.");
   EXPECT_EQ(e.format_prompt("Hi"), "System: Be brief.\nUser: Hi\nAssistant: ");
@@ -178,6 +178,30 @@ TEST(ChatEngine, ConversationReusesTheCache) {
   chat::Reply r3 = e.send("Tell me about the city.", greedy(8));
   EXPECT_EQ(r3.tokens, r1.tokens);  // a new chat starts over (its prompt is still cached)
   EXPECT_EQ(r3.reused_tokens, r3.prompt_tokens - 1);
+}
+
+TEST(ChatEngine, CpuReferenceRepliesAsTheGpu) {
+  ChatEngine gpu(test::context());
+  ChatEngine cpu(nullptr, 2);  // no Vulkan context: the CPU reference
+  for (ChatEngine* e : {&gpu, &cpu}) {
+    e->load(kModel);
+    e->set_system("You are a helpful assistant.");
+  }
+  EXPECT_EQ(cpu.model().device, "CPU reference");
+  EXPECT_EQ(cpu.model().device_bytes, 0u);
+  EXPECT_EQ(cpu.model().context_size, 512);
+  EXPECT_EQ(gpu.model().device, test::context().info().name);
+  // Greedy decoding is identical on both (tests/test_decoder.cpp); so are the replies, and the
+  // second turn reuses the CPU reference's cache as it does the GPU's.
+  const chat::Reply g1 = gpu.send("Tell me about the city.", greedy(8));
+  const chat::Reply c1 = cpu.send("Tell me about the city.", greedy(8));
+  EXPECT_EQ(c1.tokens, g1.tokens);
+  EXPECT_EQ(c1.text, g1.text);
+  const chat::Reply g2 = gpu.send("And then?", greedy(6));
+  const chat::Reply c2 = cpu.send("And then?", greedy(6));
+  EXPECT_EQ(c2.tokens, g2.tokens);
+  EXPECT_EQ(c2.reused_tokens, g2.reused_tokens);
+  EXPECT_GT(c2.reused_tokens, 0);
 }
 
 TEST(ChatEngine, DropsTheOldestTurnsKeepingTheSystemPrompt) {
