@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "device_choice.h"
 #include "llm/cpu_model.h"
 #include "llm/gpu_model.h"
 #include "llm/sampler.h"
@@ -119,7 +120,9 @@ int main(int argc, char** argv) {
   pqvk::apps::add_sampler_options(app, sc);
   app.add_option("--stop", stops, "Stop when this text is generated (repeatable)");
   app.add_option("-c,--ctx", ctx_len, "Context length (default: the model's, at most 8192)")->check(CLI::Range(1, 1 << 24));
-  app.add_option("-d,--device", device, "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
+  app.add_option("-d,--device", device,
+                 "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU; where the only "
+                 "device is a CPU implementation such as lavapipe, the CPU reference runs unless this is given)");
   app.add_flag("--cpu", cpu, "Run the CPU reference instead of the GPU");
   app.add_option("-t,--threads", threads, "CPU threads with --cpu (default: all)");
   app.add_flag("--ids", print_ids, "Print generated token ids (one line, space-separated) instead of text");
@@ -173,7 +176,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::vk::Context> vkctx;
     std::unique_ptr<pqvk::llm::GpuModel> gpu;
     std::unique_ptr<pqvk::llm::CpuModel> cpu_model;
-    if (cpu) {
+    if (pqvk::apps::use_cpu(cpu, device, "pq-run")) {
       pqvk::llm::CpuOptions co;
       co.threads = threads;
       cpu_model = std::make_unique<pqvk::llm::CpuModel>(file, co);

@@ -243,8 +243,8 @@ TEST(ChatEngine, StopsAtTheEndOfTheContext) {
   ChatEngine e(test::context());
   e.load(kModel, 40);
   e.set_system("");
-  chat::Settings s = greedy(1000);
-  s.sampler.repeat_penalty = 1.0f;  // greedy on the GPU (forward_argmax)
+  chat::Settings s = greedy(1000);  // greedy on the GPU (forward_argmax): no repetition penalty by default
+  ASSERT_EQ(s.sampler.repeat_penalty, 1.0f);
   chat::Reply r = e.send("Tell me about the city.", s);
   EXPECT_EQ(r.stop, StopReason::context_full);
   EXPECT_EQ(r.prompt_tokens + static_cast<int32_t>(r.tokens.size()), 41);  // the last one is never run

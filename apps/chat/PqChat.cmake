@@ -91,6 +91,10 @@ if(PQVK_BUILD_TESTS)
            -P ${CMAKE_SOURCE_DIR}/tests/pq_chat_check.cmake)
   add_test(NAME chat.errors COMMAND ${CMAKE_COMMAND} ${PQVK_CHAT_CHECK} -DMODE=errors
            -P ${CMAKE_SOURCE_DIR}/tests/pq_chat_check.cmake)
-  set_tests_properties(chat.engine chat.gui-script chat.cli-pipe chat.cli-pipe-cpu chat.template
+  # By default on the CPU reference exactly where the only Vulkan device is a CPU implementation.
+  add_test(NAME chat.cpu-default COMMAND ${CMAKE_COMMAND} -E env --unset=PQVK_DEVICE ${CMAKE_COMMAND}
+           -DPQ_INFO=$<TARGET_FILE:pq-info> -DPQ_CHAT=$<TARGET_FILE:pq-chat> -DOUT=${CMAKE_BINARY_DIR}/pq-chat-tests
+           -P ${CMAKE_SOURCE_DIR}/tests/cpu_default_check.cmake)
+  set_tests_properties(chat.engine chat.gui-script chat.cli-pipe chat.cli-pipe-cpu chat.template chat.cpu-default
                        chat.errors PROPERTIES ENVIRONMENT "PQVK_VALIDATION=1" TIMEOUT 300)
 endif()
