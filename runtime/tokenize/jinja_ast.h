@@ -231,6 +231,20 @@ struct Interp {
   }
 };
 
+// Makes `scope` the current scope until it ends (then the previous one again).
+class ScopeGuard {
+ public:
+  ScopeGuard(Interp& in, std::shared_ptr<Scope> scope) : in_(in), saved_(std::move(in.scope)) { in.scope = std::move(scope); }
+  ~ScopeGuard() { in_.scope = std::move(saved_); }
+  ScopeGuard(const ScopeGuard&) = delete;
+  ScopeGuard& operator=(const ScopeGuard&) = delete;
+  const std::shared_ptr<Scope>& outer() const { return saved_; }
+
+ private:
+  Interp& in_;
+  std::shared_ptr<Scope> saved_;
+};
+
 // Runs `body` with `scope`, writing into a fresh string; returns it.
 std::string capture(Interp& in, const Body& body, std::shared_ptr<Scope> scope);
 

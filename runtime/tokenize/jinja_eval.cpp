@@ -255,19 +255,12 @@ Flow execute(Interp& in, const Body& body) {
 
 std::string capture(Interp& in, const Body& body, std::shared_ptr<Scope> scope) {
   std::string text;
-  std::string* saved_out = in.out;
-  std::shared_ptr<Scope> saved_scope = std::move(in.scope);
-  in.out = &text;
-  in.scope = std::move(scope);
-  struct Restore {
+  ScopeGuard guard(in, std::move(scope));
+  struct Redirect {
     Interp& in;
     std::string* out;
-    std::shared_ptr<Scope>& scope;
-    ~Restore() {
-      in.out = out;
-      in.scope = std::move(scope);
-    }
-  } restore{in, saved_out, saved_scope};
+    ~Redirect() { in.out = out; }
+  } redirect{in, std::exchange(in.out, &text)};
   execute(in, body);
   return text;
 }
@@ -446,15 +439,9 @@ Flow If::exec(Interp& in) const {
 Flow For::exec(Interp& in) const {
   const Value seq = evaluate(in, *iterable);
   auto items = std::make_shared<std::vector<Value>>();
-  if (filter) {
+  if (filter) {  // the loop variables are set while the filter looks at each item
     auto probe = std::make_shared<Scope>(in.scope);
-    std::shared_ptr<Scope> outer = in.scope;
-    struct Restore {
-      Interp& in;
-      std::shared_ptr<Scope> scope;
-      ~Restore() { in.scope = std::move(scope); }
-    } restore{in, outer};
-    in.scope = probe;
+    ScopeGuard guard(in, probe);
     iterate(in, seq, [&](const Value& x) {
       in.step();
       assign(in, *probe, target, x);
@@ -469,11 +456,8 @@ Flow For::exec(Interp& in) const {
     });
   }
   if (items->empty()) {
-    auto scope = std::make_shared<Scope>(in.scope);
-    std::swap(in.scope, scope);
-    const Flow f = execute(in, otherwise);
-    std::swap(in.scope, scope);
-    return f == Flow::normal ? Flow::normal : f;
+    ScopeGuard guard(in, std::make_shared<Scope>(in.scope));
+    return execute(in, otherwise);
   }
   auto loop = std::make_shared<Loop>();
   loop->items = items;
@@ -482,13 +466,9 @@ Flow For::exec(Interp& in) const {
     ~Forget() { loop->last_changed.reset(); }
   } forget{loop};
   const Value loop_value(loop);
-  std::shared_ptr<Scope> outer = in.scope;
-  struct Restore {
-    Interp& in;
-    std::shared_ptr<Scope> scope;
-    ~Restore() { in.scope = std::move(scope); }
-  } restore{in, outer};
-  for (size_t i = 0; i < items->size(); ++i) {
+  ScopeGuard guard(in, in.scope);
+  const std::shared_ptr<Scope>& outer = guard.outer();
+  for (size_t i = 0; i < items->size(); ++i) {  // each iteration has its own variables
     in.step();
     loop->index0 = i;
     auto scope = std::make_shared<Scope>(outer);
@@ -506,38 +486,36 @@ Flow Set::exec(Interp& in) const {
   return Flow::normal;
 }
 
+namespace {
+
+// A block's text through a filter chain ({% set x | f %}, {% filter f %}).
+Value filter_text(Interp& in, const Expr& filter, const Value& text) {
+  struct Input {
+    Interp& in;
+    const Value* saved;
+    ~Input() { in.filter_input = saved; }
+  } input{in, std::exchange(in.filter_input, &text)};
+  return evaluate(in, filter);
+}
+
+}  // namespace
+
 Flow SetBlock::exec(Interp& in) const {
-  Value text(capture(in, body, std::make_shared<Scope>(in.scope)));
-  if (filter) {
-    const Value* saved = in.filter_input;
-    in.filter_input = &text;
-    Value filtered = evaluate(in, *filter);
-    in.filter_input = saved;
-    text = std::move(filtered);
-  }
-  assign(in, *in.scope, target, text);
+  const Value text(capture(in, body, std::make_shared<Scope>(in.scope)));
+  assign(in, *in.scope, target, filter ? filter_text(in, *filter, text) : text);
   return Flow::normal;
 }
 
 Flow FilterBlock::exec(Interp& in) const {
   const Value text(capture(in, body, std::make_shared<Scope>(in.scope)));
-  const Value* saved = in.filter_input;
-  in.filter_input = &text;
-  const Value out = evaluate(in, *filter);
-  in.filter_input = saved;
-  in.emit(to_str(out));
+  in.emit(to_str(filter_text(in, *filter, text)));
   return Flow::normal;
 }
 
 Flow With::exec(Interp& in) const {
   auto scope = std::make_shared<Scope>(in.scope);
   for (const auto& [t, e] : assignments) assign(in, *scope, t, evaluate(in, *e));
-  std::swap(in.scope, scope);
-  struct Restore {
-    Interp& in;
-    std::shared_ptr<Scope>& scope;
-    ~Restore() { std::swap(in.scope, scope); }
-  } restore{in, scope};
+  ScopeGuard guard(in, std::move(scope));
   return execute(in, body);
 }
 
@@ -592,13 +570,7 @@ Value make_macro(const std::string& name, std::shared_ptr<MacroSignature> sig, s
       Interp& in;
       ~Leave() { --in.call_depth; }
     } leave{in};
-    std::shared_ptr<Scope> saved = in.scope;
-    in.scope = scope;
-    struct Restore {
-      Interp& in;
-      std::shared_ptr<Scope>& s;
-      ~Restore() { in.scope = std::move(s); }
-    } restore{in, saved};
+    ScopeGuard guard(in, scope);  // defaults see the parameters before them
     const size_t first_default = n - sig->defaults.size();
     for (size_t i = 0; i < n; ++i) {
       if (!bound[i]) {
