@@ -163,41 +163,26 @@ int render_chat(const std::string& model_path, const ChatRender& o) {
     in = tk::parse_conversation(conv, o.messages_path);
   }
   in.add_generation_prompt = o.add_generation_prompt;
-  std::string source, name = o.template_path, bos, eos;
-  std::optional<tk::ChatTemplate> builtin;
+  std::string name = o.template_path, bos, eos;
+  std::optional<tk::ChatTemplate> model_template;
   if (!model_path.empty()) {
     const auto f = pqvk::model::PqmFile::open(model_path, {.verify_checksums = false});
     if (f.tokenizer().kind != "none") {
       const auto tok = tk::Tokenizer::from_pqm(f);
       if (tok->bos() >= 0) bos = tok->token_bytes(tok->bos());
       if (!tok->eos_ids().empty()) eos = tok->token_bytes(tok->eos_ids()[0]);
-      if (o.template_path.empty() && f.tokenizer().chat_template.empty())
-        builtin = tk::ChatTemplate::for_model(f.tokenizer(), f.config(), *tok);
-    }
-    if (o.template_path.empty()) {
-      source = f.tokenizer().chat_template;
-      name = model_path + ": chat template";
-      if (source.empty() && !builtin)
+      if (o.template_path.empty()) model_template = tk::ChatTemplate::for_model(f.tokenizer(), f.config(), *tok);
+    } else if (o.template_path.empty()) {
+      if (f.tokenizer().chat_template.empty())
         throw std::runtime_error(model_path + ": the model has neither a chat template nor a tokenizer");
+      model_template = tk::ChatTemplate::jinja(f.tokenizer().chat_template, model_path + ": chat template", "", "");
     }
   }
-  if (!o.template_path.empty()) source = read_text(o.template_path);
   in.bos_token = o.bos.value_or(bos);
   in.eos_token = o.eos.value_or(eos);
-  std::string out;
-  if (builtin) {  // a model without a template: its built-in format, roles and string contents only
-    std::vector<tk::ChatMessage> msgs;
-    for (const auto& m : in.messages) {
-      if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") || !m["content"].is_string())
-        throw std::runtime_error(o.messages_path + ": the built-in chat format " + builtin->name() +
-                                 " takes messages with a string role and content only");
-      msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-    }
-    out = builtin->render(msgs, in.add_generation_prompt);
-  } else {
-    const pqvk::jinja::Template t(source, name);
-    out = tk::render_chat_template(t, in);
-  }
+  // The given template file, else the model's (its Jinja template, or its built-in format).
+  const tk::ChatTemplate t = model_template ? *model_template : tk::ChatTemplate::jinja(read_text(o.template_path), name, "", "");
+  const std::string out = t.render(in);
   std::fwrite(out.data(), 1, out.size(), stdout);
   std::fflush(stdout);
   return 0;

@@ -1058,6 +1058,32 @@ TEST(ChatTemplate, SystemPromptGoesIntoTheFirstUserMessageWhenTheTemplateRefuses
   }
 }
 
+TEST(ChatTemplate, RendersWholeRequestsWithTools) {
+  const ChatTemplate t = ChatTemplate::jinja(
+      "{{ bos_token }}{% for tool in tools %}[{{ tool.function.name }}]{% endfor %}"
+      "{% for m in messages %}<{{ m.role }}>{% if m.tool_calls %}{{ m.tool_calls[0].function | tojson }}"
+      "{% else %}{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>{% endif %}",
+      "tools.jinja", "<|begin_of_text|>", "<|im_end|>");
+  ChatTemplateInput in = parse_conversation(jinja::json::parse(R"({
+      "messages": [{"role": "user", "content": "weather?"},
+                   {"role": "assistant", "tool_calls": [{"function": {"name": "w", "arguments": {"city": "Oslo"}}}]}],
+      "tools": [{"type": "function", "function": {"name": "w"}}]})"), "req.json");
+  in.add_generation_prompt = true;
+  const std::string want = R"(<|begin_of_text|>[w]<user>weather?<assistant>{"name": "w", "arguments": {"city": "Oslo"}}<|im_start|>)";
+  EXPECT_EQ(t.render(in), want);  // the template's BOS text fills the empty bos_token
+  const TinyBpe tb;
+  const auto tok = make_bpe(tb.vocab, tb.merges, TinyBpe::qwen2_options(), tb.setup());
+  const Ids ids = t.encode(*tok, in);
+  EXPECT_EQ(ids.front(), 268);  // <|begin_of_text|> as the special token
+  EXPECT_EQ(ids.back(), 263);   // <|im_start|>
+  EXPECT_EQ(tok->decode(ids, false), want);
+  // A built-in format takes plain messages only.
+  const ChatTemplate chatml = ChatTemplate::builtin(ChatFormat::chatml);
+  expect_error([&] { chatml.render(in); }, {"chat format chatml", "message 1", "string role and content"});
+  in.messages.erase(1);
+  EXPECT_EQ(chatml.render(in), "<|im_start|>user\nweather?<|im_end|>\n<|im_start|>assistant\n");
+}
+
 TEST(ChatTemplate, ConversationFiles) {
   const ChatTemplateInput in = parse_conversation(
       jinja::json::parse(R"({"messages": [{"role": "user", "content": "x"}], "tools": [], "enable_thinking": false})"), "c.json");

@@ -341,6 +341,29 @@ std::vector<ChatPart> ChatTemplate::parts(const std::vector<ChatMessage>& messag
   return {{text, true}};
 }
 
+std::string ChatTemplate::render(const ChatTemplateInput& in) const {
+  if (is_jinja()) {
+    ChatTemplateInput with_tokens = in;
+    if (with_tokens.bos_token.empty()) with_tokens.bos_token = bos_;
+    if (with_tokens.eos_token.empty()) with_tokens.eos_token = eos_;
+    return render_chat_template(*tmpl_, with_tokens);
+  }
+  std::vector<ChatMessage> msgs;
+  for (size_t i = 0; i < in.messages.size(); ++i) {
+    const jinja::json& m = in.messages[i];
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") || !m["content"].is_string())
+      tokenizer_fail(std::string("chat format ") + chat_format_name(format_),
+                     "message " + std::to_string(i) + ": a built-in format takes a string role and content only");
+    msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+  }
+  return format_chat(msgs, format_, in.add_generation_prompt);
+}
+
+std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, const ChatTemplateInput& in) const {
+  const std::string text = render(in);
+  return tok.encode(text, !is_jinja() && format_ == ChatFormat::plain && tok.adds_bos(), true);
+}
+
 std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
                                           bool add_generation_prompt) const {
   if (!is_jinja()) return encode_chat(tok, messages, format_, add_generation_prompt);

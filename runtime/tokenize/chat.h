@@ -120,6 +120,12 @@ class ChatTemplate {
   // content can be told apart in the output (the template copies it unchanged or trimmed),
   // else in the whole text, as HuggingFace does.
   std::vector<int32_t> encode(const Tokenizer& tok, const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // A whole request in OpenAI's shape (tools, tool calls, other variables: what a server gets).
+  // The template's bos_token / eos_token fill those the input leaves empty. A built-in format
+  // takes messages with a string role and content only (TokenizerError otherwise) and ignores the
+  // rest. The ids: the rendered text with special tokens matched everywhere, as HuggingFace does.
+  std::string render(const ChatTemplateInput& in) const;
+  std::vector<int32_t> encode(const Tokenizer& tok, const ChatTemplateInput& in) const;
   // Throws when `tok` lacks a special token a built-in format needs.
   void check(const Tokenizer& tok) const;
 
