@@ -3,7 +3,7 @@
 jinja2 (Debian python3-jinja2) called the way HuggingFace's apply_chat_template calls it:
 ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loopcontrols and the
 {% generation %} tag), tojson replaced by json.dumps(ensure_ascii=False, ...), globals
-raise_exception and strftime_now; variables messages, tools (None when absent),
+raise_exception and strftime_now; variables messages, tools (None when absent), documents (None),
 add_generation_prompt, bos_token, eos_token and the conversation's other keys.
 
 Two sets of checks:
@@ -76,7 +76,7 @@ def reference(source, variables):
 
 
 def template_variables(conversation, add_generation_prompt, bos, eos):
-    v = {"messages": conversation["messages"], "tools": conversation.get("tools"),
+    v = {"messages": conversation["messages"], "tools": conversation.get("tools"), "documents": None,
          "add_generation_prompt": add_generation_prompt, "bos_token": bos, "eos_token": eos}
     for k, x in conversation.items():
         if k not in ("messages", "tools"):

@@ -1092,6 +1092,7 @@ TEST(ChatTemplate, ConversationFiles) {
   EXPECT_EQ(in.extra["enable_thinking"], false);
   const jinja::json v = chat_template_variables(in);
   EXPECT_TRUE(v.contains("bos_token") && v.contains("add_generation_prompt") && v["enable_thinking"] == false);
+  EXPECT_TRUE(v["documents"].is_null());  // as HuggingFace passes it
   expect_error([] { parse_conversation(jinja::json::array(), "c.json"); }, {"c.json", "JSON object"});
   expect_error([] { parse_conversation(jinja::json::parse(R"({"messages": {}})"), "c.json"); }, {"\"messages\" must be an array"});
   expect_error([] { parse_conversation(jinja::json::parse(R"({"messages": [], "tools": 1})"), "c.json"); }, {"\"tools\""});

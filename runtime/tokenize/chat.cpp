@@ -192,7 +192,8 @@ std::vector<int32_t> chat_stop_tokens(const Tokenizer& tok, ChatFormat f) {
 jinja::json chat_template_variables(const ChatTemplateInput& in) {
   jinja::json v = jinja::json::object();
   v["messages"] = in.messages;
-  v["tools"] = in.tools;  // HuggingFace passes tools=None when there are none
+  v["tools"] = in.tools;  // HuggingFace passes tools=None and documents=None when there are none
+  v["documents"] = nullptr;
   v["add_generation_prompt"] = in.add_generation_prompt;
   v["bos_token"] = in.bos_token;
   v["eos_token"] = in.eos_token;

@@ -74,8 +74,8 @@ std::vector<int32_t> chat_stop_tokens(const Tokenizer& tok, ChatFormat f);
 // ---- Jinja chat templates ------------------------------------------------------------------------
 
 // What a chat template is rendered with, as HuggingFace's apply_chat_template passes it: the
-// variables messages, tools (none when absent), add_generation_prompt, bos_token, eos_token and
-// any others (extra: enable_thinking, date_string, ...).
+// variables messages, tools (none when absent), documents (none), add_generation_prompt,
+// bos_token, eos_token and any others (extra: enable_thinking, date_string, documents, ...).
 struct ChatTemplateInput {
   jinja::json messages = jinja::json::array();  // OpenAI's shape: role, content, tool_calls, tool_call_id, ...
   jinja::json tools;                            // null: none
