@@ -20,12 +20,13 @@
 //   + - * / // % **, ~, and / or / not, `a if c else b`
 //   filters: abs capitalize count d default e escape first float indent int items join last length
 //   list lower map max min reject rejectattr replace reverse safe select selectattr sort string
-//   sum tojson trim unique upper
+//   sum title tojson trim unique upper
 //   tests: boolean callable defined divisibleby eq equalto escaped even false filter float ge gt
 //   in integer iterable le lower lt mapping ne none number odd sameas sequence string test true
 //   undefined upper, and == != < <= > >=
 //   methods: str startswith endswith split rsplit splitlines strip lstrip rstrip replace upper
-//   lower capitalize find rfind count join; dict items keys values get; list count index
+//   lower capitalize title find rfind index rindex count join isspace islower isupper; dict items
+//   keys values get; list count index
 //   globals: range namespace dict raise_exception strftime_now
 // Not supported (an error naming them): extends, block, include, import, recursive loops,
 // `*args` / `**kwargs` in calls, the % string formatting operator.

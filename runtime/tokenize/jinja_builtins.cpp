@@ -7,6 +7,10 @@
 #include <limits>
 #include <map>
 
+#include <unicode/locid.h>
+#include <unicode/uchar.h>
+#include <unicode/unistr.h>
+
 #include "tokenize/jinja_ast.h"
 
 namespace pqvk::jinja::detail {
@@ -182,6 +186,39 @@ std::string replace(const std::string& s, const std::string& old, const std::str
   return out;
 }
 
+// str.title(): a cased character after an uncased one in title case, the others in lower case.
+std::string title_method(const std::string& s) {
+  std::string out;
+  bool prev_cased = false;
+  for (char32_t c : code_points(s)) {
+    const std::string ch = utf8(std::u32string(1, c));
+    if (prev_cased) {
+      out += py_lower(ch);
+    } else {
+      icu::UnicodeString u = icu::UnicodeString::fromUTF8(ch);
+      u.toTitle(nullptr, icu::Locale::getRoot());
+      u.toUTF8String(out);
+    }
+    const auto uc = static_cast<UChar32>(c);
+    prev_cased = u_hasBinaryProperty(uc, UCHAR_LOWERCASE) || u_hasBinaryProperty(uc, UCHAR_UPPERCASE) || u_istitle(uc);
+  }
+  return out;
+}
+
+// jinja2's title filter: each run between '-', whitespace, '(', '{', '[' and '<' starts upper case,
+// the rest lower case.
+std::string title_filter(const std::string& s) {
+  std::string out;
+  bool word_start = true;
+  for (char32_t c : code_points(s)) {
+    const bool sep = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || py_isspace(c);
+    const std::string ch = utf8(std::u32string(1, c));
+    out += sep ? ch : word_start ? py_upper(ch) : py_lower(ch);
+    word_start = sep;
+  }
+  return out;
+}
+
 std::string capitalize(const std::string& s) {
   const std::u32string cps = code_points(s);
   if (cps.empty()) return s;
@@ -259,9 +296,10 @@ Value str_method(Interp& in, const std::string& self_str, const std::string& m, 
     in.check_string(r.size());
     return Value(r);
   }
-  if (m == "upper" || m == "lower" || m == "capitalize") {
+  if (m == "upper" || m == "lower" || m == "capitalize" || m == "title") {
     bind_args(m.c_str(), args, {});
-    return Value(m == "upper" ? py_upper(self_str) : m == "lower" ? py_lower(self_str) : capitalize(self_str));
+    return Value(m == "upper" ? py_upper(self_str) : m == "lower" ? py_lower(self_str)
+                 : m == "title" ? title_method(self_str) : capitalize(self_str));
   }
   if (m == "find" || m == "rfind" || m == "index" || m == "rindex" || m == "count") {
     auto a = bind_args(m.c_str(), args, {"sub", "start", "end"});
@@ -317,7 +355,7 @@ Value str_method(Interp& in, const std::string& self_str, const std::string& m, 
 }
 
 const char* const kStrMethods[] = {"startswith", "endswith", "split",  "rsplit", "splitlines", "strip", "lstrip", "rstrip",
-                                   "replace",    "upper",    "lower",  "capitalize", "find",   "rfind", "index",  "rindex",
+                                   "replace",    "upper",    "lower",  "capitalize", "title", "find",   "rfind", "index",  "rindex",
                                    "count",      "join",     "isspace", "islower", "isupper"};
 const char* const kDictMethods[] = {"items", "keys", "values", "get"};
 const char* const kDictMutators[] = {"clear", "pop", "popitem", "setdefault", "update"};
@@ -608,6 +646,11 @@ Value f_abs(Interp&, const Value& v, const Args& args) {
 Value f_capitalize(Interp&, const Value& v, const Args& args) {
   bind_args("capitalize", args, {});
   return Value(capitalize(to_str(v)));
+}
+
+Value f_title(Interp&, const Value& v, const Args& args) {
+  bind_args("title", args, {});
+  return Value(title_filter(to_str(v)));
 }
 
 Value f_length(Interp&, const Value& v, const Args& args) {
@@ -1060,7 +1103,8 @@ const std::map<std::string, FilterFn, std::less<>>& filters() {
       {"lower", f_lower},     {"map", f_map},               {"max", f_max},          {"min", f_min},
       {"reject", f_reject},   {"rejectattr", f_rejectattr}, {"replace", f_replace},  {"reverse", f_reverse},
       {"safe", f_safe},       {"select", f_select},         {"selectattr", f_selectattr}, {"sort", f_sort},
-      {"string", f_string},   {"sum", f_sum},               {"tojson", f_tojson},    {"trim", f_trim},
+      {"string", f_string},   {"sum", f_sum},               {"title", f_title},      {"tojson", f_tojson},
+      {"trim", f_trim},
       {"unique", f_unique},   {"upper", f_upper},
   };
   return table;
