@@ -124,6 +124,14 @@ TEST(Jinja, LimitsStopRunawayTemplates) {
   // Output and string sizes.
   EXPECT_EQ(error_of("{% for i in range(100000) %}xxxxxxxx{% endfor %}", json::object(), small).type(), "LimitError");
   EXPECT_EQ(error_of("{{ 'a' * 100000000 }}", json::object(), small).type(), "LimitError");
+  // Values that are small but whose text is not: one long string many times in a list.
+  const std::string big = "{% set s = 'x' * 60000 %}{% set l = [s] * 100000 %}";
+  EXPECT_EQ(error_of(big + "{{ l }}", json::object(), small).type(), "LimitError");
+  EXPECT_EQ(error_of(big + "{{ l | tojson }}", json::object(), small).type(), "LimitError");
+  EXPECT_EQ(error_of(big + "{{ l | join }}", json::object(), small).type(), "LimitError");
+  EXPECT_EQ(error_of(big + "{{ 'a' ~ l }}", json::object(), small).type(), "LimitError");
+  EXPECT_EQ(error_of(big + "{{ s.replace('', s) }}", json::object(), small).type(), "LimitError");
+  EXPECT_EQ(error_of(big + "{{ (s | replace('x', 'x\n')) | indent(60000) }}", json::object(), small).type(), "LimitError");
   EXPECT_EQ(error_of("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
                      json::object(), small).type(),
             "LimitError");

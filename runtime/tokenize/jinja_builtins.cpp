@@ -161,23 +161,32 @@ std::vector<std::string> split(std::string_view s, const std::optional<std::stri
   return out;
 }
 
-std::string replace(const std::string& s, const std::string& old, const std::string& with, int64_t count) {
+// str.replace; LimitError when the result would exceed `max` bytes (checked before it is made).
+std::string replace(const std::string& s, const std::string& old, const std::string& with, int64_t count, size_t max) {
+  size_t n = 0;  // replacements
+  if (old.empty()) {
+    n = static_cast<size_t>(length(Value(s))) + 1;
+  } else {
+    for (size_t at = s.find(old); at != std::string::npos; at = s.find(old, at + old.size())) ++n;
+  }
+  if (count >= 0) n = std::min(n, static_cast<size_t>(count));
+  if (with.size() > old.size() && n > 0 && (with.size() - old.size()) > (max - std::min(max, s.size())) / n)
+    fail("LimitError", "replace() would make a string of more than " + std::to_string(max) + " bytes");
   std::string out;
+  size_t done = 0;
   if (old.empty()) {
     const std::u32string cps = code_points(s);
-    int64_t n = 0;
     for (size_t i = 0; i <= cps.size(); ++i) {
-      if (count < 0 || n < count) {
+      if (done < n) {
         out += with;
-        ++n;
+        ++done;
       }
       if (i < cps.size()) out += utf8(std::u32string(1, cps[i]));
     }
     return out;
   }
   size_t b = 0;
-  int64_t n = 0;
-  for (size_t at = s.find(old); at != std::string::npos && (count < 0 || n < count); at = s.find(old, b), ++n) {
+  for (size_t at = s.find(old); at != std::string::npos && done < n; at = s.find(old, b), ++done) {
     out.append(s, b, at - b);
     out += with;
     b = at + old.size();
@@ -292,8 +301,9 @@ Value str_method(Interp& in, const std::string& self_str, const std::string& m, 
     auto a = bind_args("replace", args, {"old", "new", "count"});
     if (!a[0] || !a[1]) fail("TypeError", "replace expected at least 2 arguments");
     const std::string r = replace(self_str, as_string_arg(*a[0], "replace", "argument 1"),
-                                  as_string_arg(*a[1], "replace", "argument 2"), a[2] ? as_index(*a[2], "") : -1);
-    in.check_string(r.size());
+                                  as_string_arg(*a[1], "replace", "argument 2"), a[2] ? as_index(*a[2], "") : -1,
+                                  in.limits.max_output_bytes);
+    in.charge(r.size());
     return Value(r);
   }
   if (m == "upper" || m == "lower" || m == "capitalize" || m == "title") {
@@ -799,11 +809,10 @@ Value f_indent(Interp& in, const Value& v, const Args& args) {
   const bool first = a[1] && truthy(*a[1]), blank = a[2] && truthy(*a[2]);
   std::vector<std::string> lines = splitlines(to_str(v) + "\n", false);
   std::string rv;
-  if (blank) {
-    for (size_t i = 0; i < lines.size(); ++i) rv += (i ? "\n" + indention : "") + lines[i];
-  } else {
-    rv = lines.empty() ? "" : lines[0];
-    for (size_t i = 1; i < lines.size(); ++i) rv += "\n" + (lines[i].empty() ? "" : indention + lines[i]);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (i) rv += "\n" + (blank || !lines[i].empty() ? indention : "");
+    rv += lines[i];
+    in.check_string(rv.size());
   }
   if (first) rv = indention + rv;
   in.check_string(rv.size());
@@ -831,7 +840,7 @@ Value f_join(Interp& in, const Value& v, const Args& args) {
   std::string out;
   bool first = true;
   iterate(in, v, [&](const Value& x) {
-    const std::string piece = to_str(a[1] ? get(in, x) : x);
+    const std::string piece = to_str(a[1] ? get(in, x) : x, in.limits.max_output_bytes);
     if (!first) out += sep;
     first = false;
     out += piece;
@@ -952,8 +961,7 @@ Value f_replace(Interp& in, const Value& v, const Args& args) {
   auto a = bind_args("replace", args, {"old", "new", "count"});
   if (!a[0] || !a[1]) fail("TypeError", "replace() missing required arguments 'old' and 'new'");
   const int64_t count = a[2] && !a[2]->is_none() ? as_index(*a[2], "") : -1;
-  std::string r = replace(to_str(v), to_str(*a[0]), to_str(*a[1]), count);
-  in.check_string(r.size());
+  std::string r = replace(to_str(v), to_str(*a[0]), to_str(*a[1]), count, in.limits.max_output_bytes);
   in.charge(r.size());
   return Value(std::move(r));
 }
@@ -1028,9 +1036,9 @@ Value f_sort(Interp& in, const Value& v, const Args& args) {
   return in.make_list(std::move(out));
 }
 
-Value f_string(Interp&, const Value& v, const Args& args) {
+Value f_string(Interp& in, const Value& v, const Args& args) {
   bind_args("string", args, {});
-  return v.is_string() ? v : Value(to_str(v));
+  return v.is_string() ? v : Value(to_str(v, in.limits.max_output_bytes));
 }
 
 Value f_sum(Interp& in, const Value& v, const Args& args) {
@@ -1064,6 +1072,7 @@ Value f_tojson(Interp& in, const Value& v, const Args& args) {
     st.key_separator = sep.list().items[1].str();
   }
   st.sort_keys = a[3] && truthy(*a[3]);
+  st.max_bytes = in.limits.max_output_bytes;
   std::string out = json_dumps(v, st);
   in.check_string(out.size());
   in.charge(out.size());

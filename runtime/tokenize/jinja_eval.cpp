@@ -356,7 +356,7 @@ Value Logic::eval(Interp& in) const {
 Value Concat::eval(Interp& in) const {
   std::string s;
   for (const ExprPtr& p : parts) {
-    const std::string piece = to_str(evaluate(in, *p));
+    const std::string piece = to_str(evaluate(in, *p), in.limits.max_output_bytes);
     in.check_string(s.size() + piece.size());
     in.charge(piece.size());
     s += piece;
@@ -426,7 +426,7 @@ Flow Text::exec(Interp& in) const {
 }
 
 Flow Print::exec(Interp& in) const {
-  in.emit(to_str(evaluate(in, *expr)));
+  in.emit(to_str(evaluate(in, *expr), in.limits.max_output_bytes));
   return Flow::normal;
 }
 

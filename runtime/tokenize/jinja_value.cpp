@@ -252,49 +252,62 @@ void append_hex(std::string& out, uint32_t v, int digits) {
   for (int i = digits - 1; i >= 0; --i) out += hex[(v >> (4 * i)) & 0xF];
 }
 
-std::string repr_at(const Value& v, int depth);
+// repr() into `out`, which must not grow past `max` bytes (a list holding one long string many
+// times is small, its repr need not be).
+void repr_into(std::string& out, const Value& v, int depth, size_t max);
 
-std::string repr_items(const std::vector<Value>& items, int depth) {
-  std::string out;
+void check_size(const std::string& out, size_t max) {
+  if (out.size() > max)
+    fail("LimitError", "a string would exceed " + std::to_string(max) + " bytes (the repr() or str() of a value)");
+}
+
+void repr_items(std::string& out, const std::vector<Value>& items, int depth, size_t max) {
   for (size_t i = 0; i < items.size(); ++i) {
     if (i) out += ", ";
-    out += repr_at(items[i], depth + 1);
+    repr_into(out, items[i], depth + 1, max);
   }
-  return out;
 }
 
-std::string repr_dict(const Dict& d, int depth) {
-  std::string out = "{";
+void repr_dict(std::string& out, const Dict& d, int depth, size_t max) {
+  out += '{';
   for (size_t i = 0; i < d.items.size(); ++i) {
     if (i) out += ", ";
-    out += repr_at(d.items[i].first, depth + 1) + ": " + repr_at(d.items[i].second, depth + 1);
+    repr_into(out, d.items[i].first, depth + 1, max);
+    out += ": ";
+    repr_into(out, d.items[i].second, depth + 1, max);
   }
-  return out + "}";
+  out += '}';
 }
 
-std::string repr_at(const Value& v, int depth) {
+void repr_into(std::string& out, const Value& v, int depth, size_t max) {
   check_recursion(depth);
   switch (v.type()) {
-    case Value::Type::undefined: return "Undefined";
-    case Value::Type::string: return repr_string(v.str());
+    case Value::Type::undefined: out += "Undefined"; break;
+    case Value::Type::string: out += repr_string(v.str()); break;
     case Value::Type::list: {
       const List& l = v.list();
-      switch (l.kind) {
-        case ListKind::list: return "[" + repr_items(l.items, depth) + "]";
-        case ListKind::tuple: return "(" + repr_items(l.items, depth) + (l.items.size() == 1 ? ",)" : ")");
-        case ListKind::range:
-          return "range(" + std::to_string(l.range_start) + ", " + std::to_string(l.range_stop) +
-                 (l.range_step == 1 ? "" : ", " + std::to_string(l.range_step)) + ")";
-        case ListKind::dict_items: return "dict_items([" + repr_items(l.items, depth) + "])";
-        case ListKind::dict_keys: return "dict_keys([" + repr_items(l.items, depth) + "])";
-        case ListKind::dict_values: return "dict_values([" + repr_items(l.items, depth) + "])";
+      static const char* open[] = {"[", "(", "", "dict_items([", "dict_keys([", "dict_values(["};
+      static const char* close[] = {"]", ")", "", "])", "])", "])"};
+      const auto k = static_cast<size_t>(l.kind);
+      if (l.kind == ListKind::range) {
+        out += "range(" + std::to_string(l.range_start) + ", " + std::to_string(l.range_stop) +
+               (l.range_step == 1 ? "" : ", " + std::to_string(l.range_step)) + ")";
+        break;
       }
-      return "";
+      out += open[k];
+      repr_items(out, l.items, depth, max);
+      out += l.kind == ListKind::tuple && l.items.size() == 1 ? ",)" : close[k];
+      break;
     }
-    case Value::Type::dict: return repr_dict(v.dict(), depth);
-    case Value::Type::ns: return "<Namespace " + repr_dict(v.ns()->attrs, depth) + ">";
-    default: return to_str(v);
+    case Value::Type::dict: repr_dict(out, v.dict(), depth, max); break;
+    case Value::Type::ns:
+      out += "<Namespace ";
+      repr_dict(out, v.ns()->attrs, depth, max);
+      out += ">";
+      break;
+    default: out += to_str(v, max);
   }
+  check_size(out, max);
 }
 
 }  // namespace
@@ -334,9 +347,13 @@ std::string repr_string(std::string_view s) {
   return out;
 }
 
-std::string repr(const Value& v) { return repr_at(v, 0); }
+std::string repr(const Value& v, size_t max_bytes) {
+  std::string out;
+  repr_into(out, v, 0, max_bytes);
+  return out;
+}
 
-std::string to_str(const Value& v) {
+std::string to_str(const Value& v, size_t max_bytes) {
   switch (v.type()) {
     case Value::Type::undefined: return "";
     case Value::Type::none: return "None";
@@ -354,7 +371,7 @@ std::string to_str(const Value& v) {
       const Loop& l = *v.loop();
       return "<LoopContext " + std::to_string(l.index0 + 1) + "/" + std::to_string(l.items ? l.items->size() : 0) + ">";
     }
-    default: return repr(v);
+    default: return repr(v, max_bytes);
   }
 }
 
@@ -594,6 +611,7 @@ std::string json_float(double d) {
 
 void json_value(std::string& out, const Value& v, const JsonStyle& st, int level) {
   check_recursion(level);
+  check_size(out, st.max_bytes);
   auto newline = [&](int indents) {
     if (!st.indent) return;
     out += '\n';
@@ -669,6 +687,7 @@ void json_value(std::string& out, const Value& v, const JsonStyle& st, int level
 std::string json_dumps(const Value& v, const JsonStyle& style) {
   std::string out;
   json_value(out, v, style, 0);
+  check_size(out, style.max_bytes);
   return out;
 }
 

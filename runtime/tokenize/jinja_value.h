@@ -160,8 +160,10 @@ int value_depth(const Value& v);
 const char* type_name(const Value& v);         // type(v).__name__: "str", "int", "NoneType", "dict", ...
 std::string object_type_repr(const Value& v);  // jinja2's: "dict object", "None", "jinja2.utils.Namespace object"
 bool truthy(const Value& v);
-std::string to_str(const Value& v);            // str(v) (an undefined value: "")
-std::string repr(const Value& v);
+// What one str() / repr() / tojson may make at most unless told (LimitError beyond).
+inline constexpr size_t kMaxText = size_t{64} << 20;
+std::string to_str(const Value& v, size_t max_bytes = kMaxText);  // str(v) (an undefined value: "")
+std::string repr(const Value& v, size_t max_bytes = kMaxText);
 std::string repr_string(std::string_view s);   // repr() of a str
 std::string float_repr(double d);
 bool equal(const Value& a, const Value& b);
@@ -181,6 +183,7 @@ struct JsonStyle {
   std::optional<std::string> indent;  // nullopt: one line
   std::string item_separator = ", ", key_separator = ": ";
   bool sort_keys = false;
+  size_t max_bytes = kMaxText;  // LimitError beyond
 };
 std::string json_dumps(const Value& v, const JsonStyle& style);
 // JSON input (the template variables) as values.
