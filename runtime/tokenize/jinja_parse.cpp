@@ -203,17 +203,7 @@ class Lexer {
       size_t after = t + 2;
       char sign = 0;
       if (after < s_.size() && (s_[after] == '-' || s_[after] == '+')) sign = s_[after++];
-      // The text before the tag, with '-' or lstrip_blocks applied.
-      size_t text_end = t;
-      if (sign == '-') {
-        text_end = p + rstrip_length(std::string_view(s_).substr(p, t - p));
-      } else if (sign != '+' && kind != '{') {
-        const std::string_view text = std::string_view(s_).substr(p, t - p);
-        const size_t nl = text.rfind('\n');
-        const size_t l_pos = nl == std::string_view::npos ? 0 : nl + 1;
-        if ((l_pos > 0 || line_starting_) && l_pos < text.size() && all_spaces(text.substr(l_pos))) text_end = p + l_pos;
-      }
-      add_data(p, text_end, p);
+      add_data(p, text_end(p, t, sign, kind != '{'), p);
       size_t raw_end = 0;
       if (kind == '%' && raw_begin(after, &raw_end)) {
         p = lex_raw(raw_end);
@@ -237,6 +227,19 @@ class Lexer {
     for (size_t i = s_.find('{', p); i != std::string::npos && i + 1 < s_.size(); i = s_.find('{', i + 1))
       if (s_[i + 1] == '{' || s_[i + 1] == '%' || s_[i + 1] == '#') return i;
     return std::string::npos;
+  }
+
+  // Where the text s_[p, t) before a tag at t ends once the tag's whitespace control applies:
+  // '-' strips all whitespace before it; otherwise, for block tags and comments (lstrip), the
+  // spaces and tabs between the start of a line and the tag go, unless the tag says '+'.
+  size_t text_end(size_t p, size_t t, char sign, bool lstrip) const {
+    const std::string_view text = std::string_view(s_).substr(p, t - p);
+    if (sign == '-') return p + rstrip_length(text);
+    if (sign == '+' || !lstrip) return t;
+    const size_t nl = text.rfind('\n');
+    const size_t l_pos = nl == std::string_view::npos ? 0 : nl + 1;
+    if ((l_pos > 0 || line_starting_) && l_pos < text.size() && all_spaces(text.substr(l_pos))) return p + l_pos;
+    return t;
   }
 
   void add_data(size_t b, size_t e, size_t at) {
@@ -283,16 +286,7 @@ class Lexer {
       bool found = false;
       const size_t end = block_end(q, &found);
       if (!found) continue;
-      size_t text_end = t;
-      if (sign == '-') {
-        text_end = p + rstrip_length(std::string_view(s_).substr(p, t - p));
-      } else if (sign != '+') {
-        const std::string_view text = std::string_view(s_).substr(p, t - p);
-        const size_t nl = text.rfind('\n');
-        const size_t l_pos = nl == std::string_view::npos ? 0 : nl + 1;
-        if ((l_pos > 0 || line_starting_) && l_pos < text.size() && all_spaces(text.substr(l_pos))) text_end = p + l_pos;
-      }
-      add_data(p, text_end, p);
+      add_data(p, text_end(p, t, sign, true), p);
       line_starting_ = s_[end - 1] == '\n';
       return end;
     }
