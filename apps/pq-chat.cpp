@@ -4,6 +4,8 @@
 //   pq-chat                                  the bundled model, in a window
 //   pq-chat -m qwen.pqm --temp 0.7           another model and settings
 //   pq-chat --cli                            in the terminal (/reset, /system TEXT, /quit, ...)
+//   pq-chat --cli --cpu                      the model on the CPU reference (the default where the only
+//                                            Vulkan device is a CPU implementation such as lavapipe)
 //   pq-chat --script s.txt --screenshot s.png --transcript-out s.json    a scripted session (CI)
 //
 // The modules are in apps/chat/: chat_engine (conversation, formatting, context trimming,
@@ -11,11 +13,12 @@
 // chat_ui (the widgets), vulkan_window (swapchain + ImGui's Vulkan backend), cli, gui.
 #include <CLI/CLI.hpp>
 
-#include "sampler_options.h"
 #include <cstdio>
 #include <cstdlib>
 
 #include "chat/app.h"
+#include "device_choice.h"
+#include "sampler_options.h"
 
 #ifndef PQVK_DEFAULT_MODEL
 #define PQVK_DEFAULT_MODEL ""
@@ -34,7 +37,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 24));
   pqvk::apps::add_sampler_options(app, sc);
   app.add_option("-c,--ctx", o.context, "Context length (default: the model's, at most 8192)")->check(CLI::Range(1, 1 << 24));
-  app.add_option("-d,--device", o.device, "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
+  app.add_option("-d,--device", o.device,
+                 "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU; where the only "
+                 "device is a CPU implementation such as lavapipe, the model runs on the CPU reference unless this is given)");
+  app.add_flag("--cpu", o.cpu, "Run the model on the CPU reference (the window still draws with Vulkan)");
+  app.add_option("-t,--threads", o.threads, "CPU threads with --cpu (default: all)")->check(CLI::Range(0, 4096));
   app.add_option("--script", o.script,
                  "Run the messages and commands of FILE (one per line; '\\' at the end continues a line), then exit");
   app.add_option("--transcript-out", o.transcript_out, "Write the session (prompts, replies, token ids, errors) as JSON");
@@ -59,6 +66,7 @@ int main(int argc, char** argv) {
     }
     if (o.model.empty()) throw std::runtime_error("no model: pass -m MODEL.pqm");
     if (cli && !o.screenshot.empty()) throw std::runtime_error("--screenshot is for the window, not --cli");
+    o.cpu = pqvk::apps::use_cpu(o.cpu, o.device, "pq-chat");
     return cli ? pqvk::chat::run_cli(o) : pqvk::chat::run_gui(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pq-chat: error: %s\n", e.what());

@@ -4,12 +4,20 @@
 //   pq-info --json          the same as JSON
 //   pq-info model.pqm       the model's metadata and tensor table (no GPU needed; checksums
 //                           verified unless --no-verify); with --json, the file's index JSON
+//   pq-info --chat-template T.jinja --messages CONV.json [--add-generation-prompt] [--bos X] [--eos Y]
+//   pq-info model.pqm --messages CONV.json [...]
+//                           the prompt a chat template (or the model's) renders for a conversation
+//                           ({"messages": [...], "tools": [...]}, OpenAI's shape), byte for byte
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "model/checked_math.h"
 #include "model/pqm.h"
+#include "tokenize/chat.h"
 #include "vk/context.h"
 #include "vk/shader_registry.h"
 
@@ -143,6 +151,61 @@ int show_model(const std::string& path, bool verify, bool json) {
   return 0;
 }
 
+// ---- pq-info --messages: render a chat template ------------------------------------------------
+
+struct ChatRender {
+  std::string template_path, messages_path;
+  bool add_generation_prompt = false;
+  std::optional<std::string> bos, eos;
+};
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error(path + ": cannot open");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) throw std::runtime_error(path + ": cannot read");
+  return ss.str();
+}
+
+int render_chat(const std::string& model_path, const ChatRender& o) {
+  namespace tk = pqvk::tokenize;
+  tk::ChatTemplateInput in;
+  {
+    pqvk::jinja::json conv;
+    try {
+      conv = pqvk::jinja::json::parse(read_text(o.messages_path));
+    } catch (const pqvk::jinja::json::parse_error& e) {
+      throw std::runtime_error(o.messages_path + ": not valid JSON: " + e.what());
+    }
+    in = tk::parse_conversation(conv, o.messages_path);
+  }
+  in.add_generation_prompt = o.add_generation_prompt;
+  std::string name = o.template_path, bos, eos;
+  std::optional<tk::ChatTemplate> model_template;
+  if (!model_path.empty()) {
+    const auto f = pqvk::model::PqmFile::open(model_path, {.verify_checksums = false});
+    if (f.tokenizer().kind != "none") {
+      const auto tok = tk::Tokenizer::from_pqm(f);
+      if (tok->bos() >= 0) bos = tok->token_bytes(tok->bos());
+      if (!tok->eos_ids().empty()) eos = tok->token_bytes(tok->eos_ids()[0]);
+      if (o.template_path.empty()) model_template = tk::ChatTemplate::for_model(f.tokenizer(), f.config(), *tok);
+    } else if (o.template_path.empty()) {
+      if (f.tokenizer().chat_template.empty())
+        throw std::runtime_error(model_path + ": the model has neither a chat template nor a tokenizer");
+      model_template = tk::ChatTemplate::jinja(f.tokenizer().chat_template, model_path + ": chat template", "", "");
+    }
+  }
+  in.bos_token = o.bos.value_or(bos);
+  in.eos_token = o.eos.value_or(eos);
+  // The given template file, else the model's (its Jinja template, or its built-in format).
+  const tk::ChatTemplate t = model_template ? *model_template : tk::ChatTemplate::jinja(read_text(o.template_path), name, "", "");
+  const std::string out = t.render(in);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  std::fflush(stdout);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -154,7 +217,30 @@ int main(int argc, char** argv) {
   app.add_flag("--no-verify", no_verify, "With MODEL: skip the tensor checksums");
   app.add_option("-d,--device", device, "Device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
   app.add_flag("--json", json, "Print JSON");
+  ChatRender chat;
+  std::string bos, eos;
+  auto* tmpl_opt = app.add_option("--chat-template", chat.template_path,
+                                  "A Jinja chat template file to render (with --messages); default: MODEL's");
+  auto* msg_opt = app.add_option("--messages", chat.messages_path,
+                                 "Print the prompt the chat template renders for CONVERSATION.json "
+                                 "({\"messages\": [...], \"tools\": [...]}; other keys become template variables)");
+  app.add_flag("--add-generation-prompt", chat.add_generation_prompt, "With --messages: end with the assistant's turn opening");
+  auto* bos_opt = app.add_option("--bos", bos, "With --messages: bos_token (default: MODEL's BOS text, else empty)");
+  auto* eos_opt = app.add_option("--eos", eos, "With --messages: eos_token (default: MODEL's first EOS text, else empty)");
+  tmpl_opt->needs(msg_opt);
   CLI11_PARSE(app, argc, argv);
+  if (*bos_opt) chat.bos = bos;
+  if (*eos_opt) chat.eos = eos;
+  if (!chat.messages_path.empty()) {
+    try {
+      if (chat.template_path.empty() && model.empty())
+        throw std::runtime_error("--messages needs --chat-template FILE or a MODEL.pqm whose template to use");
+      return render_chat(model, chat);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pq-info: error: %s\n", e.what());
+      return 1;
+    }
+  }
   if (!model.empty()) {
     try {
       return show_model(model, !no_verify, json);

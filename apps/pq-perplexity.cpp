@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "device_choice.h"
 #include "llm/cpu_model.h"
 #include "llm/gpu_model.h"
 #include "model/pqm.h"
@@ -221,7 +222,9 @@ int main(int argc, char** argv) {
   app.add_option("-b,--batch", batch, "Tokens per GPU prefill pass (default 512)")->check(CLI::Range(1, 8192));
   app.add_flag("--cpu", cpu, "Run the CPU reference instead of the GPU");
   app.add_option("-t,--threads", threads, "CPU threads with --cpu (default: all)")->check(CLI::Range(0, 4096));
-  app.add_option("-d,--device", device, "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
+  app.add_option("-d,--device", device,
+                 "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU; where the only "
+                 "device is a CPU implementation such as lavapipe, the CPU reference runs unless this is given)");
   app.add_option("--json", json_path, "Also write the results as JSON to this file");
   auto* save_opt = app.add_option("--save-logits", save_path, "Write the log-probabilities of every scored token to FILE");
   app.add_option("--kl-divergence", kld_path, "Compare with the log-probabilities a --save-logits run wrote to FILE")
@@ -273,7 +276,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::llm::CpuModel> cpu_model;
     std::function<std::vector<float>(const std::vector<int32_t>&)> eval;
     std::string device_name;
-    if (cpu) {
+    if (pqvk::apps::use_cpu(cpu, device, "pq-perplexity")) {
       pqvk::llm::CpuOptions co;
       co.kv_fp16 = true;  // as the GPU's fp16 KV cache
       co.threads = threads;

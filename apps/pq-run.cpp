@@ -4,7 +4,10 @@
 //   pq-run                                   the bundled model, a default prompt
 //   pq-run -m model.pqm -p "Once upon" -n 64 --temp 0
 //   pq-run -m stories.pqm --prompt-ids 1,403,407 --ids     token ids in, token ids out
+//   pq-run -m qwen.pqm --chat -p "Hello" [--system TEXT]   the prompt as a user message, in the model's
+//                                            chat template; prints the assistant's reply
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -14,11 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "device_choice.h"
 #include "llm/cpu_model.h"
 #include "llm/gpu_model.h"
 #include "llm/sampler.h"
-#include "sampler_options.h"
 #include "model/pqm.h"
+#include "sampler_options.h"
+#include "tokenize/chat.h"
 #include "tokenize/tokenizer.h"
 #include "vk/context.h"
 
@@ -96,9 +101,9 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 
 int main(int argc, char** argv) {
   CLI::App app{"pq-run: generate text with a PolarQuant model on the GPU"};
-  std::string model_path, prompt = "The", prompt_ids, device;
+  std::string model_path, prompt = "The", prompt_ids, device, system;
   int n_predict = 128, ctx_len = 0, threads = 0;
-  bool cpu = false, print_ids = false, no_bos = false, quiet = false;
+  bool cpu = false, print_ids = false, no_bos = false, quiet = false, chat = false;
   std::vector<std::string> stops;
   pqvk::llm::SamplerConfig sc;
   sc.seed = 0;
@@ -106,11 +111,18 @@ int main(int argc, char** argv) {
   auto* p_opt = app.add_option("-p,--prompt", prompt, "The prompt text (default \"The\")");
   app.add_option("--prompt-ids", prompt_ids, "The prompt as token ids, e.g. 1,403,407 (for models without a text tokenizer)")
       ->excludes(p_opt);
+  auto* chat_opt = app.add_flag("--chat", chat,
+                                "The prompt is a user message: format it with the model's chat template (its Jinja "
+                                "template, else a built-in format), stop at the end of the assistant's turn, print the reply");
+  app.add_option("--system", system, "With --chat: a system message before the prompt")->needs(chat_opt);
+  chat_opt->excludes(app.get_option("--prompt-ids"));
   app.add_option("-n,--n-predict", n_predict, "Tokens to generate (default 128)")->check(CLI::Range(0, 1 << 24));
   pqvk::apps::add_sampler_options(app, sc);
   app.add_option("--stop", stops, "Stop when this text is generated (repeatable)");
   app.add_option("-c,--ctx", ctx_len, "Context length (default: the model's, at most 8192)")->check(CLI::Range(1, 1 << 24));
-  app.add_option("-d,--device", device, "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
+  app.add_option("-d,--device", device,
+                 "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU; where the only "
+                 "device is a CPU implementation such as lavapipe, the CPU reference runs unless this is given)");
   app.add_flag("--cpu", cpu, "Run the CPU reference instead of the GPU");
   app.add_option("-t,--threads", threads, "CPU threads with --cpu (default: all)");
   app.add_flag("--ids", print_ids, "Print generated token ids (one line, space-separated) instead of text");
@@ -133,13 +145,25 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::tokenize::Tokenizer> tok;
     if (file.tokenizer().kind != "none") tok = pqvk::tokenize::Tokenizer::from_pqm(file);
     std::vector<int32_t> ids;
+    std::vector<int32_t> stop_ids;  // besides EOS: the chat template's end-of-turn tokens
     if (!prompt_ids.empty()) {
       ids = parse_ids(prompt_ids);
       if (ids.empty()) throw std::runtime_error("--prompt-ids: no token ids given");
     } else {
       if (prompt.empty()) throw std::runtime_error("the prompt is empty: pass -p TEXT or --prompt-ids");
       if (!tok) throw std::runtime_error(model_path + ": the model has no text tokenizer; pass --prompt-ids");
-      ids = tok->encode(prompt, !no_bos && tok->adds_bos());
+      if (chat) {
+        const auto tmpl = pqvk::tokenize::ChatTemplate::for_model(file.tokenizer(), cfg, *tok);
+        std::vector<pqvk::tokenize::ChatMessage> messages;
+        if (!system.empty()) messages.push_back({"system", system});
+        messages.push_back({"user", prompt});
+        ids = tmpl.encode(*tok, messages, true);
+        stop_ids = tmpl.stop_tokens(*tok);
+        for (const std::string& s : tmpl.stop_strings())
+          if (!tok->token_id(s)) stops.push_back(s);  // end-of-turn text that is not one token
+      } else {
+        ids = tok->encode(prompt, !no_bos && tok->adds_bos());
+      }
     }
     for (int32_t id : ids)
       if (id < 0 || id >= cfg.vocab_size)
@@ -152,7 +176,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::vk::Context> vkctx;
     std::unique_ptr<pqvk::llm::GpuModel> gpu;
     std::unique_ptr<pqvk::llm::CpuModel> cpu_model;
-    if (cpu) {
+    if (pqvk::apps::use_cpu(cpu, device, "pq-run")) {
       pqvk::llm::CpuOptions co;
       co.threads = threads;
       cpu_model = std::make_unique<pqvk::llm::CpuModel>(file, co);
@@ -187,7 +211,7 @@ int main(int argc, char** argv) {
     std::optional<pqvk::tokenize::TextStream> stream;
     if (tok && !print_ids) {
       stream.emplace(*tok);
-      std::fputs(tok->decode(ids).c_str(), stdout);  // echo the prompt
+      if (!chat) std::fputs(tok->decode(ids).c_str(), stdout);  // echo the prompt (not a chat's markup)
       for (int32_t id : ids) stream->push(id);        // so the stream knows where the text is
       std::fflush(stdout);
     }
@@ -206,7 +230,7 @@ int main(int argc, char** argv) {
     bool stopped = false, context_full = false;
     std::vector<int32_t> out_ids;
     while (generated < n_predict) {
-      if (tok && tok->is_eos(next)) break;
+      if ((tok && tok->is_eos(next)) || std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
       out_ids.push_back(next);
       history.push_back(next);
       ++generated;

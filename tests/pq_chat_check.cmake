@@ -1,8 +1,12 @@
-# pq-chat's scripted sessions (ctest: chat.gui-script, chat.cli-pipe, chat.errors), run as
-#   cmake -DMODE=gui|cli|errors -DPQ_CHAT=... -DPQ_RUN=... -DPNG_CHECK=... -DWITH_XVFB=tests/run_with_xvfb.sh
-#         -DDATA=tests/data/chat -DOUT=<dir> -P tests/pq_chat_check.cmake
+# pq-chat's scripted sessions (ctest: chat.gui-script, chat.cli-pipe, chat.cli-pipe-cpu,
+# chat.template, chat.errors), run as
+#   cmake -DMODE=gui|cli|template|errors -DDEVICE=0|cpu -DPQ_CHAT=... -DPQ_RUN=... -DPQ_INFO=...
+#         -DPQ_QUANTIZE=... -DMODEL_DIR=models/pqvk-brown-10m -DPNG_CHECK=...
+#         -DWITH_XVFB=tests/run_with_xvfb.sh -DDATA=tests/data/chat -DOUT=<dir> -P tests/pq_chat_check.cmake
 # with PQVK_VALIDATION=1: every session must end with no Vulkan validation message (pq-chat
-# counts them, exits 1 and records them in its transcript).
+# counts them, exits 1 and records them in its transcript). DEVICE: where pq-chat and pq-run run
+# the model, a Vulkan device index (--device N: the GPU path, also where the only device is
+# lavapipe) or cpu (--cpu: the CPU reference).
 #
 # The equivalence with pq-run: for the plain chat format (the bundled model's) a reply generated
 # from an empty KV cache is exactly what
@@ -21,6 +25,11 @@
 #           8), a follow-up, /system + /reset, a message, /quit (the last line is never sent).
 #           Checks: stdout is exactly the replies, the prompts are the conversation formatted in
 #           the plain format, each reply equals pq-run's for its prompt and seed.
+#   template  the bundled model quantized with a Jinja chat template beside it (chat_template.jinja,
+#           kept in the .pqm): pq-info renders the conversation with it, pq-chat --cli formats its
+#           prompts with it (format "jinja") and replies as pq-run --chat does; a template that does
+#           not parse makes pq-run --chat, pq-chat and pq-info fail with exit status 1 and the error's
+#           position, never crash.
 #   errors  a missing model in the terminal (exit status 1, a message naming the file); /load of
 #           a missing file, a message, an unknown command (the model stays loaded, the message
 #           is answered, both errors reported, exit status 1); the window with a missing model
@@ -29,6 +38,11 @@ cmake_minimum_required(VERSION 3.25)
 file(MAKE_DIRECTORY ${OUT})
 set(NL "\n")
 set(SYSTEM "You are a helpful assistant.")
+if(DEVICE STREQUAL "cpu")
+  set(DEVICE_ARGS --cpu)
+elseif(DEFINED DEVICE)
+  set(DEVICE_ARGS --device ${DEVICE})
+endif()
 
 function(fail msg)
   message(SEND_ERROR "FAIL: ${msg}")
@@ -52,7 +66,7 @@ endmacro()
 
 # Runs pq-run on a prompt and compares its text with a reply.
 function(check_with_pq_run label prompt reply temp seed n)
-  execute_process(COMMAND ${PQ_RUN} -p "${prompt}" --temp ${temp} --seed ${seed} -n ${n} --stop "${NL}User:" -q
+  execute_process(COMMAND ${PQ_RUN} ${DEVICE_ARGS} -p "${prompt}" --temp ${temp} --seed ${seed} -n ${n} --stop "${NL}User:" -q
                   OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
     fail("${label}: pq-run exited with ${rc}: ${err}")
@@ -77,12 +91,22 @@ function(check_clean_transcript json label)
   endif()
 endfunction()
 
+# The transcript's device: the CPU reference exactly when DEVICE is cpu.
+function(check_device json label)
+  json_get(device "${json}" device)
+  if((DEVICE STREQUAL "cpu") AND NOT device STREQUAL "CPU reference")
+    fail("${label}: --cpu ran on ${device}")
+  elseif(NOT DEVICE STREQUAL "cpu" AND device STREQUAL "CPU reference")
+    fail("${label}: --device ${DEVICE} ran on the CPU reference")
+  endif()
+endfunction()
+
 if(MODE STREQUAL "gui")
   set(png ${OUT}/gui.png)
   set(tr ${OUT}/gui.json)
   file(REMOVE ${png} ${tr})
   execute_process(COMMAND sh ${WITH_XVFB}
-                          ${PQ_CHAT} --script ${DATA}/gui.txt --screenshot ${png} --transcript-out ${tr}
+                          ${PQ_CHAT} ${DEVICE_ARGS} --script ${DATA}/gui.txt --screenshot ${png} --transcript-out ${tr}
                           --system "${SYSTEM}" --temp 0 -n 20 --width 1280 --height 800 --timeout 240
                   OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
@@ -90,6 +114,7 @@ if(MODE STREQUAL "gui")
   endif()
   file(READ ${tr} json)
   check_clean_transcript("${json}" gui)
+  check_device("${json}" gui)
   json_get(mode "${json}" mode)
   json_get(format "${json}" model format)
   json_length(n "${json}" generations)
@@ -120,9 +145,9 @@ if(MODE STREQUAL "gui")
   endif()
 
 elseif(MODE STREQUAL "cli")
-  set(tr ${OUT}/cli.json)
+  set(tr ${OUT}/cli-${DEVICE}.json)
   file(REMOVE ${tr})
-  execute_process(COMMAND ${PQ_CHAT} --cli --no-kv-reuse --system "${SYSTEM}" --temp 0.8 --seed 7 -n 12
+  execute_process(COMMAND ${PQ_CHAT} ${DEVICE_ARGS} --cli --no-kv-reuse --system "${SYSTEM}" --temp 0.8 --seed 7 -n 12
                           --transcript-out ${tr}
                   INPUT_FILE ${DATA}/cli.txt OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
@@ -131,6 +156,7 @@ elseif(MODE STREQUAL "cli")
   message(STATUS "stderr:\n${err}")
   file(READ ${tr} json)
   check_clean_transcript("${json}" cli)
+  check_device("${json}" cli)
   json_length(n "${json}" generations)
   if(NOT n EQUAL 4)
     fail("cli: expected 4 generations (message, /regen, message, message after /reset; none after /quit), got ${n}")
@@ -162,6 +188,76 @@ elseif(MODE STREQUAL "cli")
       fail("cli: prompt ${i} is [${prompt${i}}], expected [${want}]")
     endif()
     check_with_pq_run(cli-generation-${i} "${prompt${i}}" "${reply${i}}" 0.8 ${seed${i}} 12)
+  endforeach()
+
+elseif(MODE STREQUAL "template")
+  # The bundled model with a chat template: chat_template.jinja beside the checkpoint.
+  set(TEMPLATE [=[{%- for message in messages %}
+    {%- if message['role'] == 'system' %}
+        {{- '[' + message['content'] | trim + ']\n' }}
+    {%- else %}
+        {{- '### ' + message['role'] | capitalize + ':\n' + message['content'] | trim + '\n\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}
+]=])
+  function(quantize_with_template dir template out)
+    file(REMOVE_RECURSE ${dir})
+    file(COPY ${MODEL_DIR}/ DESTINATION ${dir})
+    file(WRITE ${dir}/chat_template.jinja "${template}")
+    execute_process(COMMAND ${PQ_QUANTIZE} ${dir} ${out} --bits 5 --quiet OUTPUT_QUIET ERROR_VARIABLE err RESULT_VARIABLE rc)
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "pq-quantize ${dir}: ${err}")
+    endif()
+  endfunction()
+  set(model ${OUT}/brown-template.pqm)
+  quantize_with_template(${OUT}/brown-template "${TEMPLATE}" ${model})
+  set(p0 "[${SYSTEM}]${NL}### User:${NL}Tell me about the city.${NL}${NL}### Assistant:${NL}")
+  # pq-info renders the model's own template.
+  file(WRITE ${OUT}/conversation.json "{\"messages\": [{\"role\": \"system\", \"content\": \"${SYSTEM}\"}, {\"role\": \"user\", \"content\": \" Tell me about the city. \"}]}")
+  execute_process(COMMAND ${PQ_INFO} ${model} --messages ${OUT}/conversation.json --add-generation-prompt
+                  OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0 OR NOT out STREQUAL "${p0}")
+    fail("pq-info ${model} --messages: exit ${rc}, printed [${out}] (expected [${p0}]) ${err}")
+  endif()
+  # pq-chat formats with it, and replies as pq-run --chat does.
+  set(tr ${OUT}/template.json)
+  file(REMOVE ${tr})
+  file(WRITE ${OUT}/template-script.txt "Tell me about the city.${NL}")
+  execute_process(COMMAND ${PQ_CHAT} ${DEVICE_ARGS} --cli -m ${model} --system "${SYSTEM}" --temp 0 -n 10
+                          --transcript-out ${tr}
+                  INPUT_FILE ${OUT}/template-script.txt OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "pq-chat --cli with a templated model exited with ${rc}\n${out}\n${err}")
+  endif()
+  file(READ ${tr} json)
+  check_clean_transcript("${json}" template)
+  check_device("${json}" template)
+  json_get(format "${json}" model format)
+  json_get(prompt0 "${json}" generations 0 prompt)
+  json_get(reply0 "${json}" generations 0 reply)
+  if(NOT format STREQUAL "jinja" OR NOT prompt0 STREQUAL "${p0}")
+    fail("template: pq-chat used format ${format} and the prompt [${prompt0}], expected jinja and [${p0}]")
+  endif()
+  execute_process(COMMAND ${PQ_RUN} ${DEVICE_ARGS} -m ${model} --chat --system "${SYSTEM}" -p "Tell me about the city."
+                          --temp 0 -n 10 -q
+                  OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0 OR NOT out STREQUAL "${reply0}${NL}")
+    fail("template: pq-run --chat exited with ${rc} and printed [${out}], pq-chat replied [${reply0}]\n${err}")
+  else()
+    message(STATUS "template: pq-chat's reply equals pq-run --chat's: [${reply0}]")
+  endif()
+  # A template that does not parse: a clear error (the position), exit status 1, in every app.
+  set(bad ${OUT}/brown-bad-template.pqm)
+  quantize_with_template(${OUT}/brown-bad-template "{{ messages[0] }}\n{% for m in messages %}{{ m.content }" ${bad})
+  foreach(cmd "${PQ_RUN};${DEVICE_ARGS};-m;${bad};--chat;-p;Hello;-n;2"
+              "${PQ_CHAT};${DEVICE_ARGS};--cli;-m;${bad}"
+              "${PQ_INFO};${bad};--messages;${OUT}/conversation.json")
+    execute_process(COMMAND ${cmd} INPUT_FILE ${OUT}/template-script.txt OUTPUT_VARIABLE out ERROR_VARIABLE err
+                    RESULT_VARIABLE rc)
+    if(NOT rc EQUAL 1 OR NOT err MATCHES "brown-bad-template.pqm.*chat template:2:[0-9]+: TemplateSyntaxError: ")
+      fail("a template that does not parse: ${cmd} exited with ${rc}: ${err}")
+    endif()
   endforeach()
 
 elseif(MODE STREQUAL "errors")
@@ -206,5 +302,5 @@ elseif(MODE STREQUAL "errors")
     fail("window without a display: exit ${rc} (expected 1), stderr [${err}]")
   endif()
 else()
-  message(FATAL_ERROR "MODE must be gui, cli or errors")
+  message(FATAL_ERROR "MODE must be gui, cli, template or errors")
 endif()

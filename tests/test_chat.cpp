@@ -126,7 +126,7 @@ TEST(ChatEngine, LoadErrorsNameTheFileAndKeepTheLoadedModel) {
 TEST(ChatEngine, BundledModelUsesThePlainFormat) {
   ChatEngine e(test::context());
   e.load(kModel);
-  EXPECT_EQ(e.model().format, tokenize::ChatFormat::plain);
+  EXPECT_EQ(e.model().format, "plain");
   EXPECT_EQ(e.model().context_size, 512);
   e.set_system("Be brief.");
   EXPECT_EQ(e.format_prompt("Hi"), "System: Be brief.\nUser: Hi\nAssistant: ");
@@ -180,6 +180,30 @@ TEST(ChatEngine, ConversationReusesTheCache) {
   EXPECT_EQ(r3.reused_tokens, r3.prompt_tokens - 1);
 }
 
+TEST(ChatEngine, CpuReferenceRepliesAsTheGpu) {
+  ChatEngine gpu(test::context());
+  ChatEngine cpu(nullptr, 2);  // no Vulkan context: the CPU reference
+  for (ChatEngine* e : {&gpu, &cpu}) {
+    e->load(kModel);
+    e->set_system("You are a helpful assistant.");
+  }
+  EXPECT_EQ(cpu.model().device, "CPU reference");
+  EXPECT_EQ(cpu.model().device_bytes, 0u);
+  EXPECT_EQ(cpu.model().context_size, 512);
+  EXPECT_EQ(gpu.model().device, test::context().info().name);
+  // Greedy decoding is identical on both (tests/test_decoder.cpp); so are the replies, and the
+  // second turn reuses the CPU reference's cache as it does the GPU's.
+  const chat::Reply g1 = gpu.send("Tell me about the city.", greedy(8));
+  const chat::Reply c1 = cpu.send("Tell me about the city.", greedy(8));
+  EXPECT_EQ(c1.tokens, g1.tokens);
+  EXPECT_EQ(c1.text, g1.text);
+  const chat::Reply g2 = gpu.send("And then?", greedy(6));
+  const chat::Reply c2 = cpu.send("And then?", greedy(6));
+  EXPECT_EQ(c2.tokens, g2.tokens);
+  EXPECT_EQ(c2.reused_tokens, g2.reused_tokens);
+  EXPECT_GT(c2.reused_tokens, 0);
+}
+
 TEST(ChatEngine, DropsTheOldestTurnsKeepingTheSystemPrompt) {
   ChatEngine e(test::context());
   e.load(kModel, 72);
@@ -219,8 +243,8 @@ TEST(ChatEngine, StopsAtTheEndOfTheContext) {
   ChatEngine e(test::context());
   e.load(kModel, 40);
   e.set_system("");
-  chat::Settings s = greedy(1000);
-  s.sampler.repeat_penalty = 1.0f;  // greedy on the GPU (forward_argmax)
+  chat::Settings s = greedy(1000);  // greedy on the GPU (forward_argmax): no repetition penalty by default
+  ASSERT_EQ(s.sampler.repeat_penalty, 1.0f);
   chat::Reply r = e.send("Tell me about the city.", s);
   EXPECT_EQ(r.stop, StopReason::context_full);
   EXPECT_EQ(r.prompt_tokens + static_cast<int32_t>(r.tokens.size()), 41);  // the last one is never run

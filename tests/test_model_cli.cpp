@@ -1,5 +1,7 @@
 // pq-quantize and pq-info run as subprocesses: good inputs succeed, bad ones exit with status
-// 1 and an error naming the file / tensor / option, and nothing ever dies of a signal.
+// 1 and an error naming the file / tensor / option, and nothing ever dies of a signal. pq-info
+// --chat-template / --messages: the rendered prompt byte for byte, and clean errors for broken
+// templates and conversations (tests/chat_template_check.py compares renderings with jinja2).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -92,6 +94,47 @@ TEST(Cli, InfoRejectsBadFiles) {
   expect_failure(kInfo + " " + q(d.file("crc.pqm")), {"crc.pqm: tensor 'layers.0.mlp.up': checksum mismatch"});
   EXPECT_EQ(run_command(kInfo + " --no-verify " + q(d.file("crc.pqm"))).exit_code, 0);
   expect_failure(kInfo + " " + q(d.file("absent.pqm")), {"absent.pqm", "cannot open"});
+}
+
+TEST(Cli, InfoRendersChatTemplates) {
+  TempDir d;
+  const std::string conv = d.file("c.json"), tmpl = d.file("t.jinja");
+  write_text(conv, R"({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": " Hi "}],
+                       "tools": [{"name": "f"}], "flag": true})");
+  write_text(tmpl, "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}\n{% endfor %}"
+                   "{% if add_generation_prompt %}<assistant>{% endif %}{{ tools[0].name }}{{ flag }}{{ eos_token }}\n");
+  const std::string base = kInfo + " --chat-template " + q(tmpl) + " --messages " + q(conv);
+  CommandResult r = run_command(base + " --add-generation-prompt --bos '<s>' --eos '</s>' 2>/dev/null");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "<s><system>S\n<user>Hi\n<assistant>fTrue</s>");  // the last newline: the one jinja2 drops
+  r = run_command(base + " 2>/dev/null");
+  EXPECT_EQ(r.output, "<system>S\n<user>Hi\nfTrue");
+  // Broken templates and conversations: exit status 1 and where the problem is.
+  write_text(d.file("syntax.jinja"), "ok\n{% for m in messages %}{{ m.content }\n");
+  expect_failure(kInfo + " --chat-template " + q(d.file("syntax.jinja")) + " --messages " + q(conv),
+                 {"syntax.jinja:2:37: TemplateSyntaxError: unexpected '}'"});
+  write_text(d.file("raise.jinja"), "{{ raise_exception('only user messages, please') }}");
+  expect_failure(kInfo + " --chat-template " + q(d.file("raise.jinja")) + " --messages " + q(conv),
+                 {"raise.jinja:1:4: TemplateError: only user messages, please"});
+  write_text(d.file("undefined.jinja"), "{{ messages[5].content }}");
+  expect_failure(kInfo + " --chat-template " + q(d.file("undefined.jinja")) + " --messages " + q(conv),
+                 {"UndefinedError: list object has no element 5"});
+  expect_failure(kInfo + " --chat-template " + q(d.file("absent.jinja")) + " --messages " + q(conv), {"absent.jinja", "cannot open"});
+  write_text(d.file("bad.json"), "{\"messages\": [");
+  expect_failure(kInfo + " --chat-template " + q(tmpl) + " --messages " + q(d.file("bad.json")), {"bad.json", "not valid JSON"});
+  write_text(d.file("shape.json"), R"({"messages": "hello"})");
+  expect_failure(kInfo + " --chat-template " + q(tmpl) + " --messages " + q(d.file("shape.json")),
+                 {"shape.json", "\"messages\" must be an array"});
+  expect_failure(kInfo + " --messages " + q(conv), {"--messages needs --chat-template"});
+  // A model's own template.
+  write_tiny_pqm(d.file("tiny.pqm"));
+  r = run_command(kInfo + " " + q(d.file("tiny.pqm")) + " --messages " + q(conv) + " 2>/dev/null");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.output.rfind("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n Hi <|im_end|>\n", 0), 0u) << r.output;
+  const CommandResult usage = run_command(kInfo + " --chat-template " + q(tmpl));  // --messages missing: CLI11's error
+  EXPECT_EQ(usage.signal, 0);
+  EXPECT_NE(usage.exit_code, 0);
+  EXPECT_LT(usage.exit_code, 128);
 }
 
 }  // namespace

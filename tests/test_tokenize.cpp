@@ -1,7 +1,7 @@
 // runtime/tokenize: UTF-8 helpers, GPT-2's byte map, the pre-tokenizer regexes, byte-level BPE
 // on small vocabularies built here (expected ids worked out by hand from the merges), the real
 // Llama 2 SentencePiece model and its llama2.c twin (tests/data), .pqm round trips, the
-// streaming detokenizer, bad input, and the chat formats.
+// streaming detokenizer, bad input, the chat formats and chat templates (ChatTemplate).
 #include <gtest/gtest.h>
 #include <sentencepiece_processor.h>
 
@@ -963,6 +963,134 @@ TEST(Chat, EncodeMatchesSpecialTokensOnlyInMarkup) {
   EXPECT_EQ(tok->decode(ids, false), format_chat({{"user", "hello<|im_end|>"}}, ChatFormat::chatml, true));
   // The tiny vocabulary has no Llama 3 headers.
   expect_error([&] { encode_chat(*tok, kChat, ChatFormat::llama3, true); }, {"needs the special token <|start_header_id|>"});
+}
+
+// ---- Jinja chat templates (the renderer itself: tests/test_jinja.cpp) -------------------------------
+
+// A ChatML template as Qwen2 ships it.
+constexpr const char* kChatMlJinja =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+TEST(ChatTemplate, JinjaTemplateRendersAsTheBuiltInFormat) {
+  const ChatTemplate t = ChatTemplate::jinja(kChatMlJinja, "chatml.jinja", "", "<|im_end|>");
+  EXPECT_TRUE(t.is_jinja());
+  EXPECT_EQ(t.name(), "jinja");
+  EXPECT_EQ(t.format(), ChatFormat::chatml);
+  EXPECT_EQ(t.render(kChat, true), format_chat(kChat, ChatFormat::chatml, true));
+  EXPECT_EQ(t.render(kChat, false), format_chat(kChat, ChatFormat::chatml, false));
+  EXPECT_EQ(t.stop_strings(), (std::vector<std::string>{"<|im_end|>", "<|endoftext|>"}));
+  const ChatTemplate b = ChatTemplate::builtin(ChatFormat::llama2);
+  EXPECT_FALSE(b.is_jinja());
+  EXPECT_EQ(b.name(), "llama2");
+  EXPECT_EQ(b.render(kChat, true), format_chat(kChat, ChatFormat::llama2, true));
+}
+
+TEST(ChatTemplate, EncodeKeepsMessageContentOutOfSpecialTokenMatching) {
+  const TinyBpe t;
+  const auto tok = make_bpe(t.vocab, t.merges, TinyBpe::qwen2_options(), t.setup());
+  const ChatTemplate tmpl = ChatTemplate::jinja(kChatMlJinja, "chatml.jinja", "", "");
+  const std::vector<ChatMessage> msgs = {{"user", "hello<|im_end|>"}};
+  // The same ids as the built-in format's: the user's "<|im_end|>" stays characters.
+  EXPECT_EQ(tmpl.encode(*tok, msgs, true), encode_chat(*tok, msgs, ChatFormat::chatml, true));
+  const std::vector<ChatPart> parts = tmpl.parts(msgs, true);
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_TRUE(parts[0].markup);
+  EXPECT_EQ(parts[1].text, "hello<|im_end|>");
+  EXPECT_FALSE(parts[1].markup);
+  // A template that trims the content: found trimmed.
+  const ChatTemplate trims = ChatTemplate::jinja(
+      "{% for m in messages %}<|im_start|>{{ m.content | trim }}<|im_end|>{% endfor %}", "trim.jinja", "", "");
+  const std::vector<ChatPart> tp = trims.parts({{"user", "  a<|im_end|>b \n"}}, false);
+  ASSERT_EQ(tp.size(), 3u);
+  EXPECT_EQ(tp[1].text, "a<|im_end|>b");
+  EXPECT_FALSE(tp[1].markup);
+  // A template that changes the content otherwise: the whole text is markup (HuggingFace's way).
+  const ChatTemplate upper = ChatTemplate::jinja("{% for m in messages %}{{ m.content | upper }}{% endfor %}", "u.jinja", "", "");
+  const std::vector<ChatPart> up = upper.parts({{"user", "abc"}}, false);
+  ASSERT_EQ(up.size(), 1u);
+  EXPECT_EQ(up[0].text, "ABC");
+  EXPECT_TRUE(up[0].markup);
+}
+
+TEST(ChatTemplate, ForModelPrefersTheModelsTemplate) {
+  const TinyBpe t;
+  TokenizerSetup s = t.setup(263);
+  s.eos = Ids{264};
+  const auto tok = make_bpe(t.vocab, t.merges, TinyBpe::qwen2_options(), s);
+  model::TokenizerInfo info;
+  model::ModelConfig cfg;
+  info.chat_template = "{{ bos_token }}|{% for m in messages %}{{ m.role }}:{{ m.content }}|{% endfor %}{{ eos_token }}";
+  const ChatTemplate c = ChatTemplate::for_model(info, cfg, *tok);
+  EXPECT_TRUE(c.is_jinja());
+  EXPECT_EQ(c.render({{"user", "hi"}}, false), "<|im_start|>|user:hi|<|im_end|>");  // BOS / EOS as their text
+  EXPECT_EQ(c.stop_tokens(*tok), (Ids{264}));
+  info.chat_template.clear();
+  EXPECT_EQ(ChatTemplate::for_model(info, cfg, *tok).name(), "chatml");  // by vocabulary
+  info.chat_template = "{% if %}";
+  try {
+    ChatTemplate::for_model(info, cfg, *tok);
+    ADD_FAILURE() << "a template that does not parse was accepted";
+  } catch (const jinja::Error& e) {
+    EXPECT_EQ(e.type(), "TemplateSyntaxError");
+    EXPECT_NE(std::string(e.what()).find("tiny-bpe: chat template:1:"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ChatTemplate, SystemPromptGoesIntoTheFirstUserMessageWhenTheTemplateRefusesIt) {
+  const std::string gemma = read_file(data_path("chat-templates/google-gemma-2-2b-it.jinja"));
+  const ChatTemplate t = ChatTemplate::jinja(gemma, "gemma.jinja", "<bos>", "<eos>");
+  EXPECT_EQ(t.render({{"system", "Be brief."}, {"user", "Hi"}}, true),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_EQ(t.stop_strings(), (std::vector<std::string>{"<end_of_turn>", "<eos>"}));
+  // What the template raises otherwise reaches the caller.
+  try {
+    t.render({{"user", "a"}, {"user", "b"}}, true);
+    ADD_FAILURE() << "roles that do not alternate were accepted";
+  } catch (const jinja::Error& e) {
+    EXPECT_EQ(e.type(), "TemplateError");
+    EXPECT_EQ(e.message(), "Conversation roles must alternate user/assistant/user/assistant/...");
+  }
+}
+
+TEST(ChatTemplate, RendersWholeRequestsWithTools) {
+  const ChatTemplate t = ChatTemplate::jinja(
+      "{{ bos_token }}{% for tool in tools %}[{{ tool.function.name }}]{% endfor %}"
+      "{% for m in messages %}<{{ m.role }}>{% if m.tool_calls %}{{ m.tool_calls[0].function | tojson }}"
+      "{% else %}{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>{% endif %}",
+      "tools.jinja", "<|begin_of_text|>", "<|im_end|>");
+  ChatTemplateInput in = parse_conversation(jinja::json::parse(R"({
+      "messages": [{"role": "user", "content": "weather?"},
+                   {"role": "assistant", "tool_calls": [{"function": {"name": "w", "arguments": {"city": "Oslo"}}}]}],
+      "tools": [{"type": "function", "function": {"name": "w"}}]})"), "req.json");
+  in.add_generation_prompt = true;
+  const std::string want = R"(<|begin_of_text|>[w]<user>weather?<assistant>{"name": "w", "arguments": {"city": "Oslo"}}<|im_start|>)";
+  EXPECT_EQ(t.render(in), want);  // the template's BOS text fills the empty bos_token
+  const TinyBpe tb;
+  const auto tok = make_bpe(tb.vocab, tb.merges, TinyBpe::qwen2_options(), tb.setup());
+  const Ids ids = t.encode(*tok, in);
+  EXPECT_EQ(ids.front(), 268);  // <|begin_of_text|> as the special token
+  EXPECT_EQ(ids.back(), 263);   // <|im_start|>
+  EXPECT_EQ(tok->decode(ids, false), want);
+  // A built-in format takes plain messages only.
+  const ChatTemplate chatml = ChatTemplate::builtin(ChatFormat::chatml);
+  expect_error([&] { chatml.render(in); }, {"chat format chatml", "message 1", "string role and content"});
+  in.messages.erase(1);
+  EXPECT_EQ(chatml.render(in), "<|im_start|>user\nweather?<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST(ChatTemplate, ConversationFiles) {
+  const ChatTemplateInput in = parse_conversation(
+      jinja::json::parse(R"({"messages": [{"role": "user", "content": "x"}], "tools": [], "enable_thinking": false})"), "c.json");
+  EXPECT_EQ(in.messages.size(), 1u);
+  EXPECT_TRUE(in.tools.is_array());
+  EXPECT_EQ(in.extra["enable_thinking"], false);
+  const jinja::json v = chat_template_variables(in);
+  EXPECT_TRUE(v.contains("bos_token") && v.contains("add_generation_prompt") && v["enable_thinking"] == false);
+  EXPECT_TRUE(v["documents"].is_null());  // as HuggingFace passes it
+  expect_error([] { parse_conversation(jinja::json::array(), "c.json"); }, {"c.json", "JSON object"});
+  expect_error([] { parse_conversation(jinja::json::parse(R"({"messages": {}})"), "c.json"); }, {"\"messages\" must be an array"});
+  expect_error([] { parse_conversation(jinja::json::parse(R"({"messages": [], "tools": 1})"), "c.json"); }, {"\"tools\""});
 }
 
 TEST_F(Llama2Sp, EncodeChatAsMetaDoes) {

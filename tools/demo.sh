@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job (README.md): install what is needed, build, quantize the bundled model
 # (models/pqvk-brown-10m, an 11M-parameter Llama trained on the Brown corpus) with PolarQuant
-# at 5 bits, and generate text with it on the GPU (lavapipe where there is none).
+# at 5 bits, and generate text with it on the GPU (the CPU reference where the only Vulkan device
+# is lavapipe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-debian.sh

@@ -10,6 +10,7 @@ PKGS=(
   libsentencepiece-dev sentencepiece libpcre2-dev libicu-dev
   clang-14 libclang-rt-14-dev
   libglfw3-dev libimgui-dev libpng-dev fonts-dejavu-core xvfb xauth
+  python3-jinja2
 )
 missing=()
 for p in "${PKGS[@]}"; do

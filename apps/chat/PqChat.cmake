@@ -76,15 +76,25 @@ if(PQVK_BUILD_TESTS)
   target_compile_options(pq_chat_png_check PRIVATE ${PQVK_WARNINGS})
 
   # Scripted sessions, compared with pq-run (tests/pq_chat_check.cmake says what is checked).
-  set(PQVK_CHAT_CHECK -DPQ_CHAT=$<TARGET_FILE:pq-chat> -DPQ_RUN=$<TARGET_FILE:pq-run>
+  # DEVICE 0: the model on Vulkan device 0 (the GPU path, on lavapipe in CI); cpu: the CPU reference.
+  set(PQVK_CHAT_CHECK -DPQ_CHAT=$<TARGET_FILE:pq-chat> -DPQ_RUN=$<TARGET_FILE:pq-run> -DPQ_INFO=$<TARGET_FILE:pq-info>
+      -DPQ_QUANTIZE=$<TARGET_FILE:pq-quantize> -DMODEL_DIR=${CMAKE_SOURCE_DIR}/models/pqvk-brown-10m
       -DPNG_CHECK=$<TARGET_FILE:pq_chat_png_check> -DWITH_XVFB=${CMAKE_SOURCE_DIR}/tests/run_with_xvfb.sh
       -DDATA=${CMAKE_SOURCE_DIR}/tests/data/chat -DOUT=${CMAKE_BINARY_DIR}/pq-chat-tests)
-  add_test(NAME chat.gui-script COMMAND ${CMAKE_COMMAND} ${PQVK_CHAT_CHECK} -DMODE=gui
+  add_test(NAME chat.gui-script COMMAND ${CMAKE_COMMAND} ${PQVK_CHAT_CHECK} -DMODE=gui -DDEVICE=0
            -P ${CMAKE_SOURCE_DIR}/tests/pq_chat_check.cmake)
-  add_test(NAME chat.cli-pipe COMMAND ${CMAKE_COMMAND} ${PQVK_CHAT_CHECK} -DMODE=cli
+  add_test(NAME chat.cli-pipe COMMAND ${CMAKE_COMMAND} ${PQVK_CHAT_CHECK} -DMODE=cli -DDEVICE=0
+           -P ${CMAKE_SOURCE_DIR}/tests/pq_chat_check.cmake)
+  add_test(NAME chat.cli-pipe-cpu COMMAND ${CMAKE_COMMAND} ${PQVK_CHAT_CHECK} -DMODE=cli -DDEVICE=cpu
+           -P ${CMAKE_SOURCE_DIR}/tests/pq_chat_check.cmake)
+  add_test(NAME chat.template COMMAND ${CMAKE_COMMAND} ${PQVK_CHAT_CHECK} -DMODE=template -DDEVICE=cpu
            -P ${CMAKE_SOURCE_DIR}/tests/pq_chat_check.cmake)
   add_test(NAME chat.errors COMMAND ${CMAKE_COMMAND} ${PQVK_CHAT_CHECK} -DMODE=errors
            -P ${CMAKE_SOURCE_DIR}/tests/pq_chat_check.cmake)
-  set_tests_properties(chat.engine chat.gui-script chat.cli-pipe chat.errors PROPERTIES
-                       ENVIRONMENT "PQVK_VALIDATION=1" TIMEOUT 300)
+  # By default on the CPU reference exactly where the only Vulkan device is a CPU implementation.
+  add_test(NAME chat.cpu-default COMMAND ${CMAKE_COMMAND} -E env --unset=PQVK_DEVICE ${CMAKE_COMMAND}
+           -DPQ_INFO=$<TARGET_FILE:pq-info> -DPQ_CHAT=$<TARGET_FILE:pq-chat> -DOUT=${CMAKE_BINARY_DIR}/pq-chat-tests
+           -P ${CMAKE_SOURCE_DIR}/tests/cpu_default_check.cmake)
+  set_tests_properties(chat.engine chat.gui-script chat.cli-pipe chat.cli-pipe-cpu chat.template chat.cpu-default
+                       chat.errors PROPERTIES ENVIRONMENT "PQVK_VALIDATION=1" TIMEOUT 300)
 endif()

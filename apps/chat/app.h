@@ -11,6 +11,8 @@ namespace pqvk::chat {
 struct AppOptions {
   std::string model;          // .pqm path (already resolved: -m, $PQVK_MODEL, the bundled model)
   std::string device;         // Vulkan device index or name substring
+  bool cpu = false;           // run the model on the CPU reference (the window still draws with Vulkan)
+  int threads = 0;            // CPU threads with cpu (0: all)
   std::string format;         // chat format override ("" = the model's)
   int32_t context = 0;        // KV-cache length (0: the model's, at most 8192)
   std::string system = "You are a helpful assistant.";

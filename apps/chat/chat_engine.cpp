@@ -7,6 +7,7 @@
 #include <istream>
 #include <stdexcept>
 
+#include "llm/cpu_model.h"
 #include "llm/gpu_model.h"
 #include "model/pqm.h"
 #include "tokenize/tokenizer.h"
@@ -85,47 +86,70 @@ std::string StopFilter::flush() {
 
 // ---- ChatEngine ------------------------------------------------------------------------------
 
-ChatEngine::ChatEngine(vk::Context& ctx) : ctx_(ctx) {}
+ChatEngine::ChatEngine(vk::Context* ctx, int cpu_threads) : ctx_(ctx), cpu_threads_(cpu_threads) {}
 ChatEngine::~ChatEngine() = default;
 
 void ChatEngine::load(const std::string& path, int32_t context) {
   if (path.empty()) throw std::runtime_error("no model path given");
-  // The file and its tokenizer first: a bad file leaves the loaded model as it was.
+  // The file, its tokenizer and its chat template first: a bad file leaves the loaded model as it was.
   auto file = std::make_unique<model::PqmFile>(model::PqmFile::open(path));
   if (file->tokenizer().kind == "none")
     throw std::runtime_error(path + ": the model has no text tokenizer, which a chat needs");
   std::unique_ptr<tokenize::Tokenizer> tok = tokenize::Tokenizer::from_pqm(*file);
-  tokenize::ChatFormat format = tokenize::choose_chat_format(file->tokenizer(), file->config(), tok.get());
+  tokenize::ChatTemplate tmpl = tokenize::ChatTemplate::for_model(file->tokenizer(), file->config(), *tok);
+  tmpl.check(*tok);
 
-  // Free the old model's device memory before the new one is uploaded.
-  model_.reset();
+  // Free the old model's memory before the new one is loaded.
+  gpu_.reset();
+  cpu_.reset();
   cached_.clear();
   info_ = ModelInfo{};
-  llm::GpuOptions go;
-  go.context = context;
-  auto gpu = std::make_unique<llm::GpuModel>(ctx_, *file, go);
-
+  const model::ModelConfig& cfg = file->config();
+  if (ctx_) {
+    llm::GpuOptions go;
+    go.context = context;
+    gpu_ = std::make_unique<llm::GpuModel>(*ctx_, *file, go);
+    info_.context_size = gpu_->context_size();
+    info_.device_bytes = gpu_->device_bytes();
+    info_.device = ctx_->info().name;
+  } else {
+    llm::CpuOptions co;
+    co.threads = cpu_threads_;
+    cpu_ = std::make_unique<llm::CpuModel>(*file, co);
+    const int64_t limit = context > 0 ? std::min<int64_t>(context, cfg.max_seq_len) : std::min<int64_t>(cfg.max_seq_len, 8192);
+    info_.context_size = static_cast<int32_t>(limit);
+    info_.device = "CPU reference";
+  }
   info_.path = path;
   info_.name = std::filesystem::path(path).filename().string();
-  info_.architecture = file->config().architecture;
-  info_.context_size = gpu->context_size();
-  info_.vocab_size = static_cast<int32_t>(file->config().vocab_size);
-  info_.device_bytes = gpu->device_bytes();
+  info_.architecture = cfg.architecture;
+  info_.vocab_size = static_cast<int32_t>(cfg.vocab_size);
+  info_.format = tmpl.name();
   file_ = std::move(file);
   tok_ = std::move(tok);
-  model_ = std::move(gpu);
-  set_format(format);
+  template_ = std::move(tmpl);
+  stop_strings_ = template_.stop_strings();
+  stop_tokens_ = template_.stop_tokens(*tok_);
   reset();
 }
 
 void ChatEngine::set_format(tokenize::ChatFormat f) {
   if (!tok_) throw std::runtime_error("no model loaded");
-  // The format's special tokens must exist: encoding an empty conversation checks them.
-  tokenize::encode_chat(*tok_, {}, f, true);
-  info_.format = f;
-  stop_strings_ = tokenize::chat_stop_strings(f);
-  stop_tokens_ = tokenize::chat_stop_tokens(*tok_, f);
+  tokenize::ChatTemplate t = tokenize::ChatTemplate::builtin(f);
+  t.check(*tok_);  // the format's special tokens must exist
+  template_ = std::move(t);
+  info_.format = template_.name();
+  stop_strings_ = template_.stop_strings();
+  stop_tokens_ = template_.stop_tokens(*tok_);
   cached_.clear();
+}
+
+std::span<const float> ChatEngine::prefill(std::span<const int32_t> tokens, int32_t pos0) {
+  return gpu_ ? gpu_->prefill(tokens, pos0) : cpu_->prefill(tokens, pos0);
+}
+
+std::span<const float> ChatEngine::forward(int32_t token, int32_t pos) {
+  return gpu_ ? gpu_->forward(token, pos) : cpu_->forward(token, pos);
 }
 
 void ChatEngine::set_system(const std::string& text) { system_ = text; }
@@ -148,7 +172,7 @@ std::vector<tokenize::ChatMessage> ChatEngine::messages(size_t first, const std:
 }
 
 std::string ChatEngine::format_prompt(const std::string& user) const {
-  return tokenize::format_chat(messages(first_, &user), info_.format, true);
+  return template_.render(messages(first_, &user), true);
 }
 
 Reply ChatEngine::send(const std::string& user, const Settings& settings, const Callbacks& cb,
@@ -179,7 +203,7 @@ Reply ChatEngine::regenerate(const Settings& settings, const Callbacks& cb, cons
 
 Reply ChatEngine::generate(const std::string& user, const Settings& settings, uint64_t seed, const Callbacks& cb,
                            const std::atomic<bool>* cancel) {
-  if (!model_) throw std::runtime_error("no model is loaded");
+  if (!loaded()) throw std::runtime_error("no model is loaded");
   settings.validate();
   const int32_t ctx = info_.context_size;
   const size_t room = static_cast<size_t>(std::clamp(settings.max_tokens, 1, std::max(1, ctx / 2)));
@@ -188,13 +212,16 @@ Reply ChatEngine::generate(const std::string& user, const Settings& settings, ui
   size_t first = first_;
   std::vector<int32_t> ids;
   for (;;) {
-    ids = tokenize::encode_chat(*tok_, messages(first, &user), info_.format, true);
+    ids = template_.encode(*tok_, messages(first, &user), true);
     if (ids.size() + room <= static_cast<size_t>(ctx) || first >= turns_.size()) break;
     ++first;
   }
   if (ids.size() >= static_cast<size_t>(ctx)) {
-    const size_t sys = trim(system_).empty() ? 0 : tokenize::encode_chat(*tok_, messages(turns_.size(), nullptr),
-                                                                        info_.format, false).size();
+    size_t sys = 0;
+    try {
+      if (!trim(system_).empty()) sys = template_.encode(*tok_, messages(turns_.size(), nullptr), false).size();
+    } catch (const std::exception&) {  // a template that wants a user message: the count is only for the error
+    }
     throw std::runtime_error("the message does not fit the context: the prompt is " + std::to_string(ids.size()) +
                              " tokens (system prompt " + std::to_string(sys) + ") and the context holds " +
                              std::to_string(ctx) + " (shorten the message or the system prompt, or raise --ctx)");
@@ -202,7 +229,7 @@ Reply ChatEngine::generate(const std::string& user, const Settings& settings, ui
   first_ = first;
 
   Reply r;
-  r.prompt = tokenize::format_chat(messages(first, &user), info_.format, true);
+  r.prompt = template_.render(messages(first, &user), true);
   r.prompt_tokens = static_cast<int32_t>(ids.size());
   r.dropped_turns = static_cast<int32_t>(first);
   r.seed = seed;
@@ -218,12 +245,11 @@ Reply ChatEngine::generate(const std::string& user, const Settings& settings, ui
   llm::SamplerConfig sc = settings.sampler;
   sc.seed = seed;
   llm::Sampler sampler(sc);
-  const bool gpu_greedy = sc.temperature == 0.0f && sc.repeat_penalty == 1.0f;
+  const bool gpu_greedy = gpu_ && sc.temperature == 0.0f && sc.repeat_penalty == 1.0f;
 
   cached_.resize(common);  // what stays valid if the prefill fails
   const auto t_prefill = Clock::now();
-  std::span<const float> logits =
-      model_->prefill(std::span<const int32_t>(ids).subspan(common), static_cast<int32_t>(common));
+  std::span<const float> logits = prefill(std::span<const int32_t>(ids).subspan(common), static_cast<int32_t>(common));
   cached_ = ids;
   std::vector<int32_t> history = ids;
   int32_t next;
@@ -274,7 +300,7 @@ Reply ChatEngine::generate(const std::string& user, const Settings& settings, ui
       r.stop = StopReason::context_full;
       break;
     }
-    next = gpu_greedy ? model_->forward_argmax(next, pos) : sampler.sample(model_->forward(next, pos), history);
+    next = gpu_greedy ? gpu_->forward_argmax(next, pos) : sampler.sample(forward(next, pos), history);
     cached_.push_back(history[static_cast<size_t>(pos)]);
     if (cb.on_progress) {
       Progress p;

@@ -1,12 +1,13 @@
 // pq-chat's chat engine, shared by the window (apps/chat/chat_ui) and the terminal (--cli):
 // the model, the conversation, its formatting into a prompt, context trimming and the
-// generation loop with callbacks. No Vulkan here: the model runs through llm::GpuModel.
+// generation loop with callbacks. No Vulkan here: the model runs through llm::GpuModel, or
+// the CPU reference (llm::CpuModel) when the engine has no Vulkan context.
 //
 // The conversation is an optional system prompt and a list of turns (a user message and the
 // assistant's reply). Each generation:
-//   1. formats the conversation (tokenize/chat.h: ChatML, Llama 3, Llama 2 or plain, chosen
-//      from the model; plain for models without a chat template) with the new user message and
-//      the opening of the assistant's turn, and encodes it;
+//   1. formats the conversation (tokenize/chat.h: the model's own Jinja chat template, else the
+//      built-in ChatML, Llama 3, Llama 2 or plain format chosen from the model) with the new user
+//      message and the opening of the assistant's turn, and encodes it;
 //   2. drops the oldest turns while the prompt plus room for the reply (max_tokens, at most half
 //      the context) exceeds the context; the system prompt is always kept. A message that cannot
 //      fit even alone is an error;
@@ -25,7 +26,8 @@
 // the plain format encodes the same way (BOS + the text, no special tokens). The same decode path is
 // used: greedy with no repetition penalty chooses on the GPU (forward_argmax), everything else
 // samples on the CPU from the logits with a Sampler seeded with the seed, and the streamed text
-// goes through a TextStream that has seen the prompt. tests/pq_chat_check.cmake checks this.
+// goes through a TextStream that has seen the prompt. tests/pq_chat_check.cmake checks this, on
+// the GPU and on the CPU (as pq-run --cpu).
 #pragma once
 
 #include <atomic>
@@ -33,6 +35,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -46,6 +49,7 @@ namespace pqvk::model {
 class PqmFile;
 }
 namespace pqvk::llm {
+class CpuModel;
 class GpuModel;
 }
 namespace pqvk::tokenize {
@@ -64,10 +68,11 @@ struct Settings {
 struct ModelInfo {
   std::string path, name;      // name: the file name without directories
   std::string architecture;
-  tokenize::ChatFormat format = tokenize::ChatFormat::plain;
+  std::string format = "plain";  // "jinja" (the model's chat template) or a built-in format's name
   int32_t context_size = 0;    // the KV cache's length
   int32_t vocab_size = 0;
-  uint64_t device_bytes = 0;   // weights + cache + activations on the device
+  uint64_t device_bytes = 0;   // weights + cache + activations on the device (0 on the CPU)
+  std::string device;          // the Vulkan device's name, or "CPU reference"
 };
 
 struct Turn {
@@ -119,21 +124,23 @@ class StopFilter {
 
 class ChatEngine {
  public:
-  // No model yet; the context must outlive the engine.
-  explicit ChatEngine(vk::Context& ctx);
+  // No model yet; the context must outlive the engine. The model runs on its device.
+  explicit ChatEngine(vk::Context& ctx) : ChatEngine(&ctx) {}
+  // ctx null: the model runs on the CPU reference with `cpu_threads` threads (0: all).
+  explicit ChatEngine(vk::Context* ctx, int cpu_threads = 0);
   ~ChatEngine();
   ChatEngine(const ChatEngine&) = delete;
   ChatEngine& operator=(const ChatEngine&) = delete;
 
   // Loads a .pqm model with a KV cache of `context` tokens (0: the model's, at most 8192) and
-  // starts a new chat (the system prompt is kept). The file and its tokenizer are checked
-  // first: if they fail, the loaded model stays. Throws std::exception with a message that
-  // names the file (bad file, no tokenizer, out of device memory, ...); after a failure in the
-  // GPU upload no model is loaded.
+  // starts a new chat (the system prompt is kept). The file, its tokenizer and its chat template
+  // are checked first: if they fail, the loaded model stays. Throws std::exception with a message
+  // that names the file (bad file, no tokenizer, a chat template that does not parse, out of
+  // device memory, ...); after a failure in the GPU upload no model is loaded.
   void load(const std::string& path, int32_t context = 0);
-  bool loaded() const { return model_ != nullptr; }
+  bool loaded() const { return gpu_ != nullptr || cpu_ != nullptr; }
   const ModelInfo& model() const { return info_; }
-  // Another chat format than the model's (for tests / the --format option).
+  // A built-in chat format instead of the model's template (for tests / the --format option).
   void set_format(tokenize::ChatFormat f);
 
   // The conversation.
@@ -168,10 +175,17 @@ class ChatEngine {
   Reply generate(const std::string& user, const Settings& settings, uint64_t seed, const Callbacks& cb,
                  const std::atomic<bool>* cancel);
 
-  vk::Context& ctx_;
+  // The model behind one interface: the GPU decoder or the CPU reference.
+  std::span<const float> prefill(std::span<const int32_t> tokens, int32_t pos0);
+  std::span<const float> forward(int32_t token, int32_t pos);
+
+  vk::Context* ctx_;
+  int cpu_threads_;
   std::unique_ptr<model::PqmFile> file_;
   std::unique_ptr<tokenize::Tokenizer> tok_;
-  std::unique_ptr<llm::GpuModel> model_;
+  std::unique_ptr<llm::GpuModel> gpu_;
+  std::unique_ptr<llm::CpuModel> cpu_;
+  tokenize::ChatTemplate template_ = tokenize::ChatTemplate::builtin(tokenize::ChatFormat::plain);
   ModelInfo info_;
   std::vector<std::string> stop_strings_;
   std::vector<int32_t> stop_tokens_;

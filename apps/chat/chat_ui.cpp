@@ -407,7 +407,7 @@ void ChatUi::draw_input(float wrap_w) {
 void ChatUi::draw_status() {
   ImGui::Separator();
   const ModelInfo& m = transcript_.model;
-  std::string model = m.name.empty() ? std::string("no model") : m.name + " (" + tokenize::chat_format_name(m.format) + ")";
+  std::string model = m.name.empty() ? std::string("no model") : m.name + " (" + m.format + ")";
   char buf[512];
   std::snprintf(buf, sizeof buf, "%s  |  %s  |  context %d / %d  |  %.1f tokens/s%s", model.c_str(),
                 config_.device_name.c_str(), context_used_, m.context_size, tokens_per_s_,

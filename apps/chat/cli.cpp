@@ -53,12 +53,15 @@ int run_cli(const AppOptions& o) {
   std::istream& in = script ? *script : std::cin;
   const bool interactive = !script && isatty(STDIN_FILENO);
 
-  vk::ContextOptions vo;
-  vo.device = o.device;
-  vk::Context ctx(vo);
-  tr.device = ctx.info().name;
+  std::unique_ptr<vk::Context> ctx;  // none on the CPU reference
+  if (!o.cpu) {
+    vk::ContextOptions vo;
+    vo.device = o.device;
+    ctx = std::make_unique<vk::Context>(vo);
+  }
+  tr.device = ctx ? ctx->info().name : "CPU reference";
   {
-    ChatEngine engine(ctx);
+    ChatEngine engine(ctx.get(), o.threads);
     engine.set_kv_reuse(o.kv_reuse);
     auto load = [&](const std::string& path) {
       try {
@@ -67,8 +70,7 @@ int run_cli(const AppOptions& o) {
         const ModelInfo& m = engine.model();
         tr.model = m;
         std::fprintf(stderr, "pq-chat: %s (%s, chat format %s, context %d) on %s\n", m.name.c_str(),
-                     m.architecture.c_str(), tokenize::chat_format_name(m.format), m.context_size,
-                     ctx.info().name.c_str());
+                     m.architecture.c_str(), m.format.c_str(), m.context_size, m.device.c_str());
       } catch (const std::exception& e) {
         fail(e.what());
       }
@@ -141,7 +143,7 @@ int run_cli(const AppOptions& o) {
     }
     std::signal(SIGINT, SIG_DFL);
   }
-  return tr.finish(ctx.validation_messages(), o.transcript_out, failed);
+  return tr.finish(ctx ? ctx->validation_messages() : 0, o.transcript_out, failed);
 }
 
 }  // namespace pqvk::chat

@@ -137,14 +137,14 @@ int run_gui(const AppOptions& o) {
   Transcript tr;
   {
     VulkanWindow window(ctx, "pq-chat", o.width, o.height, o.font_px);
-    ChatWorker worker(ctx, o.kv_reuse);  // after the window: destroyed (joined) before it
+    ChatWorker worker(o.cpu ? nullptr : &ctx, o.kv_reuse, o.threads);  // after the window: destroyed (joined) before it
     UiConfig uc;
     uc.model_path = o.model;
     uc.context = o.context;
     uc.format = o.format;
     uc.system = o.system;
     uc.settings = o.settings;
-    uc.device_name = ctx.info().name;
+    uc.device_name = o.cpu ? "CPU reference" : ctx.info().name;
     ChatUi ui(worker, uc);
     ui.load_model(o.model);
 

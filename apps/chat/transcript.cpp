@@ -14,7 +14,7 @@ nlohmann::json Transcript::to_json() const {
   j["model"] = {{"path", model.path},
                 {"name", model.name},
                 {"architecture", model.architecture},
-                {"format", tokenize::chat_format_name(model.format)},
+                {"format", model.format},
                 {"context_size", model.context_size}};
   const llm::SamplerConfig& s = settings.sampler;
   j["settings"] = {{"temperature", s.temperature}, {"top_k", s.top_k},

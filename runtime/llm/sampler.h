@@ -32,7 +32,7 @@ struct SamplerConfig {
   int top_k = 40;               // >= 0; 0: off
   float top_p = 0.95f;          // (0, 1]; 1: off
   float min_p = 0.05f;          // [0, 1]; 0: off
-  float repeat_penalty = 1.1f;  // > 0; 1: off
+  float repeat_penalty = 1.0f;  // > 0; 1: off (the default, as llama.cpp and HuggingFace)
   int repeat_last_n = 64;       // >= 0; 0: off
   uint64_t seed = 0;
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "tokenize/jinja_value.h"
+
 namespace pqvk::tokenize {
 
 namespace {
@@ -181,6 +183,220 @@ std::vector<std::string> chat_stop_strings(ChatFormat f) {
 std::vector<int32_t> chat_stop_tokens(const Tokenizer& tok, ChatFormat f) {
   std::vector<int32_t> ids = tok.eos_ids();
   for (const std::string& s : chat_stop_strings(f))
+    if (auto id = tok.token_id(s); id && std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
+  return ids;
+}
+
+// ---- Jinja chat templates ------------------------------------------------------------------------
+
+jinja::json chat_template_variables(const ChatTemplateInput& in) {
+  jinja::json v = jinja::json::object();
+  v["messages"] = in.messages;
+  v["tools"] = in.tools;  // HuggingFace passes tools=None and documents=None when there are none
+  v["documents"] = nullptr;
+  v["add_generation_prompt"] = in.add_generation_prompt;
+  v["bos_token"] = in.bos_token;
+  v["eos_token"] = in.eos_token;
+  for (const auto& [k, x] : in.extra.items()) v[k] = x;
+  return v;
+}
+
+ChatTemplateInput parse_conversation(const jinja::json& j, const std::string& where) {
+  if (!j.is_object()) tokenizer_fail(where, "a conversation is a JSON object {\"messages\": [...], \"tools\": [...]}");
+  if (!j.contains("messages") || !j["messages"].is_array()) tokenizer_fail(where, "\"messages\" must be an array");
+  ChatTemplateInput in;
+  for (const auto& [k, v] : j.items()) {
+    if (k == "messages") {
+      in.messages = v;
+    } else if (k == "tools") {
+      if (!v.is_array() && !v.is_null()) tokenizer_fail(where, "\"tools\" must be an array or null");
+      in.tools = v;
+    } else {
+      in.extra[k] = v;
+    }
+  }
+  return in;
+}
+
+std::string render_chat_template(const jinja::Template& t, const ChatTemplateInput& in, const jinja::RenderOptions& options) {
+  return t.render(chat_template_variables(in), options);
+}
+
+namespace {
+
+jinja::json messages_json(const std::vector<ChatMessage>& messages) {
+  jinja::json a = jinja::json::array();
+  for (const ChatMessage& m : messages) a.push_back({{"role", m.role}, {"content", m.content}});
+  return a;
+}
+
+ChatFormat guess_format(std::string_view t) {
+  if (t.find("<|im_start|>") != std::string_view::npos) return ChatFormat::chatml;
+  if (t.find("<|start_header_id|>") != std::string_view::npos) return ChatFormat::llama3;
+  if (t.find("[INST]") != std::string_view::npos) return ChatFormat::llama2;
+  return ChatFormat::plain;
+}
+
+// Marks message i's content in a rendering: private-use characters no template writes.
+std::string sentinel(size_t i) { return "\xEE\x80\x80pqvk" + std::to_string(i) + "\xEE\x80\x81"; }
+
+}  // namespace
+
+ChatTemplate ChatTemplate::builtin(ChatFormat f) {
+  ChatTemplate c;
+  c.format_ = f;
+  return c;
+}
+
+ChatTemplate ChatTemplate::jinja(std::string_view source, std::string name, std::string bos_token, std::string eos_token) {
+  ChatTemplate c;
+  c.tmpl_ = std::make_shared<const jinja::Template>(source, std::move(name));
+  c.source_ = std::string(source);
+  c.bos_ = std::move(bos_token);
+  c.eos_ = std::move(eos_token);
+  c.format_ = guess_format(source);
+  // A template that raises on a system message but renders a user message alone does not take one.
+  try {
+    c.render_json(messages_json({{"system", "s"}, {"user", "u"}}), true);
+  } catch (const jinja::Error&) {
+    try {
+      c.render_json(messages_json({{"user", "u"}}), true);
+      c.system_role_ = false;
+    } catch (const jinja::Error&) {
+    }
+  }
+  return c;
+}
+
+ChatTemplate ChatTemplate::for_model(const model::TokenizerInfo& info, const model::ModelConfig& config, const Tokenizer& tok) {
+  if (info.chat_template.empty()) return builtin(choose_chat_format(info, config, &tok));
+  const std::string bos = tok.bos() >= 0 ? tok.token_bytes(tok.bos()) : "";
+  const std::string eos = tok.eos_ids().empty() ? "" : tok.token_bytes(tok.eos_ids()[0]);
+  return jinja(info.chat_template, tok.where() + ": chat template", bos, eos);
+}
+
+std::string ChatTemplate::name() const { return is_jinja() ? "jinja" : chat_format_name(format_); }
+
+std::string ChatTemplate::render_json(const jinja::json& messages, bool add_generation_prompt) const {
+  ChatTemplateInput in;
+  in.messages = messages;
+  in.add_generation_prompt = add_generation_prompt;
+  in.bos_token = bos_;
+  in.eos_token = eos_;
+  return render_chat_template(*tmpl_, in);
+}
+
+std::vector<ChatMessage> ChatTemplate::normalized(const std::vector<ChatMessage>& messages) const {
+  if (system_role_ || messages.empty() || messages[0].role != "system") return messages;
+  std::vector<ChatMessage> m(messages.begin() + 1, messages.end());
+  if (!m.empty() && m[0].role == "user") m[0].content = messages[0].content + "\n\n" + m[0].content;
+  else m.insert(m.begin(), ChatMessage{"user", messages[0].content});
+  return m;
+}
+
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  if (!is_jinja()) return format_chat(messages, format_, add_generation_prompt);
+  return render_json(messages_json(normalized(messages)), add_generation_prompt);
+}
+
+std::vector<ChatPart> ChatTemplate::parts(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  if (!is_jinja()) return chat_parts(messages, format_, add_generation_prompt);
+  const std::vector<ChatMessage> msgs = normalized(messages);
+  const std::string text = render_json(messages_json(msgs), add_generation_prompt);
+  // Render again with each content replaced by a sentinel; where the sentinels come out once
+  // each and putting the contents back (as they are, or trimmed) gives the same text, the
+  // contents are known: they become non-markup parts.
+  std::vector<ChatMessage> marked_msgs = msgs;
+  for (size_t i = 0; i < marked_msgs.size(); ++i)
+    if (!marked_msgs[i].content.empty()) marked_msgs[i].content = sentinel(i);
+  std::string marked;
+  try {
+    marked = render_json(messages_json(marked_msgs), add_generation_prompt);
+  } catch (const jinja::Error&) {
+    return {{text, true}};
+  }
+  for (const bool trimmed : {false, true}) {
+    std::vector<ChatPart> out;
+    std::vector<int> seen(msgs.size(), 0);
+    std::string joined;
+    size_t pos = 0;
+    for (size_t at = marked.find("\xEE\x80\x80pqvk"); at != std::string::npos; at = marked.find("\xEE\x80\x80pqvk", pos)) {
+      const size_t end = marked.find("\xEE\x80\x81", at);
+      if (end == std::string::npos) break;
+      const std::string digits = marked.substr(at + 7, end - at - 7);
+      if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) break;
+      const size_t i = std::stoul(digits);
+      if (i >= msgs.size() || marked_msgs[i].content != sentinel(i)) break;
+      ++seen[i];
+      if (at > pos) out.push_back({marked.substr(pos, at - pos), true});
+      const std::string& c = msgs[i].content;
+      out.push_back({trimmed ? jinja::detail::py_strip(c, std::nullopt, true, true) : c, false});
+      pos = end + 3;
+    }
+    if (pos < marked.size()) out.push_back({marked.substr(pos), true});
+    bool once = true;
+    for (size_t i = 0; i < msgs.size(); ++i) once &= marked_msgs[i].content != sentinel(i) || seen[i] == 1;
+    for (const ChatPart& p : out) joined += p.text;
+    if (once && joined == text) return out;
+  }
+  return {{text, true}};
+}
+
+std::string ChatTemplate::render(const ChatTemplateInput& in) const {
+  if (is_jinja()) {
+    ChatTemplateInput with_tokens = in;
+    if (with_tokens.bos_token.empty()) with_tokens.bos_token = bos_;
+    if (with_tokens.eos_token.empty()) with_tokens.eos_token = eos_;
+    return render_chat_template(*tmpl_, with_tokens);
+  }
+  std::vector<ChatMessage> msgs;
+  for (size_t i = 0; i < in.messages.size(); ++i) {
+    const jinja::json& m = in.messages[i];
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") || !m["content"].is_string())
+      tokenizer_fail(std::string("chat format ") + chat_format_name(format_),
+                     "message " + std::to_string(i) + ": a built-in format takes a string role and content only");
+    msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+  }
+  return format_chat(msgs, format_, in.add_generation_prompt);
+}
+
+std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, const ChatTemplateInput& in) const {
+  const std::string text = render(in);
+  return tok.encode(text, !is_jinja() && format_ == ChatFormat::plain && tok.adds_bos(), true);
+}
+
+std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
+                                          bool add_generation_prompt) const {
+  if (!is_jinja()) return encode_chat(tok, messages, format_, add_generation_prompt);
+  const std::vector<ChatPart> ps = parts(messages, add_generation_prompt);
+  std::vector<Tokenizer::TextPart> text;
+  text.reserve(ps.size());
+  for (const ChatPart& p : ps) text.push_back({p.text, p.markup});
+  return tok.encode(text, false);
+}
+
+void ChatTemplate::check(const Tokenizer& tok) const {
+  if (!is_jinja()) encode_chat(tok, {}, format_, true);
+}
+
+std::vector<std::string> ChatTemplate::stop_strings() const {
+  if (!is_jinja()) return chat_stop_strings(format_);
+  std::vector<std::string> out;
+  auto add = [&](const std::string& s) {
+    if (!s.empty() && std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+  };
+  for (const char* s : {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>",
+                        "<|endoftext|>", "<|end_of_text|>", "</s>"})
+    if (source_.find(s) != std::string::npos) add(s);
+  add(eos_);
+  if (format_ != ChatFormat::plain)
+    for (const std::string& s : chat_stop_strings(format_)) add(s);
+  return out;
+}
+
+std::vector<int32_t> ChatTemplate::stop_tokens(const Tokenizer& tok) const {
+  std::vector<int32_t> ids = tok.eos_ids();
+  for (const std::string& s : stop_strings())
     if (auto id = tok.token_id(s); id && std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
   return ids;
 }
