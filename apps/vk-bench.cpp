@@ -6,6 +6,10 @@
 //                      decode step and a prefill pass from GPU timestamps; device memory; the
 //                      roofline (bytes a generated token reads over the copy bandwidth measured
 //                      in the same run). Markdown, JSON or CSV.
+//   vk-bench ... -np 1,8,32
+//                      continuous batching, llama.cpp's batched-bench measure: N sequences
+//                      decoding together (one batched step per token of all of them), the
+//                      aggregate tokens/s of the N.
 //   vk-bench kernels   FWHT, GEMV (M = 1) and GEMM (M = 512) at LLM shapes for Q3..Q6 and fp16,
 //                      timed with GPU timestamps, against the device-to-device copy bandwidth
 //                      measured in the same run.
@@ -18,6 +22,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -166,6 +171,7 @@ struct KernelArgs {
   uint32_t gemv_wg = 0, gemv_rows = 0;
   std::vector<std::string> gemv_configs;  // "WGxROWS" + lookup letter (parse_gemv_config)
   bool check = false;  // every timed GEMV / GEMM also against its CPU twin
+  bool batched = false;  // for M > 1 also the batched GEMV of continuous batching
 };
 
 // A --gemv-configs entry: "256x8h" -> workgroup 256, 8 rows, lookups by subgroup shuffle.
@@ -298,7 +304,9 @@ int run_kernels(const KernelArgs& a) {
             variants.push_back({" [" + gc + "]", owned.back().get()});
           }
         }
+        if (a.batched && m > 1 && !f16) variants.push_back({" batched", &k});
         for (auto& [label, kv] : variants) {
+          const bool batch = label == " batched";
           double min_ns = 0;
           double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int r) {
             if (f16) {
@@ -306,16 +314,18 @@ int run_kernels(const KernelArgs& a) {
               else kv->gemm_f16(c, fs[r % copies], xb, yb, m);
             } else {
               if (m == 1) kv->gemv(c, qs[r % copies], xb, yb);
+              else if (batch) kv->gemv_batch(c, qs[r % copies], xb, yb, m);
               else kv->gemm(c, qs[r % copies], xb, yb, m);
             }
           }, &min_ns);
-          rows.push_back({m == 1 ? "gemv" : "gemm", fmt + label, shape, m, ns / 1e3, bytes / ns, 100 * bytes / ns / bw,
-                          flops / ns / 1e3, min_ns / 1e3});
+          rows.push_back({m == 1 ? "gemv" : batch ? "gemv_batch" : "gemm", batch ? fmt : fmt + label, shape, m, ns / 1e3,
+                          bytes / ns, 100 * bytes / ns / bw, flops / ns / 1e3, min_ns / 1e3});
           if (a.check && !f16 && kv->config().gemv_lookup != pqvk::KernelConfig::GemvLookup::code) {
             auto c = ctx.commands();
             c.fill(yb, 0x7fc00000u);  // NaN: an output the kernel does not write fails
             c.barrier();
             if (m == 1) kv->gemv(c, qs[0], xb, yb);
+            else if (batch) kv->gemv_batch(c, qs[0], xb, yb, m);
             else kv->gemm(c, qs[0], xb, yb, m);
             c.run();
             const auto y = ctx.download_all<float>(yb);
@@ -447,8 +457,9 @@ Stat mean_sd(const std::vector<double>& v) {
 }
 
 struct TestResult {
-  std::string name;  // "pp512", "tg128", "tg128 @ d4096"
+  std::string name;  // "pp512", "tg128", "tg128 @ d4096", "tg128 x8" (8 sequences together)
   int n_prompt = 0, n_gen = 0, n_depth = 0;
+  int n_parallel = 0;       // sequences decoding together (continuous batching); 0: the single-sequence path
   std::vector<double> tps;  // one per repetition
   Stat stat;
 };
@@ -463,13 +474,13 @@ struct ModelResult {
   int tg_n = 0;
   pqvk::llm::StepBytes bytes;
   double ideal_tps = 0, tg_tps = 0, pct = 0;
-  std::optional<pqvk::llm::StepProfile> decode_profile, prefill_profile;
+  std::optional<pqvk::llm::StepProfile> decode_profile, prefill_profile, batch_profile;
 };
 
 struct ModelArgs {
   std::string device, output = "md", json_path, csv_path;
   std::vector<std::string> models, synthetic, recipes;
-  std::vector<int> bits, n_prompt = {512}, n_gen = {128}, n_depth = {0};
+  std::vector<int> bits, n_prompt = {512}, n_gen = {128}, n_depth = {0}, n_parallel;
   bool fp16 = false, no_breakdown = false;
   int reps = 5, ubatch = 512, profile_reps = 5;
   double warmup_ms = 1000;
@@ -553,6 +564,8 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
   pqvk::llm::GpuOptions go;
   go.context = std::max(1, max_d + std::max(max_p, max_n));
   go.max_batch = static_cast<uint32_t>(a.ubatch);
+  const int max_np = a.n_parallel.empty() ? 0 : *std::max_element(a.n_parallel.begin(), a.n_parallel.end());
+  go.slots = static_cast<uint32_t>(max_np);
   const uint64_t before = ctx.allocated_bytes();
   const auto t0 = Clock::now();
   std::unique_ptr<pqvk::llm::GpuModel> m;
@@ -630,6 +643,53 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
       res.pct = 100.0 * res.tg_tps / res.ideal_tps;
       res.tests.push_back(std::move(t));
     }
+    for (int n : a.n_gen) {
+      if (n <= 0) continue;
+      for (int np : a.n_parallel) {
+        // llama.cpp's batched-bench: np sequences (each in its own cache region, after the same
+        // depth) decode n tokens each, one batched step for all of them per token; the aggregate
+        // tokens/s. The first token of each is the BOS (or 0), then each feeds back its arg max.
+        const int32_t first = c.bos_id >= 0 ? static_cast<int32_t>(c.bos_id) : 0;
+        if (d > 0) {
+          const auto ids = bench_tokens(d, c, a.seed + 1);
+          for (int s = 0; s < np; ++s)
+            for (int done = 0; done < d;) {
+              const int k = std::min<int>(d - done, static_cast<int>(m->batch_rows()));
+              std::vector<pqvk::llm::BatchToken> toks;
+              for (int i = 0; i < k; ++i) toks.push_back({ids[done + i], static_cast<uint32_t>(s), done + i});
+              pqvk::llm::BatchResult r;
+              m->step(toks, pqvk::llm::BatchKind::prefill, r);
+              done += k;
+            }
+        }
+        TestResult t;
+        t.name = "tg" + std::to_string(n) + " x" + std::to_string(np) + at;
+        t.n_gen = n;
+        t.n_depth = d;
+        t.n_parallel = np;
+        std::vector<pqvk::llm::BatchToken> toks(static_cast<size_t>(np));
+        pqvk::llm::BatchResult r;
+        t.tps = timed_runs(n * np, a.reps, a.warmup_ms, [&] {
+          for (int i = 0; i < n; ++i) {
+            for (int s = 0; s < np; ++s) {
+              const int32_t next = i == 0 ? first : r.ids[static_cast<size_t>(s)];
+              toks[static_cast<size_t>(s)] = {next >= 0 && next < c.vocab_size ? next : first, static_cast<uint32_t>(s),
+                                              d + i, pqvk::llm::BatchToken::argmax};
+            }
+            m->step(toks, pqvk::llm::BatchKind::decode, r);
+          }
+        });
+        t.stat = mean_sd(t.tps);
+        std::fprintf(stderr, "vk-bench: %s %s %s: %.2f +- %.2f t/s (all %d sequences)\n", res.model.c_str(),
+                     res.format.c_str(), t.name.c_str(), t.stat.mean, t.stat.sd, np);
+        res.tests.push_back(std::move(t));
+        if (np == max_np && !a.no_breakdown) {  // a batched decode step of the most sequences, mid-run
+          for (int s = 0; s < np; ++s) toks[static_cast<size_t>(s)].pos = d + std::max(0, n / 2);
+          m->profile_step(toks, pqvk::llm::BatchKind::decode, 1);
+          res.batch_profile = m->profile_step(toks, pqvk::llm::BatchKind::decode, a.profile_reps);
+        }
+      }
+    }
   }
   if (!a.no_breakdown) {
     if (max_n > 0) {  // a decode step in the middle of the longest tg run
@@ -664,7 +724,8 @@ nlohmann::json results_json(const vk::DeviceInfo& info, double bw, double api, d
                         {"weight_bytes", r.weight_bytes}, {"device_bytes", r.device_bytes}, {"load_s", r.load_s},
                         {"tests", nlohmann::json::array()}};
     for (const auto& t : r.tests)
-      m["tests"].push_back({{"test", t.name}, {"n_prompt", t.n_prompt}, {"n_gen", t.n_gen}, {"n_depth", t.n_depth}, {"tps", t.tps},
+      m["tests"].push_back({{"test", t.name}, {"n_prompt", t.n_prompt}, {"n_gen", t.n_gen}, {"n_depth", t.n_depth},
+                            {"n_parallel", t.n_parallel}, {"tps", t.tps},
                             {"tps_mean", t.stat.mean}, {"tps_sd", t.stat.sd}});
     if (r.has_roofline)
       m["roofline"] = {{"test", "tg" + std::to_string(r.tg_n)}, {"weight_bytes_per_token", r.bytes.weights},
@@ -673,6 +734,7 @@ nlohmann::json results_json(const vk::DeviceInfo& info, double bw, double api, d
                        {"ideal_tps", r.ideal_tps}, {"tps", r.tg_tps}, {"pct_of_ideal", r.pct}};
     if (r.decode_profile) m["breakdown_decode"] = profile_json(*r.decode_profile);
     if (r.prefill_profile) m["breakdown_prefill"] = profile_json(*r.prefill_profile);
+    if (r.batch_profile) m["breakdown_batched_decode"] = profile_json(*r.batch_profile);
     j["models"].push_back(m);
   }
   return j;
@@ -687,14 +749,14 @@ std::string csv_field(const std::string& s) {
 
 std::string results_csv(const vk::DeviceInfo& info, double bw, const std::vector<ModelResult>& rs) {
   std::ostringstream o;
-  o << "device,model,format,source,params,weight_bytes,device_bytes,test,n_prompt,n_gen,reps,tps_mean,tps_sd,"
+  o << "device,model,format,source,params,weight_bytes,device_bytes,test,n_prompt,n_gen,n_parallel,reps,tps_mean,tps_sd,"
        "bytes_per_token,copy_bandwidth_gbs,ideal_tps,pct_of_ideal\n";
   for (const auto& r : rs)
     for (const auto& t : r.tests) {
-      const bool tg = t.n_gen > 0 && r.has_roofline && t.n_gen == r.tg_n;
+      const bool tg = t.n_gen > 0 && t.n_parallel == 0 && r.has_roofline && t.n_gen == r.tg_n;
       o << csv_field(info.name) << ',' << csv_field(r.model) << ',' << csv_field(r.format) << ','
         << csv_field(r.source) << ',' << r.params << ',' << r.weight_bytes << ',' << r.device_bytes << ','
-        << t.name << ',' << t.n_prompt << ',' << t.n_gen << ',' << t.tps.size() << ',' << fmt("%.4f", t.stat.mean)
+        << t.name << ',' << t.n_prompt << ',' << t.n_gen << ',' << t.n_parallel << ',' << t.tps.size() << ',' << fmt("%.4f", t.stat.mean)
         << ',' << fmt("%.4f", t.stat.sd) << ',' << (tg ? std::to_string(r.bytes.total()) : "") << ','
         << fmt("%.1f", bw) << ',' << (tg ? fmt("%.2f", r.ideal_tps) : "") << ','
         << (tg ? fmt("%.2f", r.pct) : "") << '\n';
@@ -737,6 +799,29 @@ void print_markdown(const vk::DeviceInfo& info, double bw, double api, double sh
                     r.tg_n, mib(r.bytes.weights).c_str(), mib(r.bytes.kv).c_str(), mib(r.bytes.activations).c_str(),
                     r.ideal_tps, r.tg_tps, r.pct);
   }
+  bool batched = false;
+  for (const auto& r : rs)
+    for (const auto& t : r.tests) batched = batched || t.n_parallel > 0;
+  if (batched) {
+    std::printf("\nContinuous batching (llama.cpp's batched-bench): N sequences decode together, one batched step "
+                "per token of all N; aggregate t/s of the N, and its ratio to one sequence alone on the same path "
+                "(x1) and on the single-sequence decode path (tg)\n\n");
+    std::printf("| model | format | test | sequences | aggregate t/s | t/s per sequence | vs x1 | vs tg |\n");
+    std::printf("|---|---|---|---|---|---|---|---|\n");
+    for (const auto& r : rs)
+      for (const auto& t : r.tests) {
+        if (t.n_parallel == 0) continue;
+        double one = 0, tg = 0;
+        for (const auto& u : r.tests)
+          if (u.n_gen == t.n_gen && u.n_depth == t.n_depth) {
+            if (u.n_parallel == 1) one = u.stat.mean;
+            if (u.n_parallel == 0) tg = u.stat.mean;
+          }
+        std::printf("| %s | %s | %s | %d | %.1f | %.1f | %s | %s |\n", r.model.c_str(), r.format.c_str(), t.name.c_str(),
+                    t.n_parallel, t.stat.mean, t.stat.mean / t.n_parallel, one > 0 ? fmt("%.2fx", t.stat.mean / one).c_str() : "-",
+                    tg > 0 ? fmt("%.2fx", t.stat.mean / tg).c_str() : "-");
+      }
+  }
   std::printf("\nDevice memory: ");
   for (size_t i = 0; i < rs.size(); ++i)
     std::printf("%s%s %s %s", i ? ", " : "", rs[i].model.c_str(), rs[i].format.c_str(), gib(rs[i].device_bytes).c_str());
@@ -744,6 +829,7 @@ void print_markdown(const vk::DeviceInfo& info, double bw, double api, double sh
   for (const auto& r : rs) {
     if (r.decode_profile) print_profile(r, *r.decode_profile, "decode step");
     if (r.prefill_profile) print_profile(r, *r.prefill_profile, "prefill pass");
+    if (r.batch_profile) print_profile(r, *r.batch_profile, "batched decode step");
   }
 }
 
@@ -759,6 +845,9 @@ int run_models(const ModelArgs& a) {
     if (p < 0) throw std::runtime_error("-p: prompt lengths must be >= 0");
   for (int n : a.n_gen)
     if (n < 0) throw std::runtime_error("-n: generation lengths must be >= 0");
+  for (int np : a.n_parallel)
+    if (np < 1 || np > static_cast<int>(Kernels::kArgmaxRows))
+      throw std::runtime_error("-np: sequence counts must be 1.." + std::to_string(Kernels::kArgmaxRows));
   for (const auto& r : a.recipes)
     if (!pqvk::model::is_valid_recipe(r)) throw std::runtime_error("--recipe: unknown recipe '" + r + "' (q2..q8 or mixed)");
   const int context = std::max(1, *std::max_element(a.n_prompt.begin(), a.n_prompt.end()) +
@@ -856,6 +945,10 @@ int main(int argc, char** argv) {
   app.add_option("-n,--n-gen", ma.n_gen, "Generation lengths: tg<N> tests (default 128; 0: none)")->delimiter(',');
   app.add_option("-d,--n-depth", ma.n_depth, "Depths: run the tests after N tokens already in the cache (default 0)")
       ->check(CLI::Range(0, 1 << 20))->delimiter(',');
+  app.add_option("--n-parallel", ma.n_parallel,
+                 "(also -np, as llama.cpp) Continuous batching: also decode -n tokens in N sequences together (one "
+                 "batched step per token), aggregate t/s, e.g. 1,8,32")
+      ->delimiter(',');
   app.add_option("-r,--repetitions", ma.reps, "Timed repetitions of each test (default 5)")->check(CLI::Range(1, 1000));
   app.add_option("-b,--ubatch", ma.ubatch, "Prompt tokens per prefill pass (default 512)")->check(CLI::Range(1, 8192));
   app.add_option("--warmup-ms", ma.warmup_ms, "Replay each test untimed at least this long first (default 1000; at least once)")
@@ -883,11 +976,21 @@ int main(int argc, char** argv) {
   kern->add_option("--warmup-ms", g_warmup_ms, "Replay each measurement at least this long before timing it (default 1000)");
   kern->add_option("--gemv-wg", ka.gemv_wg, "GEMV workgroup size (multiple of 32)");
   kern->add_option("--gemv-rows", ka.gemv_rows, "GEMV rows per workgroup");
+  kern->add_flag("--batched", ka.batched,
+                 "For M > 1 also the batched GEMV of continuous batching (shape from $PQVK_GEMV_BATCH=WGxROWSxTOKENS)");
   kern->add_flag("--check", ka.check, "Also check every timed quantized GEMV / GEMM against its CPU twin (exit 1 on a mismatch)");
   kern->add_option("--gemv-configs", ka.gemv_configs,
                    "Time the GEMV once per configuration WGxROWS + t (shared table), u (table, one copy), h (subgroup shuffle), r (shuffle, unmasked indices) or d (no lookup: its cost), e.g. 128x2t,256x8h")
       ->delimiter(',');
-  CLI11_PARSE(app, argc, argv);
+  // llama.cpp's spelling -np (CLI11 takes one-letter short options only).
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) args.push_back(std::strcmp(argv[i], "-np") == 0 ? "--n-parallel" : argv[i]);
+  std::reverse(args.begin(), args.end());  // CLI11's parse(vector) takes them in reverse
+  try {
+    app.parse(args);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
   try {
     if (*kern) return run_kernels(ka);
     if (list) return list_devices();

@@ -1,13 +1,14 @@
 #version 450
-// argmax: the greedy choice. result = the index of the largest of x[0 .. n) (the lowest index
-// among equals; NaN never wins), written to out[0] and, as the next input token, to tokens[0].
+// argmax: the greedy choice, for each of R rows of x (rows of ldx floats; R > 1: the rows of a
+// batched decode step). result = the index of the largest of x[r][0 .. n) (the lowest index
+// among equals; NaN never wins), written to out[r] and, as the next input token, to tokens[r].
 // Two passes, so that a 150k-entry vocabulary is scanned by many workgroups:
-//   PASS 0: workgroup g scans its segment x[g * seg .. (g + 1) * seg) and writes its best
-//           (value, index) to part[2g], part[2g + 1]   (index 0xffffffff: nothing valid)
-//   PASS 1: one workgroup reduces the `n` partial results and writes out[0] and tokens[0]
-// Buffers: 0 x [n] fp32; 1 out [1] int32; 2 tokens int32; 3 part [2 * groups] uint.
+//   PASS 0: workgroup (g, r) scans its segment x[r][g * seg .. (g + 1) * seg) and writes its
+//           best (value, index) to part[r][2g], part[r][2g + 1]   (index 0xffffffff: nothing valid)
+//   PASS 1: workgroup (0, r) reduces the `n` partial results of row r and writes out[r], tokens[r]
+// Buffers: 0 x [R][ldx] fp32; 1 out [R] int32; 2 tokens [R] int32; 3 part [R][512] uint.
 // Workgroup: 256 invocations: strided scan, then a tree in shared memory.
-// Dispatch: PASS 0: groups workgroups; PASS 1: 1.
+// Dispatch: PASS 0: (groups <= 256, R) workgroups; PASS 1: (1, R).
 // Specialization: 0 PASS.
 layout(local_size_x = 256) in;
 layout(constant_id = 0) const uint PASS = 0u;
@@ -15,7 +16,7 @@ layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 1) writeonly buffer Out { int result[]; };
 layout(std430, binding = 2) writeonly buffer Tokens { int tokens[]; };
 layout(std430, binding = 3) buffer Part { uint part[]; };
-layout(push_constant) uniform Push { uint n, seg; } p;
+layout(push_constant) uniform Push { uint n, seg, ldx; } p;
 
 shared float best_v[256];
 shared uint best_i[256];
@@ -29,17 +30,18 @@ bool better(float v, uint i, float bv, uint bi) {
 }
 
 void main() {
-  const uint t = gl_LocalInvocationID.x, g = gl_WorkGroupID.x;
+  const uint t = gl_LocalInvocationID.x, g = gl_WorkGroupID.x, r = gl_WorkGroupID.y;
+  const uint xb = r * p.ldx, pb = r * 512u;  // this row's logits and partial results
   float bv = 0.0;
   uint bi = NONE;
   if (PASS == 0u) {
     const uint lo = g * p.seg, hi = min(p.n, lo + p.seg);
     for (uint i = lo + t; i < hi; i += 256u)
-      if (better(x[i], i, bv, bi)) { bv = x[i]; bi = i; }
+      if (better(x[xb + i], i, bv, bi)) { bv = x[xb + i]; bi = i; }
   } else {
     for (uint k = t; k < p.n; k += 256u) {
-      const float v = uintBitsToFloat(part[2u * k]);
-      const uint i = part[2u * k + 1u];
+      const float v = uintBitsToFloat(part[pb + 2u * k]);
+      const uint i = part[pb + 2u * k + 1u];
       if (better(v, i, bv, bi)) { bv = v; bi = i; }
     }
   }
@@ -55,12 +57,12 @@ void main() {
   }
   if (t == 0u) {
     if (PASS == 0u) {
-      part[2u * g] = floatBitsToUint(best_v[0]);
-      part[2u * g + 1u] = best_i[0];
+      part[pb + 2u * g] = floatBitsToUint(best_v[0]);
+      part[pb + 2u * g + 1u] = best_i[0];
     } else {
-      const int r = best_i[0] == NONE ? 0 : int(best_i[0]);
-      result[0] = r;
-      tokens[0] = r;
+      const int id = best_i[0] == NONE ? 0 : int(best_i[0]);
+      result[r] = id;
+      tokens[r] = id;
     }
   }
 }

@@ -4,23 +4,27 @@
 // softmax (running max and sum), so memory stays O(tile) however long the context:
 //   out[m][h] = sum_t softmax_t(q_m,h . k_t,kvh / sqrt(hd)) v_t,kvh,  t in [lo, pos0 + m]
 // with kvh = h / (n_heads / n_kv) and lo = 0, or pos - window + 1 with a sliding window.
+// PER_ROW (continuous batching): query m belongs to the sequence of slot[m] at position pos[m],
+// its keys [lo, pos[m]] are those of that sequence's cache region (positions from slot * max_ctx).
 // Buffers: 0 q [M][n_heads*hd] fp32 (after qkv_rope); 1 kcache; 2 vcache (qkv_rope.comp's
-//          layout); 3 out [M][n_heads*hd] fp32; 4 step: uint pos0 at [0].
+//          layout); 3 out [M][n_heads*hd] fp32; 4 step: uint pos0 at [0]; PER_ROW: [M] (pos,
+//          slot) pairs of uints.
 // Workgroup: 128 invocations. Scores: invocation t takes key tile_start + t. Output:
 //          invocation t accumulates dimensions t and t + 128 (hd <= 256).
 // Dispatch: (n_heads, M).
-// Specialization: none.
+// Specialization: 0 PER_ROW.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_EXT_control_flow_attributes : require
 
 layout(local_size_x = 128) in;
+layout(constant_id = 0) const uint PER_ROW = 0u;
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
 layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, binding = 3) writeonly buffer O { float o[]; };
-layout(std430, binding = 4) readonly buffer Step { uint pos0; } step;
-layout(push_constant) uniform Push { uint n_heads, n_kv, hd, window; } p;
+layout(std430, binding = 4) readonly buffer Step { uint step[]; };
+layout(push_constant) uniform Push { uint n_heads, n_kv, hd, window, max_ctx; } p;
 
 shared float qs[256];
 shared float probs[128];
@@ -50,8 +54,9 @@ void main() {
   const uint h = gl_WorkGroupID.x, m = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
   const uint hd = p.hd, half_hd = hd / 2u;
   const uint kvh = h / (p.n_heads / p.n_kv);
-  const uint pos = step.pos0 + m;
+  const uint pos = PER_ROW != 0u ? step[2u * m] : step[0] + m;
   const uint lo = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
+  const uint base = PER_ROW != 0u ? step[2u * m + 1u] * p.max_ctx : 0u;  // the sequence's first cached position
   const float scale = inversesqrt(float(hd));
   for (uint j = t; j < hd; j += 128u) qs[j] = q[(m * p.n_heads + h) * hd + j];
   barrier();
@@ -62,7 +67,7 @@ void main() {
     const uint key = start + t;
     float s = -1.0 / 0.0;
     if (key <= pos) {
-      const uint kb = (key * p.n_kv + kvh) * half_hd;
+      const uint kb = ((base + key) * p.n_kv + kvh) * half_hd;
       vec4 d = vec4(0.0);  // four independent chains: several loads in flight (hd is even, >= 2)
       uint j = 0u;
       for (; j + 2u <= half_hd; j += 2u) {
@@ -87,7 +92,7 @@ void main() {
     const uint n = min(128u, pos + 1u - start);
     // acc += sum_i probs[i] * v_i, four keys per step so that four loads are in flight.
     const uint vstride = p.n_kv * half_hd;  // words from one position to the next
-    const uint vb0 = (start * p.n_kv + kvh) * half_hd;
+    const uint vb0 = ((base + start) * p.n_kv + kvh) * half_hd;
     const uint w0 = t >> 1u, w1 = (t + 128u) >> 1u;
     const bool lo_half = (t & 1u) == 0u;
     vec4 a0 = vec4(0.0), a1 = vec4(0.0);

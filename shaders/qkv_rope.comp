@@ -1,9 +1,11 @@
 #version 450
-// qkv_rope: after the Q, K, V projections of M tokens at positions pos0 .. pos0+M-1:
+// qkv_rope: after the Q, K, V projections of M tokens at positions pos0 .. pos0+M-1 (or, with
+// PER_ROW, token m of sequence slot[m] at position pos[m], each sequence's cache a region of
+// max_ctx positions: continuous batching):
 //   q, k, v += bias                         (Qwen2; HAS_BIAS)
 //   q, k = RMSNorm_head(q, k) * norm        (Qwen3 q/k norms over head_dim; HAS_NORM)
 //   q, k = RoPE(q, k, pos)                  rotate-half pairs (j, j + hd/2), angle pos * inv_freq[j]
-//   kcache[pos][kvh] = k, vcache[pos][kvh] = v   (fp16)
+//   kcache[pos][kvh] = k, vcache[pos][kvh] = v   (fp16; PER_ROW: position slot * max_ctx + pos)
 // The rotated q goes to q_out for the attention kernel.
 // KV cache layout (uint words, per layer): [max_ctx][n_kv][hd/2]; K word j holds the RoPE pair
 //   (k_j, k_{j+hd/2}), V word i holds (v_{2i}, v_{2i+1}); packHalf2x16.
@@ -11,16 +13,17 @@
 //          1 q_out [M][n_heads*hd]; 2 kcache; 3 vcache; 4 inv_freq [hd/2] fp32 (rope scaling
 //          applied by the host); 5 biases fp32 (q | k | v, when HAS_BIAS); 6 norms fp32
 //          (q_norm[hd] | k_norm[hd], when HAS_NORM); 7 step: uint pos0 at [0] (written by the
-//          host before each replay).
+//          host before each replay); PER_ROW: [M] (pos, slot) pairs of uints.
 // Workgroup: 64 invocations per (head, token): invocation t handles pairs j = t, t + 64, ...
 // Dispatch: (n_heads + n_kv, M).
-// Specialization: 0 HAS_BIAS, 1 HAS_NORM.
+// Specialization: 0 HAS_BIAS, 1 HAS_NORM, 2 PER_ROW.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 
 layout(local_size_x = 64) in;
 layout(constant_id = 0) const uint HAS_BIAS = 0u;
 layout(constant_id = 1) const uint HAS_NORM = 0u;
+layout(constant_id = 2) const uint PER_ROW = 0u;
 
 layout(std430, binding = 0) readonly buffer QKV { float qkv[]; };
 layout(std430, binding = 1) writeonly buffer Q { float q_out[]; };
@@ -29,7 +32,7 @@ layout(std430, binding = 3) writeonly buffer VC { uint vc[]; };
 layout(std430, binding = 4) readonly buffer F { float inv_freq[]; };
 layout(std430, binding = 5) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 6) readonly buffer Norm { float norm[]; };
-layout(std430, binding = 7) readonly buffer Step { uint pos0; } step;
+layout(std430, binding = 7) readonly buffer Step { uint step[]; };
 layout(push_constant) uniform Push { uint n_heads, n_kv, hd, max_ctx; float eps; } p;
 
 shared float red[64];
@@ -55,7 +58,8 @@ void main() {
   const uint row = m * (q_dim + 2u * kv_dim);                  // token m's q | k | v
   const uint base = row + (is_q ? h * hd : q_dim + kvh * hd);  // this head's q or k
   const uint bias_base = is_q ? h * hd : q_dim + kvh * hd;
-  const uint pos = step.pos0 + m;
+  const uint pos = PER_ROW != 0u ? step[2u * m] : step[0] + m;
+  const uint cpos = PER_ROW != 0u ? step[2u * m + 1u] * p.max_ctx + pos : pos;  // where it is cached
 
   // q or k: bias, head norm, RoPE (pairs j, j + hd/2 stay in one invocation)
   float ss = 0.0;
@@ -81,7 +85,7 @@ void main() {
       q_out[m * q_dim + h * hd + j] = ra;
       q_out[m * q_dim + h * hd + j + half_hd] = rb;
     } else {
-      kc[(pos * p.n_kv + kvh) * half_hd + j] = packHalf2x16(vec2(ra, rb));
+      kc[(cpos * p.n_kv + kvh) * half_hd + j] = packHalf2x16(vec2(ra, rb));
     }
   }
   if (!is_q) {
@@ -89,7 +93,7 @@ void main() {
     for (uint i = t; i < half_hd; i += 64u) {
       float a = qkv[row + vb + 2u * i], b = qkv[row + vb + 2u * i + 1u];
       if (HAS_BIAS != 0u) { a += bias[vb + 2u * i]; b += bias[vb + 2u * i + 1u]; }
-      vc[(pos * p.n_kv + kvh) * half_hd + i] = packHalf2x16(vec2(a, b));
+      vc[(cpos * p.n_kv + kvh) * half_hd + i] = packHalf2x16(vec2(a, b));
     }
   }
 }

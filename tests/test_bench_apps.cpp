@@ -101,6 +101,33 @@ TEST(VkBench, BundledModelJsonCsvAndBreakdown) {
   EXPECT_EQ(lines, 3);
 }
 
+// Continuous batching (-np, llama.cpp's batched-bench): N sequences decoding together, their
+// aggregate tokens/s next to the single-sequence tg, and a breakdown of one batched step.
+TEST(VkBench, BatchedDecodeAggregate) {
+  TempDir d;
+  const std::string out = ok(kBench + " -m " + q(kModel) + " -p 0 -n 3 -np 1,3 -r 1 --warmup-ms 0 --copy-mib 8 --profile-reps 1" +
+                             " --json " + q(d.file("b.json")));
+  EXPECT_NE(out.find("Continuous batching"), std::string::npos) << out;
+  EXPECT_NE(out.find("| tg3 x3 | 3 |"), std::string::npos) << out;
+  const json j = read_json(d.file("b.json"));
+  const json& m = j["models"][0];
+  ASSERT_EQ(m["tests"].size(), 3u);
+  EXPECT_EQ(m["tests"][0]["test"], "tg3");
+  EXPECT_EQ(m["tests"][0]["n_parallel"], 0);
+  EXPECT_EQ(m["tests"][1]["test"], "tg3 x1");
+  EXPECT_EQ(m["tests"][2]["test"], "tg3 x3");
+  EXPECT_EQ(m["tests"][2]["n_parallel"], 3);
+  EXPECT_GT(m["tests"][2]["tps_mean"].get<double>(), 0.0);
+  const json& bd = m["breakdown_batched_decode"];
+  EXPECT_EQ(bd["tokens"], 3);
+  ASSERT_NE(find_kernel(bd, "batched gemv mlp.down"), nullptr) << bd.dump();
+  EXPECT_EQ((*find_kernel(bd, "attention"))["calls"], 6);
+  EXPECT_EQ((*find_kernel(bd, "batched gemv lm_head"))["calls"], 1);
+  const CommandResult bad = run_command(kBench + " -m " + q(kModel) + " -p 0 -n 2 -np 0");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("-np"), std::string::npos) << bad.output;
+}
+
 TEST(VkBench, SyntheticFormatsInOneRun) {
   TempDir d;
   ok(kBench + " --synthetic tiny --bits 3 --recipe mixed --fp16 -p 8 -n 2 -r 1 --warmup-ms 0 --copy-mib 8 --no-breakdown" +

@@ -383,6 +383,98 @@ TEST(Gemm, MatchesCpu) {
   }
 }
 
+// The batched GEMV of continuous batching: every token's row against the fp64 twin, on matrices
+// of every bit width, sliced and not, several batch shapes; and bitwise the same result for a
+// token alone, among others, at another place in the batch and with other workgroup shapes.
+TEST(GemvBatch, MatchesCpuAndDoesNotDependOnTheBatch) {
+  std::vector<MatCase> cases;
+  for (int bits = 2; bits <= 8; ++bits) cases.push_back({37, size_t(1000 + 24 * bits), bits, bits % 2 ? 128 : 64, pq::Method::pq});
+  cases.push_back({130, 333, 5, 128, pq::Method::absmax});
+  cases.push_back({9, 4096 + 40, 4, 256, pq::Method::pq});
+  cases.push_back({64, 640, 8, 128, pq::Method::lloyd});
+  KernelConfig small;  // another shape: fewer threads, rows and tokens per workgroup
+  small.batch_wg = 32, small.batch_rows = 3, small.batch_tokens = 2;
+  Kernels other(context(), small);
+  for (const auto& c : cases) {
+    const auto q = make_matrix(c);
+    const auto d = upload_quant(context(), q, describe(c), c.rows == 130 ? 60 * 240 : 0);  // 130 rows: 3 slices
+    for (uint32_t m : {1u, 3u, 8u, 13u}) {
+      auto x = random_vector(m * c.cols, m * 5 + static_cast<uint32_t>(c.cols));
+      vk::Buffer xb = context().upload_new(x, "X");
+      vk::Buffer xr = poisoned(m * q.cols_padded);
+      const uint32_t ldy = static_cast<uint32_t>(c.rows) + 3;  // a wider output row, from column 2
+      vk::Buffer y = poisoned(size_t(m) * ldy);
+      auto cmd = context().commands();
+      kernels().prepare(cmd, xb, xr, m, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block), Layout::row_major,
+                        q.rotated, Prologue{});
+      cmd.barrier();
+      kernels().gemv_batch(cmd, d, xr, y, m, false, GemmOut{ldy, 2});
+      cmd.run();
+      const auto got = read_floats(y, size_t(m) * ldy);
+      std::vector<float> g;
+      std::vector<double> ref(size_t(m) * c.rows), yi(c.rows);
+      for (uint32_t i = 0; i < m; ++i) {
+        pq::gemv_reference(q, x.data() + i * c.cols, yi.data());
+        std::copy(yi.begin(), yi.end(), ref.begin() + i * c.rows);
+        g.insert(g.end(), got.begin() + i * ldy + 2, got.begin() + i * ldy + 2 + c.rows);
+        EXPECT_EQ(std::bit_cast<uint32_t>(got[i * ldy]), kPoison) << "column 0 written";
+        EXPECT_EQ(std::bit_cast<uint32_t>(got[i * ldy + ldy - 1]), kPoison) << "last column written";
+      }
+      EXPECT_LT(rel_error(g, ref), kDotTol) << describe(c) << " m=" << m;
+
+      // Token i alone (m = 1, its prepared row copied to row 0) and in reverse order: bit for bit.
+      const auto xr_host = context().download_all<float>(xr);
+      std::vector<float> reversed(xr_host.size());
+      for (uint32_t i = 0; i < m; ++i)
+        std::copy(xr_host.begin() + size_t(i) * q.cols_padded, xr_host.begin() + size_t(i + 1) * q.cols_padded,
+                  reversed.begin() + size_t(m - 1 - i) * q.cols_padded);
+      vk::Buffer rb = context().upload_new(reversed, "reversed X"), yr = poisoned(size_t(m) * c.rows);
+      auto cmd2 = context().commands();
+      kernels().gemv_batch(cmd2, d, rb, yr, m);
+      cmd2.run();
+      const auto got_rev = read_floats(yr, size_t(m) * c.rows);
+      for (uint32_t i = 0; i < m; i += std::max(1u, m / 3)) {
+        vk::Buffer one = context().upload_new(std::vector<float>(xr_host.begin() + size_t(i) * q.cols_padded,
+                                                                 xr_host.begin() + size_t(i + 1) * q.cols_padded), "x_i");
+        vk::Buffer y1 = poisoned(c.rows), y2 = poisoned(c.rows);
+        auto cmd3 = context().commands();
+        kernels().gemv_batch(cmd3, d, one, y1, 1);
+        other.gemv_batch(cmd3, d, one, y2, 1);
+        cmd3.run();
+        const auto alone = read_floats(y1, c.rows);
+        for (size_t r = 0; r < c.rows; ++r) {
+          ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(got[i * ldy + 2 + r]))
+              << describe(c) << " m=" << m << " token " << i << " row " << r << ": alone vs in the batch";
+          ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(got_rev[size_t(m - 1 - i) * c.rows + r]))
+              << describe(c) << " m=" << m << " token " << i << " row " << r << ": another place in the batch";
+        }
+        // Another workgroup shape changes the order of the sums: close, not necessarily equal.
+        EXPECT_LT(rel_error(read_floats(y2, c.rows), alone), 1e-5) << describe(c);
+      }
+    }
+  }
+  // Accumulate onto Y.
+  const MatCase c{20, 300, 3, 64, pq::Method::pq};
+  const auto q = make_matrix(c);
+  const auto d = upload_quant(context(), q, describe(c));
+  auto xp = random_vector(2 * q.cols_padded, 77);
+  for (uint32_t i = 0; i < 2; ++i)
+    for (size_t k = c.cols; k < q.cols_padded; ++k) xp[i * q.cols_padded + k] = 0.0f;  // zero padding
+  const auto base = random_vector(2 * c.rows, 78);
+  vk::Buffer xb = context().upload_new(xp, "X"), y = context().upload_new(base, "Y");
+  auto cmd = context().commands();
+  kernels().gemv_batch(cmd, d, xb, y, 2, true);
+  cmd.run();
+  std::vector<double> want;
+  std::vector<double> yi(c.rows);
+  for (uint32_t i = 0; i < 2; ++i) {
+    const std::vector<double> xd(xp.begin() + i * q.cols_padded, xp.begin() + (i + 1) * q.cols_padded);
+    pq::gemv_reference_prepared(q, xd.data(), yi.data());
+    for (size_t r = 0; r < c.rows; ++r) want.push_back(base[i * c.rows + r] + yi[r]);
+  }
+  EXPECT_LT(rel_error(read_floats(y, 2 * c.rows), want), kDotTol);
+}
+
 TEST(Copy, ShaderCopyEqualsSource) {
   for (size_t bytes : {size_t(16), size_t(16 * 1001), size_t(5u << 20) + 48}) {
     std::vector<uint32_t> src(bytes / 4);
@@ -449,6 +541,32 @@ TEST(Argmax, LowestIndexOfTheLargest) {
     EXPECT_EQ(context().download_all<int32_t>(out)[0], static_cast<int32_t>(top)) << n;
     EXPECT_EQ(context().download_all<int32_t>(tokens)[0], static_cast<int32_t>(top)) << n;
   }
+}
+
+TEST(Argmax, EveryRowOfABatch) {
+  for (uint32_t n : {5u, 1000u, 151936u}) {
+    const uint32_t rows = 7, ldx = n + 3;
+    auto x = random_vector(size_t(rows) * ldx, n + 1);
+    std::vector<int32_t> want;
+    for (uint32_t r = 0; r < rows; ++r) {
+      const uint32_t top = (r * 7919u + 3u) % n;
+      x[size_t(r) * ldx + top] = 100.0f + static_cast<float>(r);
+      x[size_t(r) * ldx + n] = 1000.0f;  // past the row's end: never chosen
+      want.push_back(static_cast<int32_t>(top));
+    }
+    vk::Buffer xb = context().upload_new(x, "logits"), out = poisoned(rows + 1), tokens = poisoned(rows + 1);
+    auto cmd = context().commands();
+    kernels().argmax(cmd, xb, n, out, tokens, rows, ldx);
+    cmd.run();
+    const auto got = context().download_all<int32_t>(out), got_t = context().download_all<int32_t>(tokens);
+    EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + rows), want) << n;
+    EXPECT_EQ(std::vector<int32_t>(got_t.begin(), got_t.begin() + rows), want) << n;
+    EXPECT_EQ(static_cast<uint32_t>(got[rows]), kPoison);
+  }
+  vk::Buffer xb = context().buffer(64), o = context().buffer(64);
+  auto cmd = context().commands();
+  EXPECT_THROW(kernels().argmax(cmd, xb, 4, o, o, Kernels::kArgmaxRows + 1), vk::Error);
+  EXPECT_THROW(kernels().argmax(cmd, xb, 4, o, o, 2, 3), vk::Error);  // stride below the row
 }
 
 // Attention inputs of one case: random q/k/v for m tokens at pos0.., biases, norms, and random
@@ -596,6 +714,70 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
     kernels().attention(cmd, d.shape, qb, kcb, vcb, out, step, c.m);
     cmd.run();
     EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), 1e-4) << describe(c);
+  }
+}
+
+// Continuous batching: tokens of several sequences, each in its own cache region (slot), at their
+// own positions, in an arbitrary order in one batch: qkv_rope + attention per row against the fp64
+// twin of each sequence, and the other slots' regions untouched.
+TEST(Attention, PerRowSlotsAndPositionsMatchCpu) {
+  for (const auto& [heads, kv, hd, bias, norm, window] :
+       {std::tuple{4u, 2u, 16u, false, false, 0u}, std::tuple{6u, 2u, 12u, true, true, 0u}, std::tuple{8u, 8u, 128u, false, true, 5u}}) {
+    // Three sequences: (tokens, first position, slot); one more slot stays empty.
+    const std::vector<std::tuple<uint32_t, uint32_t, uint32_t>> seqs = {{1, 0, 2}, {3, 140, 0}, {1, 9, 3}};
+    const uint32_t slots = 4, ctx_len = 512;
+    std::vector<AttnData> data;
+    for (const auto& [m, pos0, slot] : seqs) data.emplace_back(AttnCase{heads, kv, hd, m, pos0, window, bias, norm});
+    const AttnData& d0 = data[0];
+    Kernels::AttentionShape shape = d0.shape;
+    shape.max_ctx = ctx_len;
+    // Each sequence's cache region; random words in the empty slot 1 must stay.
+    const size_t region = size_t(ctx_len) * d0.kv_dim / 2;
+    std::vector<uint32_t> kc(slots * region), vc(slots * region);
+    std::mt19937 rng(99);
+    for (auto& w : kc) w = rng();
+    for (auto& w : vc) w = rng();
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const uint32_t slot = std::get<2>(seqs[i]), pos0 = std::get<1>(seqs[i]);
+      std::copy(data[i].kc.begin(), data[i].kc.begin() + size_t(pos0) * d0.kv_dim / 2, kc.begin() + slot * region);
+      std::copy(data[i].vc.begin(), data[i].vc.begin() + size_t(pos0) * d0.kv_dim / 2, vc.begin() + slot * region);
+    }
+    const auto kc_before = kc;
+    // Rows in a shuffled order: (sequence, token).
+    const std::vector<std::pair<size_t, uint32_t>> order = {{1, 2}, {0, 0}, {1, 0}, {2, 0}, {1, 1}};
+    std::vector<float> qkv;
+    std::vector<uint32_t> rows;
+    for (const auto& [si, tk] : order) {
+      const auto all = data[si].qkv();
+      const size_t w = d0.q_dim + 2 * d0.kv_dim;
+      qkv.insert(qkv.end(), all.begin() + tk * w, all.begin() + (tk + 1) * w);
+      rows.push_back(std::get<1>(seqs[si]) + tk);
+      rows.push_back(std::get<2>(seqs[si]));
+    }
+    const uint32_t m = static_cast<uint32_t>(order.size());
+    vk::Buffer qkvb = context().upload_new(qkv, "q|k|v"), qb = poisoned(m * d0.q_dim);
+    vk::Buffer kcb = context().upload_new(kc, "kc"), vcb = context().upload_new(vc, "vc");
+    vk::Buffer fb = context().upload_new(d0.inv_freq, "freq"), bb = context().upload_new(d0.bias, "bias"),
+               nb = context().upload_new(d0.norm, "norm");
+    vk::Buffer rb = context().upload_new(rows, "rows"), out = poisoned(m * d0.q_dim);
+    auto cmd = context().commands();
+    kernels().qkv_rope(cmd, shape, qkvb, qb, kcb, vcb, fb, bias ? vk::BufferView(bb) : vk::BufferView(),
+                       norm ? vk::BufferView(nb) : vk::BufferView(), rb, m, Kernels::Positions::per_row);
+    cmd.barrier();
+    kernels().attention(cmd, shape, qb, kcb, vcb, out, rb, m, Kernels::Positions::per_row);
+    cmd.run();
+    const auto got = read_floats(out, m * d0.q_dim);
+    const std::string what = "heads " + std::to_string(heads) + "/" + std::to_string(kv) + " hd " + std::to_string(hd);
+    for (size_t r = 0; r < order.size(); ++r) {
+      const auto [si, tk] = order[r];
+      const auto ref = data[si].reference();
+      const std::vector<double> want(ref.begin() + tk * d0.q_dim, ref.begin() + (tk + 1) * d0.q_dim);
+      EXPECT_LT(rel_error(std::vector<float>(got.begin() + r * d0.q_dim, got.begin() + (r + 1) * d0.q_dim), want), 1e-4)
+          << what << " row " << r;
+    }
+    const auto kc_after = context().download_all<uint32_t>(kcb);
+    EXPECT_TRUE(std::equal(kc_before.begin() + region, kc_before.begin() + 2 * region, kc_after.begin() + region))
+        << what << ": the empty slot's region was written";
   }
 }
 

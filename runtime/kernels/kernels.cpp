@@ -155,6 +155,18 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
     else if (v == "unmasked") cfg_.gemv_lookup = KernelConfig::GemvLookup::shuffle_unmasked;
     else throw Error("PQVK_GEMV_LOOKUP='" + v + "' is not table, shuffle or unmasked");
   }
+  if (const char* e = std::getenv("PQVK_GEMV_BATCH"); e && *e) {  // "WGxROWSxTOKENS": the batched GEMV's shape (benchmarks)
+    unsigned wg = 0, rows = 0, tokens = 0;
+    if (std::sscanf(e, "%ux%ux%u", &wg, &rows, &tokens) != 3)
+      throw Error(std::string("PQVK_GEMV_BATCH='") + e + "' is not WGxROWSxTOKENS (e.g. 128x8x8)");
+    cfg_.batch_wg = wg;
+    cfg_.batch_rows = rows;
+    cfg_.batch_tokens = tokens;
+  }
+  if (cfg_.batch_wg % 32 || cfg_.batch_wg == 0 || cfg_.batch_wg > ctx.info().max_workgroup_invocations ||
+      cfg_.batch_rows == 0 || cfg_.batch_rows > 32 || cfg_.batch_tokens == 0 || cfg_.batch_tokens > 64)
+    throw Error("batched gemv: workgroup " + std::to_string(cfg_.batch_wg) + " (a multiple of 32 within the device limit), " +
+                std::to_string(cfg_.batch_rows) + " rows (1..32), " + std::to_string(cfg_.batch_tokens) + " tokens (1..64)");
   if (cfg_.gemv_table_shift > 5) throw Error("gemv table copies: at most 32 (shift 5)");
   if (cfg_.gemv_wg % 32 || cfg_.gemv_wg == 0 || cfg_.gemv_wg > ctx.info().max_workgroup_invocations)
     throw Error("gemv workgroup size " + std::to_string(cfg_.gemv_wg) + " must be a multiple of 32 within the device limit");
@@ -349,6 +361,30 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   }
 }
 
+void Kernels::gemv_batch(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y,
+                         uint32_t m, bool accumulate, GemmOut out) {
+  if (m == 0) throw Error(w.name + ": batched gemv of 0 tokens");
+  const uint32_t ldy = out.ldy ? out.ldy : u32(w.rows, "rows");
+  if (out.col + w.rows > ldy) throw Error(w.name + ": batched gemv output columns exceed its row stride");
+  check_view(x_rot, size_t(m) * w.cols_padded, w.name + " batched gemv input");
+  check_view(y, size_t(m - 1) * ldy + out.col + w.rows, w.name + " batched gemv output");
+  const uint32_t wg = cfg_.batch_wg, rows = cfg_.batch_rows, nb = cfg_.batch_tokens;
+  if (wg == 0 || wg % 32 || rows == 0 || nb == 0 || size_t(rows) * nb * (wg / 4) * 4 > ctx_.info().max_shared_memory)
+    throw Error("batched gemv: workgroup of " + std::to_string(wg) + " threads, " + std::to_string(rows) + " rows and " +
+                std::to_string(nb) + " tokens is not supported on this device");
+  const auto& p = pipeline("pq_gemv_batch", {{0, wg}, {1, uint32_t(w.bits)}, {2, rows}, {3, nb}, {4, uint32_t(w.block)}},
+                           5, 32, wg);
+  const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  for (const auto& s : w.slices) {
+    struct { uint32_t rows, nchunk, nblocks, m, ldx, ldy, y_offset, accumulate; } push{
+        u32(s.rows, "rows"), nchunk, nblocks, m, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
+        accumulate ? 1u : 0u};
+    uint32_t gx, gy;
+    grid(ctx_, (s.rows + rows - 1) / rows, &gx, &gy);
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, gx, gy, (m + nb - 1) / nb);
+  }
+}
+
 void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,
                        bool accumulate, uint32_t y_offset) {
   check_view(x, w.cols, w.name + " gemv input");
@@ -414,8 +450,10 @@ void Kernels::embed_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferV
 
 void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView q_out,
                        vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias,
-                       vk::BufferView norm, vk::BufferView step, uint32_t m) {
+                       vk::BufferView norm, vk::BufferView step, uint32_t m, Positions positions) {
   if (a.head_dim % 2 || a.n_kv == 0 || a.n_heads % a.n_kv) throw Error("qkv_rope: bad attention shape");
+  const bool per_row = positions == Positions::per_row;
+  check_view(step, per_row ? 2 * size_t(m) : 1, "token positions");
   const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
   check_view(qkv, m * (q_dim + 2 * kv_dim), "q/k/v");
   check_view(q_out, m * q_dim, "q");
@@ -425,7 +463,7 @@ void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferVie
   const bool has_bias = bias.buffer != nullptr, has_norm = norm.buffer != nullptr;
   if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
   if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
-  const auto& p = pipeline("qkv_rope", {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}}, 8, 20, 64);
+  const auto& p = pipeline("qkv_rope", {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, per_row ? 1u : 0u}}, 8, 20, 64);
   struct { uint32_t n_heads, n_kv, hd, max_ctx; float eps; } push{a.n_heads, a.n_kv, a.head_dim, a.max_ctx, a.eps};
   cmd.dispatch(p, {qkv, q_out, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
                    has_norm ? norm : vk::BufferView(dummy_), step},
@@ -471,28 +509,39 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
 }
 
 void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
-                        vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m) {
+                        vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m, Positions positions) {
   if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv)
     throw Error("attention: head size " + std::to_string(a.head_dim) + " (even, at most 256) or head counts unsupported");
-  const size_t q_dim = size_t(a.n_heads) * a.head_dim;
+  const bool per_row = positions == Positions::per_row;
+  const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
   check_view(q, m * q_dim, "attention q");
   check_view(out, m * q_dim, "attention output");
-  const auto& p = pipeline("attention", {}, 5, 16, 128);
-  struct { uint32_t n_heads, n_kv, hd, window; } push{a.n_heads, a.n_kv, a.head_dim, a.window};
+  check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
+  check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
+  check_view(step, per_row ? 2 * size_t(m) : 1, "token positions");
+  const auto& p = pipeline("attention", {{0, per_row ? 1u : 0u}}, 5, 20, 128);
+  struct { uint32_t n_heads, n_kv, hd, window, max_ctx; } push{a.n_heads, a.n_kv, a.head_dim, a.window, a.max_ctx};
   cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, m);
 }
 
-void Kernels::argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens) {
-  if (n == 0) throw Error("argmax of nothing");
-  check_view(x, n, "argmax input");
-  // Pass 0: segments of at least 1024 entries, at most 256 workgroups; pass 1: their results.
+void Kernels::argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens,
+                     uint32_t rows, uint32_t ldx) {
+  if (n == 0 || rows == 0) throw Error("argmax of nothing");
+  if (rows > kArgmaxRows) throw Error("argmax of " + std::to_string(rows) + " rows: at most " + std::to_string(kArgmaxRows));
+  if (ldx == 0) ldx = n;
+  if (ldx < n) throw Error("argmax: row stride below the row length");
+  check_view(x, size_t(rows - 1) * ldx + n, "argmax input");
+  check_view(out, rows, "argmax output");
+  check_view(tokens, rows, "argmax tokens");
+  // Pass 0: segments of at least 1024 entries, at most 256 workgroups per row; pass 1: their results.
   const uint32_t groups = std::min<uint32_t>(256, (n + 1023) / 1024);
   const uint32_t seg = (n + groups - 1) / groups;
-  if (!argmax_parts_.valid()) argmax_parts_ = ctx_.buffer(256 * 8, vk::MemoryKind::device, "argmax partial results");
-  struct { uint32_t n, seg; } first{n, seg}, second{groups, 0};
-  cmd.dispatch(pipeline("argmax", {{0, 0u}}, 4, 8, 256), {x, out, tokens, argmax_parts_}, first, groups);
+  if (!argmax_parts_.valid())
+    argmax_parts_ = ctx_.buffer(size_t(kArgmaxRows) * 512 * 4, vk::MemoryKind::device, "argmax partial results");
+  struct { uint32_t n, seg, ldx; } first{n, seg, ldx}, second{groups, 0, ldx};
+  cmd.dispatch(pipeline("argmax", {{0, 0u}}, 4, 12, 256), {x, out, tokens, argmax_parts_}, first, groups, rows);
   cmd.barrier();
-  cmd.dispatch(pipeline("argmax", {{0, 1u}}, 4, 8, 256), {x, out, tokens, argmax_parts_}, second, 1);
+  cmd.dispatch(pipeline("argmax", {{0, 1u}}, 4, 12, 256), {x, out, tokens, argmax_parts_}, second, 1, rows);
 }
 
 uint32_t random_fill_word(uint32_t seed, uint32_t x) {

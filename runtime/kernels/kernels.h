@@ -79,6 +79,10 @@ struct KernelConfig {
   // GEMV of the matrix.
   enum class GemvLookup { automatic, table, shuffle, shuffle_unmasked, code } gemv_lookup = GemvLookup::automatic;
   int gemv_table_shift = -1;  // table copies = 1 << it (0..5); -1: as many as fit, up to 32
+  // The batched GEMV of continuous batching (gemv_batch, shaders/pq_gemv_batch.comp): threads
+  // per workgroup (a multiple of 32), rows per workgroup, tokens per workgroup (more tokens take
+  // several workgroups, each reading the weights again).
+  uint32_t batch_wg = 128, batch_rows = 8, batch_tokens = 8;
 };
 
 // What fwht/prepare computes before the (optional) rotation of each block.
@@ -146,6 +150,13 @@ class Kernels {
   void gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
             bool accumulate = false, GemmOut out = {});
 
+  // Y [m][rows] = X W^T for the m tokens of a batched decode step (different sequences), each
+  // code read once per config().batch_tokens tokens (pq_gemv_batch.comp); X as gemm() reads it.
+  // A token's result does not depend on m or on its place among the m (the same arithmetic in
+  // the same order), so a sequence decodes the same alone and in a batch.
+  void gemv_batch(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
+                  bool accumulate = false, GemmOut out = {});
+
   // fp16 baseline: y[rows] = W x (x [cols] fp32) and Y [m][rows] = X W^T (X [m][cols] fp32).
   // y_offset: where row 0's result goes in y.
   void gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,
@@ -170,12 +181,17 @@ class Kernels {
     uint32_t n_heads = 0, n_kv = 0, head_dim = 0, max_ctx = 0, window = 0;
     float eps = 1e-6f;  // q/k norms
   };
+  // Where the m tokens of qkv_rope / attention are: one sequence at positions step[0] + i
+  // (consecutive), or per_row (continuous batching): token i at position step[2i] of the sequence
+  // whose cache region is slot step[2i + 1] (cache positions slot * max_ctx ..); the caches then
+  // hold slots * max_ctx positions.
+  enum class Positions { consecutive, per_row };
   // qkv [m][q | k | v] (rows of n_heads * head_dim + 2 * n_kv * head_dim) -> biases, q/k
-  // norms, RoPE at positions step[0] + i; q into q_out [m][n_heads * head_dim], k, v into the
+  // norms, RoPE at the tokens' positions; q into q_out [m][n_heads * head_dim], k, v into the
   // caches. bias / norm may be empty views when the model has none.
   void qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView q_out,
                 vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias,
-                vk::BufferView norm, vk::BufferView step, uint32_t m);
+                vk::BufferView norm, vk::BufferView step, uint32_t m, Positions positions = Positions::consecutive);
   // Decode (one token at position step[0]): qkv_rope's work for that token fused with
   // attention over the caches split into `splits` ranges of the context (flash-decoding),
   // the splits merged by the last workgroup of each KV head: out [n_heads * head_dim].
@@ -191,11 +207,16 @@ class Kernels {
                         vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
                         vk::BufferView step, const DecodeScratch& scratch, vk::BufferView out, uint32_t splits);
   bool decode_attention_supported(const AttentionShape& a) const;
-  // out [m][n_heads * head_dim] = causal attention of q over the caches.
+  // out [m][n_heads * head_dim] = causal attention of q over the caches (each token over its own
+  // sequence's positions up to its own).
   void attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
-                 vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m);
-  // out[0] = tokens[0] = argmax(x[0..n)) (lowest index among equals), in two passes.
-  void argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens);
+                 vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m,
+                 Positions positions = Positions::consecutive);
+  // out[r] = tokens[r] = argmax(x[r][0..n)) (lowest index among equals) for each of `rows` rows of
+  // x of `ldx` floats (0: n), in two passes; at most kArgmaxRows rows.
+  static constexpr uint32_t kArgmaxRows = 256;
+  void argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens,
+              uint32_t rows = 1, uint32_t ldx = 0);
 
   // dst[0 .. words) = random 32-bit words (random_fill_word(seed, i)), or with fp16_range two
   // fp16 values uniform in [lo, hi) per word: synthetic weights made on the device.

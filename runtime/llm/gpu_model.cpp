@@ -205,7 +205,8 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
     throw ModelError(where + ": head size " + std::to_string(c.head_dim) + " is not supported (even, at most 256)");
   context_ = static_cast<int32_t>(opt.context > 0 ? std::min<int64_t>(opt.context, c.max_seq_len)
                                                   : std::min<int64_t>(c.max_seq_len, 8192));
-  max_batch_ = std::max<uint32_t>(1, std::min<uint32_t>(opt.max_batch, static_cast<uint32_t>(context_)));
+  slots_ = opt.slots;
+  max_batch_ = std::max<uint32_t>({1, std::min<uint32_t>(opt.max_batch, static_cast<uint32_t>(context_)), slots_});
   fused_gemv_ = opt.fused_gemv > 0;
   shape_.n_heads = static_cast<uint32_t>(c.n_heads);
   shape_.n_kv = static_cast<uint32_t>(c.n_kv_heads);
@@ -236,7 +237,9 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   };
   auto take_vec = [&](const std::string& n) { return std::move(vecs.at(n)); };
   embed_ = take_mat("embed");
-  const size_t kv_bytes = size_t(context_) * size_t(c.n_kv_heads * c.head_dim) * 2;
+  // One region of context_ positions per sequence (continuous batching), region 0 for the
+  // single-sequence entry points.
+  const size_t kv_bytes = size_t(std::max<uint32_t>(1, slots_)) * size_t(context_) * size_t(c.n_kv_heads * c.head_dim) * 2;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     auto L = std::make_unique<Layer>();
@@ -312,6 +315,15 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   tokens_ = ctx.buffer(M * 4, vk::MemoryKind::upload, "token ids");
   step_ = ctx.buffer(16, vk::MemoryKind::upload, "step");
   next_ = ctx.buffer(16, vk::MemoryKind::download, "argmax");
+  if (slots_ > 0) {
+    if (slots_ > Kernels::kArgmaxRows) throw ModelError(where + ": at most " + std::to_string(Kernels::kArgmaxRows) + " sequences");
+    const size_t vocab = static_cast<size_t>(c.vocab_size);
+    rows_ = ctx.buffer(M * 8, vk::MemoryKind::upload, "batch positions and slots");
+    batch_logits_ = ctx.buffer(size_t(slots_) * vocab * 4, vk::MemoryKind::device, "batch logits");
+    batch_logits_host_ = ctx.buffer(size_t(slots_) * vocab * 4, vk::MemoryKind::download, "batch logits (host)");
+    batch_ids_ = ctx.buffer(size_t(slots_) * 4, vk::MemoryKind::download, "batch argmax");
+    batch_next_ = ctx.buffer(size_t(slots_) * 4, vk::MemoryKind::device, "batch argmax tokens");
+  }
 }
 
 GpuModel::~GpuModel() = default;
@@ -358,7 +370,7 @@ bool GpuModel::fused_gemv(const Linear& w, uint32_t m, const Prologue& pro) cons
   // One token, a PolarQuant matrix, a prologue the GEMV has (rotation, RMSNorm) and rotation
   // blocks a subgroup holds (Kernels::gemv).
   const uint32_t sg = ctx_.info().subgroup_size;
-  return fused_gemv_ && m == 1 && w.q && (pro.kind == Prologue::none || pro.kind == Prologue::rmsnorm) &&
+  return fused_gemv_ && mat_mode_ == MatMode::automatic && m == 1 && w.q && (pro.kind == Prologue::none || pro.kind == Prologue::rmsnorm) &&
          (!w.q->rotated || static_cast<uint32_t>(w.q->block) / 32 <= sg);
 }
 
@@ -382,7 +394,7 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
     return;
   }
   const Linear& first = *outs.begin()->w;
-  const bool gemv = m == 1;
+  const bool gemv = mat_mode_ == MatMode::automatic && m == 1, batch = mat_mode_ == MatMode::batch_gemv;
   const vk::Buffer& in = first.rotated() ? prep_rot_ : prep_plain_;
   const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : Layout::row_major;
   kernels_.prepare(cmd, x, in, m, cols, static_cast<uint32_t>(first.block()), layout, first.rotated(), pro, in_row0);
@@ -393,12 +405,13 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
     if (w.q) {
       if (gemv) kernels_.gemv(cmd, *w.q, in, o.y, Kernels::GemvOp{Kernels::GemvOp::prepared, {}, 0.0f,
                                                                    accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store, o.col});
+      else if (batch) kernels_.gemv_batch(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col});
       else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col});
     } else {
       if (gemv) kernels_.gemv_f16(cmd, *w.f, in, o.y, accumulate, o.col);
       else kernels_.gemm_f16(cmd, *w.f, in, o.y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)), Kernels::GemmOut{o.ld, o.col});
     }
-    if (marks_) mark(cmd, std::string(gemv ? "gemv " : "gemm ") + matrix_kind(w));
+    if (marks_) mark(cmd, std::string(gemv ? "gemv " : batch && w.q ? "batched gemv " : "gemm ") + matrix_kind(w));
   }
   cmd.barrier();
 }
@@ -416,7 +429,13 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
   else linear(cmd, {{&L.wq, qkv_, 0, ld}, {&L.wk, qkv_, q_dim, ld}, {&L.wv, qkv_, q_dim + kv_dim, ld}}, x_, dim, m, norm, false);
   const vk::BufferView bias = config_.qkv_bias ? vk::BufferView(L.qkv_bias) : vk::BufferView();
   const vk::BufferView qk_norm = config_.qk_norm ? vk::BufferView(L.qk_norm) : vk::BufferView();
-  if (m == 1 && splits_ > 0) {
+  const bool batched = mat_mode_ != MatMode::automatic;  // continuous batching: per-token slots and positions
+  if (batched) {
+    kernels_.qkv_rope(cmd, shape_, qkv_, q_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, rows_, m, Kernels::Positions::per_row);
+    cmd.barrier();
+    mark(cmd, "qkv bias/norm+rope+kv store");
+    kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, rows_, m, Kernels::Positions::per_row);
+  } else if (m == 1 && splits_ > 0) {
     kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_,
                               Kernels::DecodeScratch{att_parts_, att_ml_, att_counters_}, att_, splits_);
   } else {
@@ -426,7 +445,7 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
     kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, step_, m);
   }
   cmd.barrier();
-  mark(cmd, m == 1 && splits_ > 0 ? "attention (rope, kv store, split context, merge)" : "attention");
+  mark(cmd, !batched && m == 1 && splits_ > 0 ? "attention (rope, kv store, split context, merge)" : "attention");
   linear(cmd, {{&L.wo, x_}}, att_, q_dim, m, Prologue{}, true);
 }
 
@@ -484,6 +503,89 @@ void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax) {
   logits(cmd, m, argmax);
 }
 
+// A continuous-batching step of m tokens (ids in tokens_, (pos, slot) pairs in rows_): the last
+// `outs` of them have logits (the batched GEMV's LM head) and an arg max; the last `logits_rows`
+// of those are copied to the host.
+void GpuModel::record_batch(vk::Commands& cmd, BatchKind kind, uint32_t m, uint32_t outs, uint32_t logits_rows) {
+  struct Restore {
+    MatMode& mode;
+    ~Restore() { mode = MatMode::automatic; }
+  } restore{mat_mode_};
+  embed(cmd, m);
+  mat_mode_ = kind == BatchKind::prefill ? MatMode::gemm : MatMode::batch_gemv;
+  for (const auto& L : layers_) {
+    attention_block(cmd, *L, m);
+    mlp_block(cmd, *L, m);
+  }
+  if (outs == 0) return;
+  mat_mode_ = MatMode::batch_gemv;
+  const auto vocab = static_cast<uint32_t>(config_.vocab_size);
+  linear(cmd, {{&head(), batch_logits_}}, x_, static_cast<uint32_t>(config_.dim), outs,
+         Prologue{Prologue::rmsnorm, final_norm_, shape_.eps}, false, m - outs);
+  kernels_.argmax(cmd, batch_logits_, vocab, batch_ids_, batch_next_, outs, vocab);
+  mark(cmd, "argmax");
+  if (logits_rows > 0)
+    cmd.copy(batch_logits_, batch_logits_host_, size_t(logits_rows) * vocab * 4, size_t(outs - logits_rows) * vocab * 4, 0);
+}
+
+std::pair<uint32_t, uint32_t> GpuModel::stage_batch(std::span<const BatchToken> tokens) {
+  if (slots_ == 0) throw ModelError("step: the model was loaded without sequence slots (GpuOptions::slots)");
+  if (tokens.empty() || tokens.size() > max_batch_)
+    throw ModelError("step: " + std::to_string(tokens.size()) + " tokens; 1 to " + std::to_string(max_batch_) + " per step");
+  std::vector<uint64_t> seen;
+  uint32_t outs = 0, logits_rows = 0;
+  for (const BatchToken& t : tokens) {
+    if (t.token < 0 || t.token >= config_.vocab_size) throw ModelError("token id " + std::to_string(t.token) + " out of range");
+    if (t.slot >= slots_) throw ModelError("step: slot " + std::to_string(t.slot) + " of " + std::to_string(slots_));
+    if (t.pos < 0 || t.pos >= context_)
+      throw ModelError("step: position " + std::to_string(t.pos) + " exceeds the context of " + std::to_string(context_) + " tokens");
+    seen.push_back(uint64_t(t.slot) << 32 | uint32_t(t.pos));
+    outs += t.out != BatchToken::none;
+    logits_rows += t.out == BatchToken::logits;
+  }
+  std::sort(seen.begin(), seen.end());
+  if (std::adjacent_find(seen.begin(), seen.end()) != seen.end()) throw ModelError("step: a (slot, position) appears twice");
+  if (outs > slots_) throw ModelError("step: " + std::to_string(outs) + " tokens with outputs; at most " + std::to_string(slots_));
+  // Recorded order: tokens without output, then arg max only, then with logits.
+  batch_order_.clear();
+  for (uint8_t o : {BatchToken::none, BatchToken::argmax, BatchToken::logits})
+    for (uint32_t i = 0; i < tokens.size(); ++i)
+      if (tokens[i].out == o) batch_order_.push_back(i);
+  auto* ids = static_cast<int32_t*>(tokens_.mapped());
+  auto* rows = static_cast<uint32_t*>(rows_.mapped());
+  for (size_t r = 0; r < batch_order_.size(); ++r) {
+    const BatchToken& t = tokens[batch_order_[r]];
+    ids[r] = t.token;
+    rows[2 * r] = static_cast<uint32_t>(t.pos);
+    rows[2 * r + 1] = t.slot;
+  }
+  return {outs, logits_rows};
+}
+
+void GpuModel::step(std::span<const BatchToken> tokens, BatchKind kind, BatchResult& out) {
+  const auto [outs, logits_rows] = stage_batch(tokens);
+  const auto m = static_cast<uint32_t>(tokens.size());
+  const auto key = std::make_tuple(static_cast<int>(kind), m, outs, logits_rows);
+  auto it = batch_recordings_.find(key);
+  if (it == batch_recordings_.end()) {
+    if (batch_recordings_.size() >= 256) batch_recordings_.clear();  // bounded: shapes vary with the load
+    auto rec = std::make_unique<vk::Commands>(ctx_.commands());
+    record_batch(*rec, kind, m, outs, logits_rows);
+    it = batch_recordings_.emplace(key, std::move(rec)).first;
+  }
+  it->second->run();
+  out.ids.assign(tokens.size(), -1);
+  out.logits.assign(tokens.size(), {});
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  const auto* got = static_cast<const int32_t*>(batch_ids_.mapped());
+  const auto* lg = static_cast<const float*>(batch_logits_host_.mapped());
+  for (uint32_t j = 0; j < outs; ++j) {
+    const uint32_t i = batch_order_[m - outs + j];
+    out.ids[i] = got[j];
+    if (j >= outs - logits_rows) out.logits[i] = {lg + size_t(j - (outs - logits_rows)) * vocab, vocab};
+  }
+}
+
 // ---- profiling -------------------------------------------------------------------------------
 
 // Slot 0 is written before the pass; every mark writes the next slot.
@@ -507,24 +609,35 @@ StepProfile GpuModel::profile(std::span<const int32_t> tokens, int32_t pos0, int
                      std::to_string(max_batch_));
   for (int32_t t : tokens)
     if (t < 0 || t >= config_.vocab_size) throw ModelError("token id " + std::to_string(t) + " out of range");
+  const uint32_t m = static_cast<uint32_t>(tokens.size());
+  std::memcpy(tokens_.mapped(), tokens.data(), m * 4);
+  static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos0);
+  return profile_recording([&](vk::Commands& cmd) { record_step(cmd, m, m == 1); }, m, pos0, reps);
+}
+
+StepProfile GpuModel::profile_step(std::span<const BatchToken> tokens, BatchKind kind, int reps) {
+  const auto [outs, logits_rows] = stage_batch(tokens);
+  const auto m = static_cast<uint32_t>(tokens.size());
+  return profile_recording([&](vk::Commands& cmd) { record_batch(cmd, kind, m, outs, logits_rows); }, m, tokens[0].pos, reps);
+}
+
+StepProfile GpuModel::profile_recording(const std::function<void(vk::Commands&)>& record, uint32_t m, int32_t pos0,
+                                        int reps) {
   if (reps < 1) throw ModelError("profile: reps must be at least 1");
   if (ctx_.info().timestamp_period_ns <= 0) throw ModelError("profile: the device has no timestamps on its compute queue");
-  const uint32_t m = static_cast<uint32_t>(tokens.size());
   Marks marks;
   marks.slots = mark_slots();
   vk::Commands cmd = ctx_.commands(marks.slots);
   cmd.timestamp(0);
   marks_ = &marks;
   try {
-    record_step(cmd, m, m == 1);
+    record(cmd);
   } catch (...) {
     marks_ = nullptr;
     throw;
   }
   marks_ = nullptr;
   for (uint32_t s = static_cast<uint32_t>(marks.names.size()) + 1; s < marks.slots; ++s) cmd.timestamp(s);  // unused slots
-  std::memcpy(tokens_.mapped(), tokens.data(), m * 4);
-  static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos0);
 
   // Per replay: total per kernel name; then the median over replays.
   std::vector<std::string> order;

@@ -8,10 +8,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -36,7 +38,32 @@ struct GpuOptions {
   // and on lavapipe, where repeating the rotation in every workgroup costs more than the
   // preparation kernel it saves.
   int fused_gemv = 0;
+  // Continuous batching (GpuModel::step()): sequences with a KV-cache region of `context`
+  // positions each. 0: none (the single-sequence entry points use region 0 either way).
+  uint32_t slots = 0;
 };
+
+// Continuous batching: one token of one sequence in a step (GpuModel::step()). The sequence's
+// KV cache is region `slot`; the token is at position `pos` of it, every earlier position of the
+// sequence being cached already or among the step's tokens.
+struct BatchToken {
+  int32_t token = 0;
+  uint32_t slot = 0;
+  int32_t pos = 0;
+  // What comes back for it: nothing (a prompt token before the last), the arg max of its logits
+  // (greedy), or the arg max and the logits (sampling on the host).
+  enum Out : uint8_t { none, argmax, logits } out = none;
+};
+// What a step returns, per token in the order given: ids[i] the arg max (-1 for Out::none),
+// logits[i] the logits for Out::logits (empty otherwise), valid until the next step.
+struct BatchResult {
+  std::vector<int32_t> ids;
+  std::vector<std::span<const float>> logits;
+};
+// prefill: prompt tokens (tiled GEMMs); decode: one token per sequence (the batched GEMV, each
+// weight read once for all of them). A token's results depend only on its own sequence, never on
+// what else is in the step (the kernels compute each token in the same order whatever the batch).
+enum class BatchKind { prefill, decode };
 
 // One linear layer's weight on the device: PolarQuant-packed, or fp16.
 struct Linear {
@@ -101,6 +128,16 @@ class GpuModel {
   // and up), so the total is a little above an unprofiled pass. Writes the KV cache at those
   // positions. The normal decode and prefill recordings carry no timestamps.
   StepProfile profile(std::span<const int32_t> tokens, int32_t pos0, int reps = 3);
+
+  // Continuous batching (GpuOptions::slots > 0): one forward pass of tokens of several
+  // sequences. At most batch_rows() tokens (and at most slots() of them with an output); a
+  // token's (slot, pos) at most once. The pass is recorded once per shape (kind, tokens,
+  // outputs) and replayed.
+  void step(std::span<const BatchToken> tokens, BatchKind kind, BatchResult& out);
+  // profile() of one such step (StepProfile::tokens: the step's tokens, pos0: the first one's).
+  StepProfile profile_step(std::span<const BatchToken> tokens, BatchKind kind, int reps = 3);
+  uint32_t slots() const { return slots_; }
+  uint32_t batch_rows() const { return max_batch_; }
   // What a decode step reads with `positions` cached positions (the step's own included).
   StepBytes decode_bytes(double positions) const;
   uint32_t max_batch() const { return max_batch_; }
@@ -119,6 +156,17 @@ class GpuModel {
   };
   void build(const WeightSource& src, const GpuOptions& opt, const std::string& where);
   void check_positions(int32_t pos0, size_t n) const;
+  // How linear() multiplies: the GEMV for one token, else the GEMM (automatic: the
+  // single-sequence paths), always the GEMM (prefill steps), or the batched GEMV (decode steps and
+  // every step's logits).
+  enum class MatMode { automatic, gemm, batch_gemv };
+  MatMode mat_mode_ = MatMode::automatic;
+  void record_batch(vk::Commands& cmd, BatchKind kind, uint32_t m, uint32_t outs, uint32_t logits_rows);
+  // Checks a step's tokens, writes them (ids, positions, slots) in recorded order into the
+  // host-visible buffers; the counts of tokens with an output and with logits.
+  std::pair<uint32_t, uint32_t> stage_batch(std::span<const BatchToken> tokens);
+  // Records `record` with the profile's marks, replays it `reps` times: the median per kernel.
+  StepProfile profile_recording(const std::function<void(vk::Commands&)>& record, uint32_t tokens, int32_t pos0, int reps);
   void run_decode(int32_t token, int32_t pos, bool argmax);
   void record_step(vk::Commands& cmd, uint32_t m, bool argmax);
   void embed(vk::Commands& cmd, uint32_t m);
@@ -163,6 +211,14 @@ class GpuModel {
   vk::Buffer att_parts_, att_ml_, att_counters_;  // its scratch (Kernels::DecodeScratch)
 
   std::unique_ptr<vk::Commands> decode_, decode_argmax_;
+
+  // Continuous batching: per token (pos, slot) pairs, the logits of the tokens with an output,
+  // their arg max (and argmax's token scratch), the rows the host samples from; the recordings
+  // by (kind, tokens, outputs, logits rows).
+  uint32_t slots_ = 0;
+  vk::Buffer rows_, batch_logits_, batch_ids_, batch_next_, batch_logits_host_;
+  std::map<std::tuple<int, uint32_t, uint32_t, uint32_t>, std::unique_ptr<vk::Commands>> batch_recordings_;
+  std::vector<uint32_t> batch_order_;  // the step's tokens in recorded order: none, argmax, logits
 
   // Profiling (profile()): when set, mark() ends a kernel group with a barrier and a timestamp.
   struct Marks {
