@@ -396,6 +396,33 @@ TEST_F(CpuModelTest, ResetAndRewind) {
   EXPECT_EQ(m.cached_positions(), 3);  // later positions forgotten
 }
 
+// Sequences over one model's weights (pq-server's slots): interleaved, each gives what a model
+// of its own gives, bit for bit, and the model's own cache is left alone.
+TEST_F(CpuModelTest, SequencesAreIndependent) {
+  const PqmFile f = PqmFile::open(path_);
+  const std::vector<int32_t> a = random_tokens(9, config_.vocab_size, 11), b = random_tokens(6, config_.vocab_size, 12);
+  CpuModel own_a(f), own_b(f), shared(f);
+  std::vector<std::vector<float>> want_a, want_b;
+  for (size_t i = 0; i < a.size(); ++i) want_a.push_back(to_vector(own_a.forward(a[i], static_cast<int32_t>(i))));
+  for (size_t i = 0; i < b.size(); ++i) want_b.push_back(to_vector(own_b.forward(b[i], static_cast<int32_t>(i))));
+  shared.prefill(std::span(b).first(2), 0);
+  CpuModel::Sequence sa = shared.new_sequence(), sb = shared.new_sequence();
+  EXPECT_EQ(to_vector(shared.prefill(sa, std::span(a).first(3), 0)), want_a[2]);
+  for (size_t i = 0; i < b.size(); ++i) {
+    EXPECT_EQ(to_vector(shared.forward(sb, b[i], static_cast<int32_t>(i))), want_b[i]) << i;
+    if (3 + i < a.size()) {
+      EXPECT_EQ(to_vector(shared.forward(sa, a[3 + i], static_cast<int32_t>(3 + i))), want_a[3 + i]) << i;
+    }
+  }
+  EXPECT_EQ(sa.cached_positions(), 9);
+  EXPECT_EQ(sb.cached_positions(), 6);
+  EXPECT_EQ(shared.cached_positions(), 2);  // the model's own sequence: untouched
+  EXPECT_EQ(to_vector(shared.forward(b[2], 2)), want_b[2]);
+  EXPECT_THROW(shared.forward(sb, b[0], 8), std::out_of_range);  // position 7 not cached
+  sb.reset();
+  EXPECT_EQ(to_vector(shared.forward(sb, b[0], 0)), want_b[0]);
+}
+
 // fp16 keys and values (relative rounding 2^-11) move the logits by ~1e-4 of their scale: a
 // change that must be visible (> 1e-6) and small (< 1e-2). Against the oracle with its keys
 // and values rounded the same way, the error is fp32 noise again (an element whose fp64 and
@@ -856,6 +883,36 @@ TEST(Sampler, RepetitionPenaltyMath) {
   EXPECT_THROW(s.sample(std::vector<float>{1.0f, 2.0f}, std::vector<int32_t>{2}), std::invalid_argument);
 }
 
+TEST(Sampler, PresenceAndFrequencyPenaltiesMath) {
+  std::vector<float> l = {2.0f, -1.0f, 0.5f, 3.0f, -0.25f};
+  const std::vector<int32_t> generated = {3, 1, 3, 3};  // token 3 three times, token 1 once
+  llm::apply_presence_frequency_penalty(l, generated, 0.5f, 0.25f);
+  EXPECT_EQ(l, (std::vector<float>{2.0f, -1.0f - 0.75f, 0.5f, 3.0f - 1.25f, -0.25f}));
+  llm::apply_presence_frequency_penalty(l, generated, 0.0f, 0.0f);  // off
+  EXPECT_EQ(l, (std::vector<float>{2.0f, -1.0f - 0.75f, 0.5f, 3.0f - 1.25f, -0.25f}));
+  std::vector<float> neg = {1.0f, 1.0f};
+  llm::apply_presence_frequency_penalty(neg, std::vector<int32_t>{1}, -1.0f, 0.0f);  // negative: encourages
+  EXPECT_EQ(neg, (std::vector<float>{1.0f, 2.0f}));
+  EXPECT_THROW(llm::apply_presence_frequency_penalty(neg, std::vector<int32_t>{2}, 1.0f, 0.0f), std::invalid_argument);
+
+  // Through the sampler (greedy): only `generated` counts, not `recent` (the prompt).
+  SamplerConfig c = plain(0.0f);
+  c.frequency_penalty = 0.2f;
+  Sampler s(c);
+  EXPECT_FALSE(s.is_plain_greedy());
+  const std::vector<float> logits = {2.0f, 1.7f};
+  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{0, 0, 0}, {}), 0);
+  EXPECT_EQ(s.sample(logits, {}, std::vector<int32_t>{0}), 0);        // 1.8 > 1.7
+  EXPECT_EQ(s.sample(logits, {}, std::vector<int32_t>{0, 0}), 1);     // 1.6 < 1.7
+  c = plain(0.0f);
+  c.presence_penalty = 0.35f;
+  Sampler p(c);
+  EXPECT_EQ(p.sample(logits, {}, std::vector<int32_t>{0}), 1);        // 1.65 < 1.7
+  EXPECT_EQ(p.sample(logits, {}, std::vector<int32_t>{0, 1}), 0);     // both present: 1.65 > 1.35
+  EXPECT_TRUE(Sampler(plain(0.0f)).is_plain_greedy());
+  EXPECT_FALSE(Sampler(plain(0.5f)).is_plain_greedy());
+}
+
 TEST(Sampler, BadConfigsAndInputsThrow) {
   auto bad = [](SamplerConfig c, const std::string& what) {
     try {
@@ -875,6 +932,9 @@ TEST(Sampler, BadConfigsAndInputsThrow) {
   bad({.min_p = 1.01f}, "min_p");
   bad({.repeat_penalty = 0.0f}, "repeat_penalty");
   bad({.repeat_last_n = -1}, "repeat_last_n");
+  bad({.presence_penalty = 2.5f}, "presence_penalty must be in [-2, 2]");
+  bad({.frequency_penalty = -3.0f}, "frequency_penalty");
+  bad({.frequency_penalty = std::numeric_limits<float>::quiet_NaN()}, "frequency_penalty");
   EXPECT_NO_THROW(Sampler(SamplerConfig{}));
 
   Sampler s(plain(1.0f));

@@ -41,6 +41,7 @@
 
 #include "llm/sampler.h"
 #include "tokenize/chat.h"
+#include "tokenize/stop_filter.h"
 
 namespace pqvk::vk {
 class Context;
@@ -108,19 +109,8 @@ struct Callbacks {
   std::function<void(const Reply& started)> on_prompt;             // after trimming, before prefill
 };
 
-// Holds back streamed text that may be the start of a stop string.
-class StopFilter {
- public:
-  explicit StopFilter(std::vector<std::string> stops);
-  // Adds text; returns what is certainly not part of a stop string. *stopped: one completed
-  // (the text from it on is dropped).
-  std::string push(const std::string& text, bool* stopped);
-  std::string flush();  // the held-back text, at the end of a reply
-
- private:
-  std::vector<std::string> stops_;
-  std::string pending_;
-};
+// Holds back streamed text that may be the start of a stop string (tokenize/stop_filter.h).
+using tokenize::StopFilter;
 
 class ChatEngine {
  public:

@@ -9,6 +9,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "model/error.h"
 #include "quant/polarquant.h"
@@ -212,25 +213,58 @@ CpuModel::CpuModel(const model::PqmFile& file, CpuOptions options) : config_(fil
     }
   }
 
+  init_state(s_);
+}
+
+void CpuModel::init_state(RunState& s) const {
+  const ModelConfig& c = config_;
   const auto dim = static_cast<size_t>(c.dim), hidden = static_cast<size_t>(c.hidden_dim);
   const auto q_dim = static_cast<size_t>(c.n_heads * c.head_dim), kv_dim = static_cast<size_t>(c.n_kv_heads * c.head_dim);
-  s_.x.resize(dim);
-  s_.xb.resize(dim);
-  s_.q.resize(q_dim);
-  s_.k.resize(kv_dim);
-  s_.v.resize(kv_dim);
-  s_.att.resize(q_dim);
-  s_.proj.resize(dim);
-  s_.gate.resize(hidden);
-  s_.up.resize(hidden);
-  s_.cos.resize(inv_freq_.size());
-  s_.sin.resize(inv_freq_.size());
-  s_.logits.resize(static_cast<size_t>(c.vocab_size));
-  s_.key_cache.resize(static_cast<size_t>(c.n_layers));
-  s_.value_cache.resize(static_cast<size_t>(c.n_layers));
+  s.x.resize(dim);
+  s.xb.resize(dim);
+  s.q.resize(q_dim);
+  s.k.resize(kv_dim);
+  s.v.resize(kv_dim);
+  s.att.resize(q_dim);
+  s.proj.resize(dim);
+  s.gate.resize(hidden);
+  s.up.resize(hidden);
+  s.cos.resize(inv_freq_.size());
+  s.sin.resize(inv_freq_.size());
+  s.logits.resize(static_cast<size_t>(c.vocab_size));
+  s.key_cache.resize(static_cast<size_t>(c.n_layers));
+  s.value_cache.resize(static_cast<size_t>(c.n_layers));
 }
 
 void CpuModel::reset() { cached_ = 0; }
+
+CpuModel::Sequence CpuModel::new_sequence() const {
+  Sequence q;
+  init_state(q.s_);
+  return q;
+}
+
+// For the duration of a call the model's state is the sequence's (swapped: no copy), then back.
+struct CpuModel::UseSequence {
+  CpuModel& m;
+  Sequence& q;
+  UseSequence(CpuModel& model, Sequence& seq) : m(model), q(seq) { swap(); }
+  ~UseSequence() { swap(); }
+  void swap() {
+    std::swap(m.s_, q.s_);
+    std::swap(m.cached_, q.cached_);
+  }
+};
+
+std::span<const float> CpuModel::forward(Sequence& seq, int32_t token, int32_t pos) {
+  UseSequence use(*this, seq);
+  return forward(token, pos);
+}
+
+std::span<const float> CpuModel::prefill(Sequence& seq, std::span<const int32_t> tokens, int32_t pos0) {
+  UseSequence use(*this, seq);
+  return prefill(tokens, pos0);
+}
 
 void CpuModel::check_token(int32_t token, const char* what) const {
   if (token < 0 || token >= config_.vocab_size)

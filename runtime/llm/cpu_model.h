@@ -70,6 +70,15 @@ class CpuModel {
   // range is checked before anything runs (an error leaves the cache as it was).
   std::span<const float> prefill(std::span<const int32_t> tokens, int32_t pos0);
 
+  // Several sequences over the same weights (pq-server's slots): a Sequence holds its own KV
+  // cache and activations, and forward() / prefill() with it work on it as the calls above work on
+  // the model's own (which they leave untouched). Logits stay valid until the next call with the
+  // same sequence.
+  class Sequence;
+  Sequence new_sequence() const;
+  std::span<const float> forward(Sequence& seq, int32_t token, int32_t pos);
+  std::span<const float> prefill(Sequence& seq, std::span<const int32_t> tokens, int32_t pos0);
+
  private:
   struct LayerWeights {
     std::vector<float> attn_norm, wq, wk, wv, wo;
@@ -100,6 +109,8 @@ class CpuModel {
     int64_t cache_capacity = 0;  // positions allocated per layer
   };
 
+  void init_state(RunState& s) const;
+  struct UseSequence;  // swaps a Sequence's state in for a call
   void check_token(int32_t token, const char* what) const;
   void check_position(int32_t pos, int64_t count, const char* what) const;
   void grow_cache(int64_t positions);
@@ -109,6 +120,17 @@ class CpuModel {
   int threads_ = 1;
   std::vector<double> inv_freq_;  // RoPE inverse frequencies, scaling applied [head_dim / 2]
   Weights w_;
+  RunState s_;
+  int32_t cached_ = 0;
+};
+
+class CpuModel::Sequence {
+ public:
+  int32_t cached_positions() const { return cached_; }
+  void reset() { cached_ = 0; }
+
+ private:
+  friend class CpuModel;
   RunState s_;
   int32_t cached_ = 0;
 };

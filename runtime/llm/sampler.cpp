@@ -30,6 +30,10 @@ void SamplerConfig::validate() const {
   if (!std::isfinite(repeat_penalty) || repeat_penalty <= 0.0f)
     bad_setting("repeat_penalty must be > 0 (1: off)", repeat_penalty);
   if (repeat_last_n < 0) bad_setting("repeat_last_n must be >= 0 (0: off)", repeat_last_n);
+  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f))
+    bad_setting("presence_penalty must be in [-2, 2] (0: off)", presence_penalty);
+  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f))
+    bad_setting("frequency_penalty must be in [-2, 2] (0: off)", frequency_penalty);
 }
 
 void apply_repeat_penalty(std::span<float> logits, std::span<const int32_t> recent, float penalty, int last_n) {
@@ -49,6 +53,23 @@ void apply_repeat_penalty(std::span<float> logits, std::span<const int32_t> rece
   }
 }
 
+void apply_presence_frequency_penalty(std::span<float> logits, std::span<const int32_t> generated, float presence,
+                                      float frequency) {
+  if (presence == 0.0f && frequency == 0.0f) return;
+  std::vector<int32_t> ids(generated.begin(), generated.end());
+  std::sort(ids.begin(), ids.end());
+  for (size_t i = 0; i < ids.size();) {
+    const int32_t id = ids[i];
+    size_t j = i;
+    while (j < ids.size() && ids[j] == id) ++j;
+    if (id < 0 || static_cast<size_t>(id) >= logits.size())
+      throw std::invalid_argument("sampler: generated token " + std::to_string(id) + " is outside the vocabulary [0, " +
+                                  std::to_string(logits.size()) + ")");
+    logits[static_cast<size_t>(id)] -= presence + frequency * static_cast<float>(j - i);
+    i = j;
+  }
+}
+
 Sampler::Sampler(SamplerConfig config) : config_(config) {
   config_.validate();
   rng_.seed(config_.seed);
@@ -56,7 +77,13 @@ Sampler::Sampler(SamplerConfig config) : config_(config) {
 
 double Sampler::next_uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
-int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> recent) {
+bool Sampler::is_plain_greedy() const {
+  return config_.temperature == 0.0f && (config_.repeat_penalty == 1.0f || config_.repeat_last_n == 0) &&
+         config_.presence_penalty == 0.0f && config_.frequency_penalty == 0.0f;
+}
+
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> recent,
+                        std::span<const int32_t> generated) {
   if (logits.empty()) throw std::invalid_argument("sampler: no logits");
   if (logits.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
     throw std::invalid_argument("sampler: more logits than token ids");
@@ -67,6 +94,7 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   // 1. Repetition penalty.
   logits_.assign(logits.begin(), logits.end());
   apply_repeat_penalty(logits_, recent, config_.repeat_penalty, config_.repeat_last_n);
+  apply_presence_frequency_penalty(logits_, generated, config_.presence_penalty, config_.frequency_penalty);
 
   // 2. Temperature (0: greedy).
   int32_t best = 0;

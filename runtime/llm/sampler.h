@@ -4,6 +4,9 @@
 //   1. repetition penalty  over the distinct tokens among the last repeat_last_n of `recent`:
 //                          a positive logit is divided by repeat_penalty, a negative one
 //                          multiplied (llama.cpp's semantics; 1 disables)
+//   1b. presence and      OpenAI's penalties over the tokens generated so far (`generated`, not
+//       frequency         the prompt): logit[t] -= presence * (count[t] > 0) + frequency * count[t]
+//       penalties         (0 disables; each in [-2, 2])
 //   2. temperature         logits / temperature; 0 means greedy: the arg max after step 1
 //                          (lowest id on ties), no randomness used
 //   3. top-k               keep the k largest (0 disables)
@@ -34,6 +37,8 @@ struct SamplerConfig {
   float min_p = 0.05f;          // [0, 1]; 0: off
   float repeat_penalty = 1.0f;  // > 0; 1: off (the default, as llama.cpp and HuggingFace)
   int repeat_last_n = 64;       // >= 0; 0: off
+  float presence_penalty = 0.0f;   // [-2, 2]; 0: off (OpenAI's presence_penalty)
+  float frequency_penalty = 0.0f;  // [-2, 2]; 0: off (OpenAI's frequency_penalty)
   uint64_t seed = 0;
 
   // Throws std::invalid_argument naming the first setting out of range, e.g.
@@ -44,6 +49,10 @@ struct SamplerConfig {
 // Step 1 on its own: penalizes, in place, each distinct token among the last `last_n` entries of
 // `recent`. Throws std::invalid_argument for a token id outside [0, logits.size()).
 void apply_repeat_penalty(std::span<float> logits, std::span<const int32_t> recent, float penalty, int last_n);
+// Step 1b on its own: logit[t] -= presence * (count[t] > 0) + frequency * count[t], count[t] the
+// occurrences of t in `generated`. Throws std::invalid_argument for a token id outside the vocabulary.
+void apply_presence_frequency_penalty(std::span<float> logits, std::span<const int32_t> generated, float presence,
+                                      float frequency);
 
 class Sampler {
  public:
@@ -54,9 +63,14 @@ class Sampler {
 
   // The next token. `logits` holds one value per vocabulary entry (-inf masks a token; NaN and
   // +inf are errors); `recent` the tokens so far, oldest first (only the last repeat_last_n
-  // count). Throws std::invalid_argument on bad input: no logits, a NaN or +inf logit, every
-  // logit -inf, a recent token outside the vocabulary.
-  int32_t sample(std::span<const float> logits, std::span<const int32_t> recent);
+  // count); `generated` the tokens generated so far (the presence and frequency penalties'
+  // counts). Throws std::invalid_argument on bad input: no logits, a NaN or +inf logit, every
+  // logit -inf, a recent or generated token outside the vocabulary.
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> recent,
+                 std::span<const int32_t> generated = {});
+  // Whether sample() is the plain arg max of the logits (greedy, no penalty): what the GPU's
+  // argmax computes.
+  bool is_plain_greedy() const;
 
  private:
   struct Candidate {
