@@ -1,4 +1,4 @@
-// Where pq-run, pq-chat and pq-perplexity run a model: the GPU through Vulkan, or the CPU
+// Where pq-run, pq-chat, pq-perplexity and pq-server run a model: the GPU through Vulkan, or the CPU
 // reference. --cpu asks for the CPU. Without it, where every Vulkan device is a CPU
 // implementation (Mesa's lavapipe / llvmpipe, SwiftShader) the apps run the CPU reference, which
 // is far faster there (the bundled model decodes at 2.8 tokens/s on lavapipe and 166 tokens/s on

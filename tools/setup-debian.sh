@@ -11,7 +11,13 @@ PKGS=(
   clang-14 libclang-rt-14-dev
   libglfw3-dev libimgui-dev libpng-dev fonts-dejavu-core xvfb xauth
   python3-jinja2
+  libcpp-httplib-dev nginx-light curl
 )
+# pq-server's test with the official OpenAI client runs on Node.js: Debian's nodejs and npm where
+# no node / npm is installed (a newer Node.js from elsewhere is used as it is).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  PKGS+=(nodejs npm)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
