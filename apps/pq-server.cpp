@@ -317,6 +317,7 @@ int main(int argc, char** argv) {
     st.api.chat = &chat;
     st.api.context = engine->context();
     st.api.vocab = static_cast<int32_t>(file.config().vocab_size);
+    st.api.max_token_bytes = max_token_bytes(*tok);
     st.scheduler = &scheduler;
     st.api_key = api_key;
 

@@ -13,15 +13,20 @@
 //          2 codebook (2^BITS fp32); 3 Xr [m][ldx] fp32; 4 Y [m][ldy] fp32.
 // Workgroup: WG invocations and ROWS rows. Invocation t takes inputs 8q..8q+7 (q = t % 4) of
 //          chunks (32 inputs) t / 4, t / 4 + WG / 4, ...: for each of the ROWS rows it loads the
-//          (at most 3) code words that hold its 8 codes and decodes them once (codebook from
-//          shared memory); then for each token it loads its 8 inputs (two 16-byte loads) and
-//          accumulates all ROWS rows. Sums: subgroupAdd, then shared memory across subgroups.
+//          (at most 3) code words that hold its 8 codes and decodes them once; then for each
+//          token it loads its 8 inputs (two 16-byte loads) and accumulates all ROWS rows. Every
+//          invocation runs the same iterations (past the row's end it re-reads the last chunk
+//          with a scale of 0), so the subgroup lookups stay uniform.
+//          LOOKUP 0: the codebook in shared memory. LOOKUP 1 (2^BITS <= subgroup size): lane l
+//          holds codebook[l % 2^BITS] and a lookup is a subgroup shuffle (no bank conflicts).
+//          Sums: subgroupAdd, then shared memory across subgroups.
 // Dispatch: (ceil(rows / ROWS) workgroups over x and y, ceil(m / NB)): z-slice z takes tokens
 //          z * NB .. z * NB + NB - 1.
 // Specialization: 0 WG (local_size_x, a multiple of 4), 1 BITS, 2 ROWS, 3 NB (tokens per
-//          workgroup), 4 BLOCK (B).
+//          workgroup), 4 BLOCK (B), 5 LOOKUP.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_EXT_control_flow_attributes : require
 
 layout(local_size_x_id = 0) in;
@@ -29,6 +34,7 @@ layout(constant_id = 1) const uint BITS = 4u;
 layout(constant_id = 2) const uint ROWS = 8u;
 layout(constant_id = 3) const uint NB = 8u;
 layout(constant_id = 4) const uint BLOCK = 128u;
+layout(constant_id = 5) const uint LOOKUP = 0u;
 #define WG gl_WorkGroupSize.x
 
 layout(std430, binding = 0) readonly buffer Codes { uint codes[]; };
@@ -40,7 +46,7 @@ layout(std430, binding = 4) buffer Y { float y[]; };
 // y_offset: where row 0's result goes in a row of Y.
 layout(push_constant) uniform Push { uint rows, nchunk, nblocks, m, ldx, ldy, y_offset, accumulate; } p;
 
-shared float cb[1u << BITS];
+shared float cb[LOOKUP == 0u ? 1u << BITS : 1u];
 shared float partial[ROWS * NB * (WG / 4u)];  // per (row, token, subgroup): subgroups of >= 4 lanes
 
 #include "pq_common.glsl"
@@ -50,8 +56,14 @@ void main() {
   const uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
   const uint row0 = wg * ROWS;
   const uint v0 = gl_WorkGroupID.z * NB;
-  for (uint k = t; k < (1u << BITS); k += WG) cb[k] = codebook[k];
-  barrier();
+  const uint mask = (1u << BITS) - 1u;
+  float cb_lane = 0.0;  // LOOKUP 1: this lane's codebook entry
+  if (LOOKUP == 0u) {
+    for (uint k = t; k < (1u << BITS); k += WG) cb[k] = codebook[k];
+    barrier();
+  } else {
+    cb_lane = codebook[gl_SubgroupInvocationID & mask];
+  }
   if (row0 >= p.rows) return;  // uniform over the workgroup
   const uint nv = min(NB, p.m - v0);
 
@@ -59,9 +71,10 @@ void main() {
   [[unroll]] for (uint a = 0u; a < ROWS * NB; ++a) acc[a] = 0.0;
   const uint q = t & 3u;
   const uint bit0 = 8u * q * BITS, wi0 = bit0 >> 5u, sh0 = bit0 & 31u;  // where this quarter's codes start
-  const uint mask = (1u << BITS) - 1u;
 
-  for (uint ch = t >> 2u; ch < p.nchunk; ch += WG / 4u) {
+  for (uint ch0 = 0u; ch0 < p.nchunk; ch0 += WG / 4u) {
+    const bool live = ch0 + (t >> 2u) < p.nchunk;
+    const uint ch = min(ch0 + (t >> 2u), p.nchunk - 1u);
     const uint blk = ch / (BLOCK / 32u);
     float c[ROWS * 8u];  // decoded codebook values of the 8 codes, per row
     float sc[ROWS];
@@ -77,10 +90,10 @@ void main() {
         const uint s = b & 31u;
         uint code = lo >> s;
         if (s + BITS > 32u) code |= hi << (32u - s);
-        c[r * 8u + i] = cb[code & mask];
+        c[r * 8u + i] = LOOKUP == 0u ? cb[code & mask] : subgroupShuffle(cb_lane, code & mask);
       }
       const uint sidx = row * p.nblocks + blk;
-      sc[r] = half_at(scales[sidx >> 1u], sidx);
+      sc[r] = live ? half_at(scales[sidx >> 1u], sidx) : 0.0;
     }
     [[unroll]] for (uint v = 0u; v < NB; ++v) {
       if (v < nv) {

@@ -173,7 +173,8 @@ TEST(Scheduler, FailedStepsEndTheirJobs) {
 TEST(OpenAiApi, ParsesAndRefuses) {
   Bundled& b = bundled();
   const auto chat = tokenize::ChatTemplate::for_model(b.file.tokenizer(), b.file.config(), *b.tok);
-  ApiModel m{"m", b.tok.get(), &chat, 64, static_cast<int32_t>(b.file.config().vocab_size)};
+  ApiModel m{"m", b.tok.get(), &chat, 64, static_cast<int32_t>(b.file.config().vocab_size), max_token_bytes(*b.tok)};
+  ASSERT_GT(m.max_token_bytes, 1u);
   Generation g = parse_completion_request(parse_body(R"({"prompt": "The history of", "max_tokens": 7, "temperature": 0,
       "top_k": 3, "seed": -5, "stop": ["a", "b"], "presence_penalty": 1.5, "stream": true, "stream_options": {"include_usage": true}})"), m);
   EXPECT_EQ(g.prompt, b.tok->encode("The history of", true));
@@ -219,6 +220,11 @@ TEST(OpenAiApi, ParsesAndRefuses) {
   refused("[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
           false, "nested");
   refused("{\"prompt\": \"\xff\"}", false, "not valid JSON");
+  // Longer than the context whatever its tokens: refused before encoding.
+  const std::string long_text(64 * m.max_token_bytes + 1, 'a');
+  refused(("{\"prompt\": \"" + long_text + "\"}").c_str(), false, "context");
+  refused(("{\"messages\": [{\"role\": \"user\", \"content\": \"" + long_text + "\"}]}").c_str(), true, "context");
+  refused(("{\"prompt\": \"x\", \"stop\": \"" + std::string(257, 's') + "\"}").c_str(), false, "256 bytes");
 }
 
 TEST(ClientSocket, FindsTheConnectionAndSeesItClose) {

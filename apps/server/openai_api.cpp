@@ -1,5 +1,6 @@
 #include "server/openai_api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -11,6 +12,7 @@ namespace pqvk::server {
 namespace {
 
 constexpr int kMaxDepth = 64;
+constexpr size_t kMaxStopBytes = 256;  // per stop string (the stop filter's work per token grows with it)
 
 [[noreturn]] void bad(const std::string& message, const std::string& param = {}, const std::string& code = {}) {
   throw ApiError(400, message, "invalid_request_error", param, code);
@@ -101,6 +103,8 @@ void common_fields(const json& b, Generation& g, const ApiModel& m) {
     } else {
       bad("'stop' must be a string or an array of strings", "stop");
     }
+    for (const std::string& st : g.params.stop)
+      if (st.size() > kMaxStopBytes) bad("stop strings are at most " + std::to_string(kMaxStopBytes) + " bytes", "stop");
   }
 
   g.params.ignore_eos = boolean(b, "ignore_eos", false);
@@ -115,6 +119,13 @@ void common_fields(const json& b, Generation& g, const ApiModel& m) {
   int64_t max_tokens = integer(b, "max_completion_tokens", 1, std::numeric_limits<int32_t>::max(), 0);
   max_tokens = integer(b, "max_tokens", 1, std::numeric_limits<int32_t>::max(), max_tokens);
   g.params.max_tokens = static_cast<int>(max_tokens > 0 ? max_tokens : std::max<int64_t>(1, room));
+}
+
+// Text too long to fit the context whatever its tokens: refused before the tokenizer's work.
+void check_text_length(size_t bytes, const ApiModel& m, const char* param) {
+  if (m.max_token_bytes > 0 && bytes > size_t(m.context) * m.max_token_bytes)
+    bad("the prompt has more tokens than the context of " + std::to_string(m.context) + " tokens", param,
+        "context_length_exceeded");
 }
 
 void check_prompt(const Generation& g, const ApiModel& m, const char* param) {
@@ -202,6 +213,9 @@ Generation parse_chat_request(const json& b, const ApiModel& m) {
       if (k != "role" && k != "content" && k != "name") plain = false;
     messages.push_back(std::move(out));
   }
+  size_t text_bytes = 0;
+  for (const json& msg : messages) text_bytes += msg["content"].get_ref<const std::string&>().size();
+  check_text_length(text_bytes, m, "messages");
   const json* tools = field(b, "tools");
   if (tools && !tools->is_array()) bad("'tools' must be an array", "tools");
   const json* kwargs = field(b, "chat_template_kwargs");
@@ -243,14 +257,18 @@ Generation parse_completion_request(const json& b, const ApiModel& m) {
     one = &p->front();
   }
   if (one->is_string()) {
-    const std::string text = one->get<std::string>();
+    const std::string& text = one->get_ref<const std::string&>();
     if (text.empty()) bad("the prompt is empty", "prompt");
+    check_text_length(text.size(), m, "prompt");
     try {
       g.prompt = m.tok->encode(text, m.tok->adds_bos());  // as pq-run -p
     } catch (const tokenize::TokenizerError& e) {
       bad(std::string("the prompt cannot be encoded: ") + e.what(), "prompt");
     }
   } else if (one->is_array()) {
+    if (one->size() > size_t(m.context)) bad("the prompt has " + std::to_string(one->size()) +
+                                             " tokens, more than the context of " + std::to_string(m.context) + " tokens",
+                                             "prompt", "context_length_exceeded");
     for (const json& id : *one) {
       if (!id.is_number_integer() || (id.is_number_unsigned() ? id.get<uint64_t>() >= uint64_t(m.vocab)
                                                               : id.get<int64_t>() < 0 || id.get<int64_t>() >= m.vocab))
@@ -339,5 +357,11 @@ json detokenize_response(const json& b, const ApiModel& m) {
 }
 
 std::string new_response_id(bool chat) { return response_id(chat ? "chatcmpl-" : "cmpl-"); }
+
+size_t max_token_bytes(const tokenize::Tokenizer& tok) {
+  size_t n = 1;
+  for (int32_t id = 0; id < tok.vocab_size(); ++id) n = std::max(n, tok.token_bytes(id).size());
+  return n;
+}
 
 }  // namespace pqvk::server

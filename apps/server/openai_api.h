@@ -53,7 +53,11 @@ struct ApiModel {
   const tokenize::ChatTemplate* chat = nullptr;
   int32_t context = 0;  // positions per sequence
   int32_t vocab = 0;
+  // The longest token in bytes: a text longer than context * this has more tokens than the
+  // context holds, and is refused before it is encoded (max_token_bytes()).
+  size_t max_token_bytes = 0;
 };
+size_t max_token_bytes(const tokenize::Tokenizer& tok);
 
 // A request, checked and encoded.
 struct Generation {

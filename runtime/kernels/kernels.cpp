@@ -372,8 +372,16 @@ void Kernels::gemv_batch(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::Buff
   if (wg == 0 || wg % 32 || rows == 0 || nb == 0 || size_t(rows) * nb * (wg / 4) * 4 > ctx_.info().max_shared_memory)
     throw Error("batched gemv: workgroup of " + std::to_string(wg) + " threads, " + std::to_string(rows) + " rows and " +
                 std::to_string(nb) + " tokens is not supported on this device");
-  const auto& p = pipeline("pq_gemv_batch", {{0, wg}, {1, uint32_t(w.bits)}, {2, rows}, {3, nb}, {4, uint32_t(w.block)}},
-                           5, 32, wg);
+  // Shuffle lookups where the codebook fits in a subgroup and the GEMV would take them
+  // (gemv_lookup), in workgroups that fill whole subgroups.
+  const KernelConfig::GemvLookup lookup = gemv_lookup(w.bits);
+  const uint32_t sg = cfg_.subgroup_size ? cfg_.subgroup_size : ctx_.info().subgroup_size;
+  const uint32_t mode = (lookup == KernelConfig::GemvLookup::shuffle || lookup == KernelConfig::GemvLookup::shuffle_unmasked) &&
+                                wg >= sg
+                            ? 1u
+                            : 0u;
+  const auto& p = pipeline("pq_gemv_batch",
+                           {{0, wg}, {1, uint32_t(w.bits)}, {2, rows}, {3, nb}, {4, uint32_t(w.block)}, {5, mode}}, 5, 32, wg);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     struct { uint32_t rows, nchunk, nblocks, m, ldx, ldy, y_offset, accumulate; } push{

@@ -112,6 +112,13 @@ class Fuzz(unittest.TestCase):
                 err = json.loads(resp)["error"]
                 self.assertIsInstance(err["message"], str)
                 self.assertIsInstance(err["type"], str)
+            # A prompt far longer than the context (refused before it is encoded), a huge id array.
+            for ep, body in (("/v1/completions", {"prompt": "word " * 200000}),
+                             ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 200000}]}),
+                             ("/v1/completions", {"prompt": list(range(100)) * 2000})):
+                status, resp = raw_post(server.port, ep, json.dumps(body).encode())
+                self.assertEqual(status, 400, resp[:300])
+                self.assertEqual(json.loads(resp)["error"]["code"], "context_length_exceeded")
             # Too large a body: 413.
             status, resp = raw_post(server.port, "/v1/completions", b"{\"prompt\": \"" + b"a" * (17 << 20) + b"\"}")
             self.assertEqual(status, 413)
