@@ -42,7 +42,8 @@ class Nginx:
             path = os.path.join(self.dir, "nginx.conf")
             with open(path, "w") as f:
                 f.write(conf)
-            self.proc = subprocess.Popen(["nginx", "-c", path, "-p", self.dir], stdout=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(["nginx", "-c", path, "-p", self.dir, "-e", os.path.join(self.dir, "error.log")],
+                                         stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
             deadline = time.time() + 20
             while time.time() < deadline and self.proc.poll() is None:

@@ -12,7 +12,7 @@ $B/vk-bench kernels --shape 4096x4096,14336x4096,4096x14336 --bits 5 -m 1,8,32 -
   --warmup-ms 300 --json "$OUT/batched-kernels.json" > "$OUT/batched-kernels.md" 2>&1
 echo "kernel check failures: $(grep -c FAILED "$OUT/batched-kernels.md")"
 grep -E "gemv|gemm" "$OUT/batched-kernels.md"
-for cfg in ${BATCH_CONFIGS:-128x8x8 256x8x8 128x4x16 128x16x4 64x8x8}; do
+for cfg in ${BATCH_CONFIGS:-128x8x8 256x8x8 64x8x8 128x4x8 128x16x4 128x4x16 128x8x16 128x2x32 128x4x32}; do
   echo "PQVK_GEMV_BATCH=$cfg: $(PQVK_GEMV_BATCH=$cfg $B/vk-bench --synthetic llama3-8b --bits 5 -p 0 -n 64 -np 8,32 -r 2 \
     --warmup-ms 300 --no-breakdown 2>&1 >/dev/null | grep -o 'tg64 x[0-9]*: [0-9.]*' | tr '\n' ' ')"
 done | tee "$OUT/batched-configs.txt"
