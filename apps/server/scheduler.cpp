@@ -120,7 +120,7 @@ void Scheduler::drain() {
 void Scheduler::cancel_all() {
   std::lock_guard lock(mu_);
   for (const auto& j : queue_) j->cancel();
-  for (const auto& a : active_) a->job->cancel();
+  cancel_running_ = true;  // active_ belongs to the loop thread: it cancels them
   cv_.notify_all();
 }
 
@@ -298,8 +298,15 @@ void Scheduler::run_step(llm::BatchKind kind) {
   }
 }
 
-// Cancelled jobs leave their slots.
+// Cancelled jobs leave their slots (all of them after cancel_all()).
 void Scheduler::drop_cancelled() {
+  bool all = false;
+  {
+    std::lock_guard lock(mu_);
+    std::swap(all, cancel_running_);
+  }
+  if (all)
+    for (const auto& a : active_) a->job->cancel();
   for (size_t i = active_.size(); i-- > 0;)
     if (active_[i]->job->cancelled()) release(i, "cancelled");
 }

@@ -131,7 +131,8 @@ class Scheduler {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool accepting_ = true, stop_ = false;
-  std::vector<std::unique_ptr<Active>> active_;  // loop thread only (sizes mirrored in busy_)
+  bool cancel_running_ = false;                  // cancel_all(): the loop cancels what runs
+  std::vector<std::unique_ptr<Active>> active_;  // the loop thread's only (its count mirrored in busy_)
   std::vector<bool> slot_used_;
   uint32_t busy_ = 0;
   Metrics m_;
