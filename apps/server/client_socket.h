@@ -3,6 +3,10 @@
 // request's local and remote address and port (unique while the connection is open); a peer that
 // closed its end shows as POLLRDHUP / POLLHUP. pq-server polls this while a request waits or
 // streams, so that a client that goes away frees its slot at once.
+// The search reads (fstat, getsockname, getpeername) descriptors that other connection threads
+// may be closing at that moment: harmless (a reused descriptor cannot carry this connection's
+// address pair while this connection is open), though ThreadSanitizer reports it as a race on
+// the descriptor. One search per request: O(open descriptors) system calls.
 #pragma once
 
 #include <string>

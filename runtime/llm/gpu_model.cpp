@@ -616,9 +616,10 @@ StepProfile GpuModel::profile(std::span<const int32_t> tokens, int32_t pos0, int
 }
 
 StepProfile GpuModel::profile_step(std::span<const BatchToken> tokens, BatchKind kind, int reps) {
-  const auto [outs, logits_rows] = stage_batch(tokens);
+  const std::pair<uint32_t, uint32_t> counts = stage_batch(tokens);  // (outputs, logits rows)
   const auto m = static_cast<uint32_t>(tokens.size());
-  return profile_recording([&](vk::Commands& cmd) { record_batch(cmd, kind, m, outs, logits_rows); }, m, tokens[0].pos, reps);
+  return profile_recording([&](vk::Commands& cmd) { record_batch(cmd, kind, m, counts.first, counts.second); }, m,
+                           tokens[0].pos, reps);
 }
 
 StepProfile GpuModel::profile_recording(const std::function<void(vk::Commands&)>& record, uint32_t m, int32_t pos0,
