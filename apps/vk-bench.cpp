@@ -481,6 +481,7 @@ struct ModelArgs {
   std::string device, output = "md", json_path, csv_path;
   std::vector<std::string> models, synthetic, recipes;
   std::vector<int> bits, n_prompt = {512}, n_gen = {128}, n_depth = {0}, n_parallel;
+  int batch_gemm_from = 0;  // -np: decode steps of at least this many sequences through the GEMM (0: never)
   bool fp16 = false, no_breakdown = false;
   int reps = 5, ubatch = 512, profile_reps = 5;
   double warmup_ms = 1000;
@@ -566,6 +567,7 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
   go.max_batch = static_cast<uint32_t>(a.ubatch);
   const int max_np = a.n_parallel.empty() ? 0 : *std::max_element(a.n_parallel.begin(), a.n_parallel.end());
   go.slots = static_cast<uint32_t>(max_np);
+  go.batch_gemm_from = static_cast<uint32_t>(a.batch_gemm_from);
   const uint64_t before = ctx.allocated_bytes();
   const auto t0 = Clock::now();
   std::unique_ptr<pqvk::llm::GpuModel> m;
@@ -949,6 +951,10 @@ int main(int argc, char** argv) {
                  "(also -np, as llama.cpp) Continuous batching: also decode -n tokens in N sequences together (one "
                  "batched step per token), aggregate t/s, e.g. 1,8,32")
       ->delimiter(',');
+  app.add_option("--batch-gemm-from", ma.batch_gemm_from,
+                 "-np: decode steps of at least N sequences multiply through the tiled GEMM instead of the batched GEMV "
+                 "(default 0: never; a comparison, pq-server never does this)")
+      ->check(CLI::Range(0, 1 << 16));
   app.add_option("-r,--repetitions", ma.reps, "Timed repetitions of each test (default 5)")->check(CLI::Range(1, 1000));
   app.add_option("-b,--ubatch", ma.ubatch, "Prompt tokens per prefill pass (default 512)")->check(CLI::Range(1, 8192));
   app.add_option("--warmup-ms", ma.warmup_ms, "Replay each test untimed at least this long first (default 1000; at least once)")

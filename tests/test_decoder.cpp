@@ -373,6 +373,32 @@ TEST(Batch, GreedyOutputDoesNotDependOnTheBatch) {
   EXPECT_GT(distinct.size(), 3u);  // a real generation, not one token repeated
 }
 
+// GpuOptions::batch_gemm_from (vk-bench's comparison): decode steps through the tiled GEMM give
+// the batched GEMV's logits within the decoder tolerance.
+TEST(Batch, DecodeThroughTheGemm) {
+  auto file = model::PqmFile::open(quantized(stories(), "q4"));
+  const int64_t vocab = file.config().vocab_size;
+  auto run = [&](uint32_t gemm_from) {
+    llm::GpuOptions o;
+    o.slots = 3;
+    o.context = 48;
+    o.batch_gemm_from = gemm_from;
+    llm::GpuModel g(context(), file, o);
+    std::vector<BatchSeq> seqs(3);
+    for (uint32_t i = 0; i < 3; ++i) {
+      seqs[i].prompt = prompt_ids(4 + 3 * i, vocab, 50 + i);
+      seqs[i].slot = i;
+      seqs[i].n_gen = 8;
+    }
+    drive(g, seqs);
+    return seqs;
+  };
+  const auto gemv = run(0), gemm = run(2);
+  for (size_t s = 0; s < gemv.size(); ++s)
+    for (size_t i = 0; i < gemv[s].logits.size() && gemv[s].out[i] == gemm[s].out[i]; ++i)
+      EXPECT_LT(rel(gemm[s].logits[i], gemv[s].logits[i]), kLogitTol) << "sequence " << s << " token " << i;
+}
+
 TEST(Batch, BadStepsAreClearErrors) {
   auto file = model::PqmFile::open(quantized(stories(), "q4"));
   llm::GpuModel none(context(), file, llm::GpuOptions{.context = 16});

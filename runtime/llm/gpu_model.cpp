@@ -206,6 +206,7 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   context_ = static_cast<int32_t>(opt.context > 0 ? std::min<int64_t>(opt.context, c.max_seq_len)
                                                   : std::min<int64_t>(c.max_seq_len, 8192));
   slots_ = opt.slots;
+  batch_gemm_from_ = opt.batch_gemm_from;
   max_batch_ = std::max<uint32_t>({1, std::min<uint32_t>(opt.max_batch, static_cast<uint32_t>(context_)), slots_});
   fused_gemv_ = opt.fused_gemv > 0;
   shape_.n_heads = static_cast<uint32_t>(c.n_heads);
@@ -512,7 +513,7 @@ void GpuModel::record_batch(vk::Commands& cmd, BatchKind kind, uint32_t m, uint3
     ~Restore() { mode = MatMode::automatic; }
   } restore{mat_mode_};
   embed(cmd, m);
-  mat_mode_ = kind == BatchKind::prefill ? MatMode::gemm : MatMode::batch_gemv;
+  mat_mode_ = kind == BatchKind::prefill || (batch_gemm_from_ > 0 && m >= batch_gemm_from_) ? MatMode::gemm : MatMode::batch_gemv;
   for (const auto& L : layers_) {
     attention_block(cmd, *L, m);
     mlp_block(cmd, *L, m);

@@ -41,6 +41,11 @@ struct GpuOptions {
   // Continuous batching (GpuModel::step()): sequences with a KV-cache region of `context`
   // positions each. 0: none (the single-sequence entry points use region 0 either way).
   uint32_t slots = 0;
+  // Decode steps of at least this many tokens multiply through the tiled GEMM (Kernels::gemm)
+  // instead of the batched GEMV (0: never). For measuring the two against each other (vk-bench
+  // --batch-gemm-from): a sequence's output then depends on whether the step crossed the
+  // threshold, so pq-server leaves it off.
+  uint32_t batch_gemm_from = 0;
 };
 
 // Continuous batching: one token of one sequence in a step (GpuModel::step()). The sequence's
@@ -215,7 +220,7 @@ class GpuModel {
   // Continuous batching: per token (pos, slot) pairs, the logits of the tokens with an output,
   // their arg max (and argmax's token scratch), the rows the host samples from; the recordings
   // by (kind, tokens, outputs, logits rows).
-  uint32_t slots_ = 0;
+  uint32_t slots_ = 0, batch_gemm_from_ = 0;
   vk::Buffer rows_, batch_logits_, batch_ids_, batch_next_, batch_logits_host_;
   std::map<std::tuple<int, uint32_t, uint32_t, uint32_t>, std::unique_ptr<vk::Commands>> batch_recordings_;
   std::vector<uint32_t> batch_order_;  // the step's tokens in recorded order: none, argmax, logits

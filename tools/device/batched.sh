@@ -16,3 +16,7 @@ for cfg in ${BATCH_CONFIGS:-128x8x8 256x8x8 64x8x8 128x4x8 128x16x4 128x4x16 128
   echo "PQVK_GEMV_BATCH=$cfg: $(PQVK_GEMV_BATCH=$cfg $B/vk-bench --synthetic llama3-8b --bits 5 -p 0 -n 64 -np 8,32 -r 2 \
     --warmup-ms 300 --no-breakdown 2>&1 >/dev/null | grep -o 'tg64 x[0-9]*: [0-9.]*' | tr '\n' ' ')"
 done | tee "$OUT/batched-configs.txt"
+# The same steps through the tiled GEMM (Kernels::gemm; the tensor-core GEMM once it is there)
+# instead of the batched GEMV, at 8 and 32 sequences.
+echo "GEMM for decode steps: $($B/vk-bench --synthetic llama3-8b --bits 5 -p 0 -n 64 -np 8,32 -r 2 --warmup-ms 300 \
+  --no-breakdown --batch-gemm-from 2 2>&1 >/dev/null | grep -o 'tg64 x[0-9]*: [0-9.]*' | tr '\n' ' ')" | tee "$OUT/batched-gemm.txt"
