@@ -651,7 +651,8 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
 nlohmann::json profile_json(const pqvk::llm::StepProfile& p) {
   nlohmann::json k = nlohmann::json::array();
   for (const auto& t : p.kernels) k.push_back({{"kernel", t.name}, {"calls", t.calls}, {"us", t.us}});
-  return {{"tokens", p.tokens}, {"pos0", p.pos0}, {"total_us", p.total_us}, {"kernels", k}};
+  return {{"tokens", p.tokens},         {"pos0", p.pos0},         {"total_us", p.total_us},
+          {"dispatches", p.dispatches}, {"barriers", p.barriers}, {"kernels", k}};
 }
 
 nlohmann::json results_json(const vk::DeviceInfo& info, double bw, double api, double shader,
@@ -705,6 +706,8 @@ std::string results_csv(const vk::DeviceInfo& info, double bw, const std::vector
 void print_profile(const ModelResult& r, const pqvk::llm::StepProfile& p, const char* what) {
   std::printf("\n%s %s, %s (%u token%s at position %d): %.1f us between the first and last timestamps\n\n",
               r.model.c_str(), r.format.c_str(), what, p.tokens, p.tokens == 1 ? "" : "s", p.pos0, p.total_us);
+  std::printf("%u dispatches and %u barriers per pass as recorded for use (the profile adds a barrier and a timestamp "
+              "after every kernel group)\n\n", p.dispatches, p.barriers);
   std::printf("| kernel | calls | us | %% |\n|---|---|---|---|\n");
   std::vector<pqvk::llm::KernelTime> ks = p.kernels;
   std::stable_sort(ks.begin(), ks.end(), [](const auto& x, const auto& y) { return x.us > y.us; });

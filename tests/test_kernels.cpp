@@ -263,7 +263,7 @@ TEST(Gemv, SharedTableMatchesCpuEveryBitWidth) {
 TEST(Gemv, WorkgroupShapes) {
   // Rows per workgroup that do not divide the row count, one invocation per chunk or many,
   // chunk counts that are not multiples of the workgroup or subgroup size.
-  for (auto [wg, rows] : std::vector<std::pair<uint32_t, uint32_t>>{{32, 1}, {64, 3}, {256, 8}, {128, 16}})
+  for (auto [wg, rows] : std::vector<std::pair<uint32_t, uint32_t>>{{64, 3}, {256, 16}})
     for (Lookup lookup : {Lookup::table, Lookup::shuffle}) {
       Kernels k(context(), gemv_config(wg, rows, lookup));
       for (const MatCase& c : std::vector<MatCase>{{1, 200, 3, 128, pq::Method::pq},
@@ -277,17 +277,17 @@ TEST(Gemv, WorkgroupShapes) {
 // The GEMV's own prologue: the rotation (blocks of 64/128/256 across neighbouring invocations)
 // and the RMSNorm before it, at every lookup and awkward shapes; unrotated methods only norm.
 TEST(Gemv, FusedPrologueMatchesCpu) {
-  for (Lookup lookup : {Lookup::automatic, Lookup::table})
-    for (auto [wg, rows] : std::vector<std::pair<uint32_t, uint32_t>>{{128, 4}, {32, 6}}) {
-      Kernels k(context(), gemv_config(wg, rows, lookup));
-      for (const MatCase& c : std::vector<MatCase>{{1, 200, 3, 128, pq::Method::pq},
-                                                   {37, 4096 + 40, 4, 128, pq::Method::pq},
-                                                   {19, 14336 + 100, 5, 256, pq::Method::pq},
-                                                   {7, 1000, 2, 64, pq::Method::pq},
-                                                   {9, 333, 6, 64, pq::Method::absmax},
-                                                   {5, 777, 4, 128, pq::Method::lloyd}})
-        for (bool norm : {false, true}) check_gemv(c, 0, k, false, norm);
-    }
+  for (auto [wg, rows, lookup] : std::vector<std::tuple<uint32_t, uint32_t, Lookup>>{{128, 4, Lookup::table},
+                                                                                    {32, 6, Lookup::automatic}}) {
+    Kernels k(context(), gemv_config(wg, rows, lookup));
+    for (const MatCase& c : std::vector<MatCase>{{1, 200, 3, 128, pq::Method::pq},
+                                                 {37, 4096 + 40, 4, 128, pq::Method::pq},
+                                                 {19, 14336 + 100, 5, 256, pq::Method::pq},
+                                                 {7, 1000, 2, 64, pq::Method::pq},
+                                                 {9, 333, 6, 64, pq::Method::absmax},
+                                                 {5, 777, 4, 128, pq::Method::lloyd}})
+      for (bool norm : {false, true}) check_gemv(c, 0, k, false, norm);
+  }
 }
 
 // Gate and up joined with interleaved rows (pq::join_rows): y[i] = silu(gate_i . h) * (up_i . h)
@@ -606,7 +606,7 @@ TEST(Attention, SplitDecodeMatchesCpu) {
                             AttnCase{4, 1, 20, 1, 130, 0, false, true}, AttnCase{2, 2, 64, 1, 200, 7, true, true},
                             AttnCase{8, 2, 128, 1, 333, 0, false, false}, AttnCase{28, 4, 128, 1, 301, 0, true, true},
                             AttnCase{16, 2, 256, 1, 45, 0, false, true}, AttnCase{16, 1, 8, 1, 400, 100, false, false}})
-    for (uint32_t splits : {1u, 3u, 64u}) {
+    for (uint32_t splits : {3u, 64u}) {  // several keys per split, and many splits without keys
       const AttnData d(c);
       std::vector<double> new_k, new_v;
       const auto ref = d.reference(&new_k, &new_v);

@@ -253,7 +253,8 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   while (rep_shift > 0 && (size_t(4) << (bits + rep_shift)) > gemv_table_budget(ctx_)) --rep_shift;
   if (cfg_.gemv_table_shift >= 0) rep_shift = std::min<uint32_t>(rep_shift, static_cast<uint32_t>(cfg_.gemv_table_shift));
   const uint32_t mode = lookup == L::table ? 0u : lookup == L::shuffle ? 1u : lookup == L::shuffle_unmasked ? 2u : 3u;
-  const uint32_t prologue = op.prologue == GemvOp::prepared ? 0u : (w.rotated ? 1u : 0u) | (op.prologue == GemvOp::rmsnorm ? 2u : 0u);
+  const uint32_t prologue =
+      op.prologue == GemvOp::prepared ? 0u : 4u | (w.rotated ? 1u : 0u) | (op.prologue == GemvOp::rmsnorm ? 2u : 0u);
   if ((prologue & 1u) && (w.block / 32 > static_cast<int>(cfg_.subgroup_size ? cfg_.subgroup_size : ctx_.info().subgroup_size)))
     throw Error(w.name + ": rotating blocks of " + std::to_string(w.block) + " inside the GEMV needs subgroups of at least " +
                 std::to_string(w.block / 32) + " invocations");

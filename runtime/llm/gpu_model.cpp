@@ -548,6 +548,12 @@ StepProfile GpuModel::profile(std::span<const int32_t> tokens, int32_t pos0, int
   StepProfile p;
   p.tokens = m;
   p.pos0 = pos0;
+  {  // the same pass as decode and prefill record it (recorded, not run)
+    vk::Commands plain = ctx_.commands();
+    record_step(plain, m, m == 1);
+    p.dispatches = plain.dispatches();
+    p.barriers = plain.barriers();
+  }
   p.total_us = median(totals) / 1e3;
   for (const std::string& n : order) p.kernels.push_back({n, calls[n], median(per_rep[n]) / 1e3});
   return p;

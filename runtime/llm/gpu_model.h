@@ -60,6 +60,7 @@ struct StepProfile {
   uint32_t tokens = 0;              // tokens in the pass (1: a decode step)
   int32_t pos0 = 0;                 // position of the first
   double total_us = 0;              // first to last timestamp
+  uint32_t dispatches = 0, barriers = 0;  // of the normal recording of the pass (no timestamps)
   std::vector<KernelTime> kernels;  // in the order they first run
 };
 
