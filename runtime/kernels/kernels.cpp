@@ -439,7 +439,7 @@ bool Kernels::decode_attention_supported(const AttentionShape& a) const {
   const size_t half = a.head_dim / 2, vw0 = gq <= 4 ? 4 : gq <= 8 ? 2 : 1;
   const size_t vw = half % vw0 == 0 ? vw0 : std::min<size_t>(half % 2 == 0 ? 2 : 1, vw0);
   const size_t slots = 128 / (half / vw);
-  const size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8;
+  const size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8 + half * 8 + 4;
   return shared <= ctx_.info().max_shared_memory;
 }
 
