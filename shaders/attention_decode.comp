@@ -5,9 +5,9 @@
 //   kcache[pos][kvh] = k, vcache[pos][kvh] = v          (by the split that holds pos)
 //   for the keys t of split s:  part[s][h] = sum_t e^(q_h.k_t/sqrt(hd) - m_s) v_t / l_s,
 //                               ml[s][h] = (m_s, l_s),  l_s = sum_t e^(q_h.k_t/sqrt(hd) - m_s)
-//   out[h] = sum_s e^(m_s - m) l_s part[s][h] / sum_s e^(m_s - m) l_s,  m = max_s m_s
-// The merge is done by the last workgroup of each KV head to finish (an atomic counter per KV
-// head, reset by that workgroup for the next dispatch), so the whole attention is one dispatch.
+// fwht.comp's merge prologue (MODE 4) combines the splits before the output projection
+// (merging in the last workgroup of each KV head to finish, with an atomic counter, measured
+// 7-10 us slower per layer on the H200: bench/RESULTS.md).
 // Keys are [lo, pos] (lo > 0 with a sliding window), cut into min(splits, ceil(n / 64)) ranges
 // of equal length; the other splits, empty, write l = 0 and are skipped by the merge. The split
 // that holds pos reads the new key and value from shared memory, not back from the caches.
@@ -17,8 +17,7 @@
 //          1 kcache; 2 vcache (qkv_rope.comp's layout: K word j = (k_j, k_{j+hd/2}), V word i =
 //          (v_2i, v_2i+1), fp16); 3 inv_freq [hd/2]; 4 biases (q | k | v); 5 norms
 //          (q_norm[hd] | k_norm[hd]); 6 step: uint pos at [0]; 7 part [splits][n_heads*hd]
-//          fp32; 8 ml [splits][n_heads][2] fp32; 9 counters [n_kv] uint (zero between
-//          dispatches); 10 out [n_heads*hd] fp32.
+//          fp32; 8 ml [splits][n_heads][2] fp32.
 // Workgroup: 128 invocations. Scores: invocation t takes key tile_start + t for all GQ heads,
 //          its whole key row loaded at once (16-byte loads where hd % 8 == 0). Values: VW words
 //          (2 VW dimensions) of a value row per invocation, for all GQ heads, so that
@@ -56,10 +55,8 @@ layout(std430, binding = 3) readonly buffer F { float inv_freq[]; };
 layout(std430, binding = 4) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 5) readonly buffer Norm { float norm[]; };
 layout(std430, binding = 6) readonly buffer Step { uint pos; } step;
-layout(std430, binding = 7) coherent buffer Part { float part[]; };
-layout(std430, binding = 8) coherent buffer ML { float ml[]; };
-layout(std430, binding = 9) coherent buffer Counters { uint counters[]; };
-layout(std430, binding = 10) writeonly buffer Out { float att_out[]; };
+layout(std430, binding = 7) writeonly buffer Part { float part[]; };
+layout(std430, binding = 8) writeonly buffer ML { float ml[]; };
 layout(push_constant) uniform Push { uint n_heads, n_kv, window, splits; float eps; } p;
 
 shared vec2 qk[NQK * HALF];       // RoPE pairs (x_j, x_{j+hd/2}) of the query heads and the new key
@@ -71,7 +68,6 @@ shared float scratch[(HAS_NORM != 0u ? NQK : GQ) * 128u];
 shared float red[GQ * 32u];       // per-subgroup partial max / sum (subgroups of >= 4 lanes)
 shared float head_sh[GQ];         // per head: the softmax sum, for the final division
 shared vec2 vred[SLOTS * GQ * HALF];  // the key slots' value sums, [slot][head][word]
-shared uint is_last;
 shared uint knew[HALF], vnew[HALF];  // the new key and value as the caches store them (fp16 pairs)
 
 // Max (is_max) or sum over the workgroup of one value per head.
@@ -90,7 +86,6 @@ void wg_reduce(inout float vals[GQ], bool is_max) {
 }
 
 void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last);
-void merge_if_last(uint kvh, uint t);
 
 void main() {
   const uint kvh = gl_WorkGroupID.x, split = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
@@ -110,7 +105,6 @@ void main() {
   } else {
     attend(kvh, split, t, pos, first, last);
   }
-  merge_if_last(kvh, t);
 }
 
 // Split `split` of KV head kvh: keys [first, last), at least one; writes part[] and ml[].
@@ -289,30 +283,4 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       part[o + 1u] = sum.y / head_sh[g];
     }
   }
-}
-
-// The last of the splits of KV head kvh to finish merges them all into att_out.
-void merge_if_last(uint kvh, uint t) {
-  memoryBarrierBuffer();  // this split's part[] and ml[] before its count
-  barrier();
-  if (t == 0u) is_last = atomicAdd(counters[kvh], 1u) == p.splits - 1u ? 1u : 0u;
-  barrier();
-  if (is_last == 0u) return;  // uniform over the workgroup
-  memoryBarrierBuffer();      // the other splits' results after their counts
-  for (uint idx = t; idx < GQ * HD; idx += 128u) {
-    const uint h = kvh * GQ + idx / HD, d = idx % HD;
-    float m = -1.0 / 0.0;
-    for (uint s = 0u; s < p.splits; ++s) m = max(m, ml[(s * p.n_heads + h) * 2u]);
-    float num = 0.0, den = 0.0;
-    for (uint s = 0u; s < p.splits; ++s) {
-      const float l = ml[(s * p.n_heads + h) * 2u + 1u];
-      if (l > 0.0) {  // splits without keys hold l = 0
-        const float wgt = exp(ml[(s * p.n_heads + h) * 2u] - m) * l;
-        num = fma(wgt, part[s * p.n_heads * HD + h * HD + d], num);
-        den += wgt;
-      }
-    }
-    att_out[h * HD + d] = num / den;
-  }
-  if (t == 0u) counters[kvh] = 0u;  // for the next dispatch
 }

@@ -194,13 +194,21 @@ void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, u
   if (pro.kind == Prologue::rmsnorm) check_view(pro.aux, cols, "rmsnorm weight");
   if (pro.kind == Prologue::swiglu) check_view(pro.aux, (size_t(in_row0) + rows) * cols, "swiglu up input");
   if (pro.kind == Prologue::swiglu_pairs) check_view(x, (size_t(in_row0) + rows) * cols * 2, "swiglu gate/up input");
-  struct { uint32_t rows, cols, nblocks, out_stride, in_row0; float eps; } push{
-      rows, cols, u32((cols + block - 1) / block, "blocks"), u32(stride, "row stride"), in_row0, pro.eps};
+  const bool merge = pro.kind == Prologue::merge;
+  if (merge) {
+    if (in_row0 != 0 || pro.splits == 0 || pro.head_dim == 0 || cols % pro.head_dim)
+      throw Error("fwht: an attention merge needs whole heads, at least one split and rows from 0");
+    check_view(x, size_t(pro.splits) * rows * cols, "attention partial outputs");
+    check_view(pro.aux, size_t(pro.splits) * rows * (cols / pro.head_dim) * 2, "attention (max, sum) pairs");
+  }
+  struct { uint32_t rows, cols, nblocks, out_stride, in_row0; float eps; uint32_t splits; } push{
+      rows, cols, u32((cols + block - 1) / block, "blocks"), u32(stride, "row stride"), in_row0, pro.eps,
+      merge ? pro.splits : 1u};
   const uint32_t mode = static_cast<uint32_t>(pro.kind);
   const uint32_t wg = std::max<uint32_t>(block / 4, 256);  // several blocks per workgroup
   const auto& p = pipeline("fwht",
                            {{0, wg}, {1, block}, {2, mode}, {3, rotate ? 1u : 0u},
-                            {4, layout == Layout::gemv_interleaved ? 1u : 0u}},
+                            {4, layout == Layout::gemv_interleaved ? 1u : 0u}, {5, merge ? pro.head_dim : 128u}},
                            3, sizeof(push), wg);
   const size_t groups = (push.nblocks + wg / (block / 4) - 1) / (wg / (block / 4));
   uint32_t gx, gy;
@@ -439,13 +447,13 @@ bool Kernels::decode_attention_supported(const AttentionShape& a) const {
   const size_t half = a.head_dim / 2, vw0 = gq <= 4 ? 4 : gq <= 8 ? 2 : 1;
   const size_t vw = half % vw0 == 0 ? vw0 : std::min<size_t>(half % 2 == 0 ? 2 : 1, vw0);
   const size_t slots = 128 / (half / vw);
-  const size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8 + half * 8 + 4;
+  const size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8 + half * 8;
   return shared <= ctx_.info().max_shared_memory;
 }
 
 void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView kcache,
                                vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
-                               vk::BufferView step, const DecodeScratch& scratch, vk::BufferView out, uint32_t splits) {
+                               vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits) {
   if (!decode_attention_supported(a))
     throw Error("attention_decode: head size " + std::to_string(a.head_dim) + " or head counts " +
                 std::to_string(a.n_heads) + "/" + std::to_string(a.n_kv) + " unsupported");
@@ -455,19 +463,17 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
   check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
   check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
   check_view(inv_freq, a.head_dim / 2, "rope frequencies");
-  check_view(scratch.part, size_t(splits) * q_dim, "attention partial outputs");
-  check_view(scratch.ml, size_t(splits) * a.n_heads * 2, "attention (max, sum) pairs");
-  check_view(scratch.counters, a.n_kv, "attention split counters");
-  check_view(out, q_dim, "attention output");
+  check_view(part, size_t(splits) * q_dim, "attention partial outputs");
+  check_view(ml, size_t(splits) * a.n_heads * 2, "attention (max, sum) pairs");
   const bool has_bias = bias.buffer != nullptr, has_norm = norm.buffer != nullptr;
   if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
   if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
   const auto& p = pipeline("attention_decode",
                            {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, a.n_heads / a.n_kv}, {3, a.head_dim}},
-                           11, 20, 128);
+                           9, 20, 128);
   struct { uint32_t n_heads, n_kv, window, splits; float eps; } push{a.n_heads, a.n_kv, a.window, splits, a.eps};
   cmd.dispatch(p, {qkv, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
-                   has_norm ? norm : vk::BufferView(dummy_), step, scratch.part, scratch.ml, scratch.counters, out},
+                   has_norm ? norm : vk::BufferView(dummy_), step, part, ml},
                push, a.n_kv, splits);
 }
 

@@ -85,9 +85,12 @@ struct KernelConfig {
 struct Prologue {
   // swiglu_pairs: x [rows][2 * cols] holds gate and up alternating (a GEMM of a matrix whose
   // rows alternate, pq::join_rows): silu(x[2c]) * x[2c + 1].
-  enum Kind { none, rmsnorm, swiglu, swiglu_pairs } kind = none;
+  // merge: x is attention_decode()'s partial outputs [splits][rows][cols] and aux its (max, sum)
+  // pairs [splits][rows][cols / head_dim][2]; the prologue merges the splits.
+  enum Kind { none, rmsnorm, swiglu, swiglu_pairs, merge } kind = none;
   vk::BufferView aux;  // rmsnorm: the weight [cols]; swiglu: the up projection [rows][cols]
   float eps = 1e-5f;   // rmsnorm
+  uint32_t splits = 1, head_dim = 0;  // merge
 };
 
 // What the decode GEMV does before and after the product (shaders/pq_gemv.comp).
@@ -177,19 +180,15 @@ class Kernels {
                 vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias,
                 vk::BufferView norm, vk::BufferView step, uint32_t m);
   // Decode (one token at position step[0]): qkv_rope's work for that token fused with
-  // attention over the caches split into `splits` ranges of the context (flash-decoding),
-  // the splits merged by the last workgroup of each KV head: out [n_heads * head_dim].
-  // Scratch: part [splits][n_heads * head_dim] and ml [splits][n_heads][2] floats, counters
-  // [n_kv] uints that must be zero before the first dispatch (each dispatch leaves them so).
-  // Needs an even head_dim <= 256, at most 16 query heads per KV head and the shared memory
-  // that takes (decode_attention_supported()).
-  struct DecodeScratch {
-    vk::BufferView part, ml, counters;
-  };
-  // qkv: q [n_heads * head_dim] | k [n_kv * head_dim] | v [n_kv * head_dim].
+  // attention over the caches split into `splits` ranges of the context (flash-decoding).
+  // qkv: q [n_heads * head_dim] | k [n_kv * head_dim] | v [n_kv * head_dim]. Writes each
+  // split's normalized output part [splits][n_heads * head_dim] and its (max, sum) pairs
+  // ml [splits][n_heads][2]; prepare() with Prologue::merge combines them. Needs an even
+  // head_dim <= 256, at most 16 query heads per KV head and the shared memory that takes
+  // (decode_attention_supported()).
   void attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView kcache,
                         vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
-                        vk::BufferView step, const DecodeScratch& scratch, vk::BufferView out, uint32_t splits);
+                        vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits);
   bool decode_attention_supported(const AttentionShape& a) const;
   // out [m][n_heads * head_dim] = causal attention of q over the caches.
   void attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,

@@ -49,7 +49,10 @@ std::string matrix_kind(const Linear& l) {
 }
 
 std::string prologue_name(const Prologue& p, bool rotated) {
-  std::string s = p.kind == Prologue::rmsnorm ? "rmsnorm" : p.kind == Prologue::none ? "" : "swiglu";
+  std::string s = p.kind == Prologue::rmsnorm ? "rmsnorm"
+                  : p.kind == Prologue::none  ? ""
+                  : p.kind == Prologue::merge ? "attention merge"
+                                              : "swiglu";
   if (rotated) s += s.empty() ? "fwht" : "+fwht";
   return s.empty() ? "layout" : s;
 }
@@ -306,7 +309,6 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
     splits_ = static_cast<uint32_t>(std::clamp<int64_t>(context_ / 256, 4, 32));
     att_parts_ = ctx.buffer(size_t(splits_) * q_dim * 4, vk::MemoryKind::device, "attention partial outputs");
     att_ml_ = ctx.buffer(size_t(splits_) * c.n_heads * 2 * 4, vk::MemoryKind::device, "attention (max, sum) pairs");
-    att_counters_ = ctx.upload_new(std::vector<uint32_t>(size_t(c.n_kv_heads), 0u), "attention split counters");
   }
   logits_ = ctx.buffer(size_t(c.vocab_size) * 4, vk::MemoryKind::download, "logits");
   tokens_ = ctx.buffer(M * 4, vk::MemoryKind::upload, "token ids");
@@ -405,8 +407,8 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
 
 // x += Wo attention(rope(Wq h), rope(Wk h), Wv h),  h = rmsnorm(x)
 // q, k and v land in one buffer, [m][q | k | v]. Decode (m = 1) fuses the RoPE and cache store
-// into attention split over the context (one dispatch, the splits merged by the last
-// workgroup); prefill runs them one after another.
+// into attention split over the context, the splits merged in the output projection's
+// preparation; prefill runs them one after another.
 void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
   const auto dim = static_cast<uint32_t>(config_.dim);
   const uint32_t q_dim = shape_.n_heads * shape_.head_dim, kv_dim = shape_.n_kv * shape_.head_dim;
@@ -417,16 +419,20 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
   const vk::BufferView bias = config_.qkv_bias ? vk::BufferView(L.qkv_bias) : vk::BufferView();
   const vk::BufferView qk_norm = config_.qk_norm ? vk::BufferView(L.qk_norm) : vk::BufferView();
   if (m == 1 && splits_ > 0) {
-    kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_,
-                              Kernels::DecodeScratch{att_parts_, att_ml_, att_counters_}, att_, splits_);
-  } else {
-    kernels_.qkv_rope(cmd, shape_, qkv_, q_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, m);
+    kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, att_parts_,
+                              att_ml_, splits_);
     cmd.barrier();
-    mark(cmd, "qkv bias/norm+rope+kv store");
-    kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, step_, m);
+    mark(cmd, "attention (rope, kv store, split context)");
+    linear(cmd, {{&L.wo, x_}}, att_parts_, q_dim, m, Prologue{Prologue::merge, att_ml_, 0.0f, splits_, shape_.head_dim},
+           true);
+    return;
   }
+  kernels_.qkv_rope(cmd, shape_, qkv_, q_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, m);
   cmd.barrier();
-  mark(cmd, m == 1 && splits_ > 0 ? "attention (rope, kv store, split context, merge)" : "attention");
+  mark(cmd, "qkv bias/norm+rope+kv store");
+  kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, step_, m);
+  cmd.barrier();
+  mark(cmd, "attention");
   linear(cmd, {{&L.wo, x_}}, att_, q_dim, m, Prologue{}, true);
 }
 

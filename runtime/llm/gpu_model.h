@@ -161,7 +161,7 @@ class GpuModel {
   vk::Buffer logits_all_;            // [max_batch][vocab], made on the first prefill_all()
   bool fused_gemv_ = true;           // GpuOptions::fused_gemv, resolved
   uint32_t splits_ = 0;              // decode attention's context splits (0: the prefill kernels)
-  vk::Buffer att_parts_, att_ml_, att_counters_;  // its scratch (Kernels::DecodeScratch)
+  vk::Buffer att_parts_, att_ml_;    // its partial outputs and (max, sum) pairs
 
   std::unique_ptr<vk::Commands> decode_, decode_argmax_;
 
