@@ -57,6 +57,7 @@ struct DeviceInfo {
   bool subgroup_arithmetic = false, subgroup_shuffle = false;
   bool fp16 = false, int8 = false;                        // shaderFloat16, shaderInt8
   bool storage_8bit = false, storage_16bit = false;      // storageBuffer8/16BitAccess
+  bool vulkan_memory_model = false;  // vulkanMemoryModel (enabled where present: cooperative-matrix shaders need it)
   bool cooperative_matrix_khr = false, cooperative_matrix_nv = false;
   bool cooperative_matrix2_nv = false;
   // The shapes of VK_NV_cooperative_matrix, when the device has it with its cooperativeMatrix
