@@ -11,11 +11,16 @@
 // Workgroup: 256 invocations as 8 subgroups of 32 (Kernels::gemm only takes this shader where
 //          the subgroups are 32 wide), a TM (tokens) x 128 (rows of W) output tile. K advances
 //          one chunk (32 inputs, one scale per row) a step, through two shared-memory buffers:
-//          step s decodes its codes (fetched into registers during step s - 1) into one buffer
-//          while the subgroups multiply from the other, so one barrier a step suffices.
+//          step s decodes its codes and converts its activations (fetched into registers
+//          during step s - 1) into one buffer while the subgroups multiply from the other, so
+//          one barrier a step suffices.
 //          Decode: invocation t takes row t % 128 of the tile and codes 16 * (t / 128) ..
-//          + 15 of the chunk (only the words holding them), looks them up in the codebook
-//          (shared memory), multiplies by the block scale and stores fp16 pairs; the
+//          + 15 of each chunk (only the words holding them), looks them up in the codebook
+//          (shared memory), multiplies by the block scale and stores fp16 pairs. Codes are
+//          loaded for CPB chunks at once (word j of consecutive chunks is contiguous: one
+//          8- or 16-byte load per word instead of CPB 4-byte ones, as the 128 rows of a step
+//          are 128 different cache lines), their scales with them; the K loop is unrolled by
+//          CPB so that a chunk's words are taken from the registers at constant indices. The
 //          activations are converted 8 at a time (two vec4 loads, one 16-byte store).
 //          Multiply: subgroup g owns tokens (g % 2) * TM/2 .. + TM/2 - 1 and rows (g / 2) * 32
 //          .. + 31, i.e. TM/32 x 2 accumulators of 16 x 16 (fcoopmatNV, fp32); per 16-wide K
@@ -29,7 +34,7 @@
 //          weight buffers, free by then) and writes it out with bounds checks, adding to Y when
 //          accumulating: M and the rows need not be multiples of the tile.
 // Dispatch: (ceil(rows / 128), ceil(m / TM)) workgroups.
-// Specialization: 0 BITS, 1 BLOCK (B), 2 TM (64 or 128).
+// Specialization: 0 BITS, 1 BLOCK (B), 2 TM (64 or 128), 3 CPB (2, or 4 where nchunk % 4 == 0).
 // The body is include/pq_gemm_coopmat.glsl, written in the operations defined here;
 // pq_gemm_coopmat_emulated.comp runs it with scalar stand-ins for them on any device.
 #extension GL_EXT_control_flow_attributes : require

@@ -41,7 +41,7 @@ float emu_half(uvec4 v, uint h) { return unpackHalf2x16(v[h >> 1u])[h & 1u]; }
 // A at uvec4 element a of Xs, row-major (A[r][k] = half k of row r, rows LD uvec4 apart);
 // B at element b of Ws, column-major (B[k][c] = half k of column c, columns LD apart).
 Acc emu_muladd(uint a, uint b, Acc c) {
-  [[unroll]] for (uint r = 0u; r < 8u; ++r) {
+  [[dont_unroll]] for (uint r = 0u; r < 8u; ++r) {  // (lavapipe compiles the unrolled form for minutes)
     const uint e = SG_LANE + 32u * r, row = e >> 4u, col = e & 15u;
     float s = c.v[r];
     for (uint k = 0u; k < 16u; ++k)

@@ -456,7 +456,8 @@ GemmPath check_gemm(Kernels& k, const GemmCase& g) {
 
 // Awkward shapes for the 128-row x 64/128-token tiles: one row, rows and M past a tile
 // boundary, long K (chunk groups of 8), slices, an output written from an odd column of a wider
-// Y, accumulation, every bit width and block size, the unrotated methods.
+// Y, accumulation, every bit width and block size, the unrotated methods, codes loaded 4 chunks
+// at a time (two blocks of 64 per load) and 2 at a time (a chunk count that is not a multiple of 4).
 std::vector<GemmCase> gemm_cases() {
   return {
       {{1, 200, 4, 128, pq::Method::pq}, 1},
@@ -466,6 +467,7 @@ std::vector<GemmCase> gemm_cases() {
       {{64, 640, 8, 128, pq::Method::lloyd}, 7},
       {{129, 192, 2, 64, pq::Method::pq}, 64, false, 1, 1},
       {{40, 500, 7, 128, pq::Method::rot_uniform}, 33, true},
+      {{33, 1088, 5, 64, pq::Method::pq}, 20},  // 34 chunks: codes loaded 2 chunks at a time, a group of 2
   };
 }
 

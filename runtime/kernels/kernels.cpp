@@ -399,7 +399,9 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   } else {
     tile_m = gemm_coopmat_tile(w.rows, m);
     tile_n = kCoopmatTileN;
-    const vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}};
+    // Codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
+    const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
+    const vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}};
     p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 32, 256, coopmat_subgroup_size())
                                   : &pipeline("pq_gemm_coopmat_emulated", spec, 5, 32, 256);
   }

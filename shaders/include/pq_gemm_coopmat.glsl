@@ -19,12 +19,18 @@ layout(local_size_x = 256) in;
 layout(constant_id = 0) const uint BITS = 4u;
 layout(constant_id = 1) const uint BLOCK = 128u;
 layout(constant_id = 2) const uint TM = 64u;
+layout(constant_id = 3) const uint CPB = 2u;  // chunks per code load: 2, or 4 where nchunk % 4 == 0
 const uint TN = 128u;       // rows of W per workgroup
 const uint LD = 5u;         // shared row stride in uvec4 (40 halves; 32 used)
 const uint FM = TM / 32u;   // accumulator tiles per subgroup along the tokens (2 or 4)
 const uint FN = 2u;         // ... along the rows
+const uint CPBK = BLOCK / 32u;  // chunks per block (2, 4 or 8)
 
-layout(std430, binding = 0) readonly buffer Codes { uint codes[]; };
+// The codes, read as 2 or 4 words at a time: word j of chunks c .. c + CPB - 1 of a group are
+// consecutive (docs/packed-layout.md), and their index is a multiple of CPB where c is (rows
+// hold nchunk * BITS words and groups j * gs words, both even; multiples of 4 when nchunk is).
+layout(std430, binding = 0) readonly buffer Codes2 { uvec2 codes2[]; };
+layout(std430, binding = 0) readonly buffer Codes4 { uvec4 codes4[]; };
 layout(std430, binding = 1) readonly buffer Scales { uint scales[]; };
 layout(std430, binding = 2) readonly buffer Codebook { float codebook[]; };
 layout(std430, binding = 3) readonly buffer X { vec4 x4[]; };
@@ -37,21 +43,43 @@ shared uvec4 Ws[2u * TN * LD];  // [buffer][row][8 halves x 5]
 
 #include "pq_common.glsl"
 
-// What one invocation carries from a step's global loads to its shared-memory stores.
-uint w[8];     // the words of its row's chunk (those its 16 codes occupy)
-float wscale;  // the chunk's block scale (0 past the last row: the row decodes to zeros)
-vec4 xv[4];    // its activations: TM/64 groups of 8 (two vec4 each)
+// Half h of a chunk (codes 16 h .. 16 h + 15) occupies stream bits [16 h BITS, 16 (h + 1) BITS):
+// words JLO(h) .. JHI(h), at most 4.
+#define JLO(h) ((16u * BITS * (h)) >> 5u)
+#define JHI(h) ((16u * BITS * ((h) + 1u) - 1u) >> 5u)
 
-// Step `ch` (K = 32 ch .. 32 ch + 31): the codes, scale and activations into registers.
-void load_step(uint ch, uint row, uint half_id, uint m0) {
-  if (row < p.rows) {
-    // Stream bits [16 h * BITS, 16 (h + 1) * BITS) hold the 16 codes of half h.
-    const uint jlo = (16u * BITS * half_id) >> 5u, jhi = (16u * BITS * (half_id + 1u) - 1u) >> 5u;
-    [[unroll]] for (uint j = 0u; j < 8u; ++j)
-      if (j < BITS && j >= jlo && j <= jhi) w[j] = codes[pq_word_index(row, p.nchunk, BITS, ch, j)];
-    const uint sidx = row * p.nblocks + ch / (BLOCK / 32u);
-    wscale = half_at(scales[sidx >> 1u], sidx);
+// What one invocation carries from global loads to its shared-memory stores.
+uvec4 wv[4];   // words JLO(h) + n (n < 4) of its row's chunks ch0 .. ch0 + CPB - 1 (component = chunk)
+float ws[2];   // their block scales (two where 4 chunks span two blocks of 64)
+vec4 xv[4];    // its activations of the next chunk: TM/64 groups of 8 (two vec4 each)
+uint w[8];     // the words of the chunk being decoded (those its half's codes occupy)
+float wscale;  // its block scale (0 past the last row: the row decodes to zeros)
+
+// The words of half h for chunks ch0 .. ch0 + CPB - 1 of `row` (h a constant: the word range folds).
+void load_words(uint row, uint ch0, const uint h) {
+  [[unroll]] for (uint n = 0u; n < 4u; ++n) {
+    if (JLO(h) + n <= JHI(h)) {
+      const uint idx = pq_word_index(row, p.nchunk, BITS, ch0, JLO(h) + n);
+      wv[n] = CPB == 4u ? codes4[idx >> 2u] : uvec4(codes2[idx >> 1u], 0u, 0u);
+    }
   }
+}
+
+// Chunks ch0 .. ch0 + CPB - 1: the codes and scales this invocation decodes into registers.
+void load_codes(uint ch0, uint row, uint half_id) {
+  if (row >= p.rows) return;  // wv, ws stay 0
+  if (half_id == 0u) load_words(row, ch0, 0u);
+  else load_words(row, ch0, 1u);
+  [[unroll]] for (uint s = 0u; s < 2u; ++s) {
+    if (s * CPBK < CPB) {
+      const uint sidx = row * p.nblocks + ch0 / CPBK + s;
+      ws[s] = half_at(scales[sidx >> 1u], sidx);
+    }
+  }
+}
+
+// Chunk ch (K = 32 ch .. 32 ch + 31): the activations this invocation converts, into registers.
+void load_x(uint ch, uint m0) {
   const uint t = gl_LocalInvocationIndex, ldx4 = p.ldx >> 2u;
   [[unroll]] for (uint g = 0u; g < 2u; ++g) {
     if (g < TM / 64u) {
@@ -75,13 +103,19 @@ uvec4 decode8(const uint i0) {
   return uvec4(h[0], h[1], h[2], h[3]);
 }
 
-// The registers of the last load_step into shared buffer `buf`.
-void store_step(uint buf, uint wr, uint half_id) {
+// Chunk ch0 + sub (sub < CPB a constant once unrolled) from the registers into shared buffer
+// `buf`: the weights decoded, the activations (loaded by the last load_x) converted.
+void store_step(uint buf, uint wr, uint half_id, const uint sub) {
+  wscale = ws[sub / CPBK];
   const uint wo = (buf * TN + wr) * LD + 2u * half_id;
-  if (half_id == 0u) {  // uniform per subgroup: each branch has constant code indices
+  if (half_id == 0u) {  // uniform per subgroup: each branch has constant word and code indices
+    [[unroll]] for (uint n = 0u; n < 4u; ++n)
+      if (JLO(0u) + n <= JHI(0u)) w[JLO(0u) + n] = wv[n][sub];
     Ws[wo] = decode8(0u);
     Ws[wo + 1u] = decode8(8u);
   } else {
+    [[unroll]] for (uint n = 0u; n < 4u; ++n)
+      if (JLO(1u) + n <= JHI(1u)) w[JLO(1u) + n] = wv[n][sub];
     Ws[wo] = decode8(16u);
     Ws[wo + 1u] = decode8(24u);
   }
@@ -103,29 +137,38 @@ void main() {
   const uint sg = SG_ID, wm = sg & 1u, wn = sg >> 1u;
   for (uint i = t; i < (1u << BITS); i += 256u) cb[i] = codebook[i];
   [[unroll]] for (uint j = 0u; j < 8u; ++j) w[j] = 0u;
-  wscale = 0.0;
+  [[unroll]] for (uint n = 0u; n < 4u; ++n) wv[n] = uvec4(0u);
+  ws[0] = ws[1] = 0.0;
 
   ACC acc[4u * FN];
   [[unroll]] for (uint i = 0u; i < 4u * FN; ++i) acc[i] = ACC_ZERO;
 
-  load_step(0u, row, half_id, m0);
+  load_codes(0u, row, half_id);
+  load_x(0u, m0);
   barrier();  // the codebook is in shared memory
-  for (uint ch = 0u; ch < p.nchunk; ++ch) {
-    const uint buf = ch & 1u;
-    // Buffer `buf` was last read in step ch - 2, which every subgroup finished before the
-    // barrier of step ch - 1.
-    store_step(buf, wr, half_id);
-    barrier();
-    if (ch + 1u < p.nchunk) load_step(ch + 1u, row, half_id, m0);  // in flight during the products
-    [[unroll]] for (uint kk = 0u; kk < 2u; ++kk) {  // two K halves of 16 (2 uvec4)
-      FRAG a[4], b[FN];
-      [[unroll]] for (uint i = 0u; i < 4u; ++i)
-        if (i < FM) LOAD_A(a[i], (buf * TM + wm * (TM / 2u) + 16u * i) * LD + 2u * kk);
-      [[unroll]] for (uint j = 0u; j < FN; ++j) LOAD_B(b[j], (buf * TN + wn * 32u + 16u * j) * LD + 2u * kk);
-      [[unroll]] for (uint i = 0u; i < 4u; ++i)
-        if (i < FM) {
-          [[unroll]] for (uint j = 0u; j < FN; ++j) acc[i * FN + j] = MULADD(a[i], b[j], acc[i * FN + j]);
-        }
+  // nchunk is a multiple of CPB (cols_padded of 64); CPB is even, so chunk ch0 + sub goes to
+  // buffer sub % 2.
+  for (uint ch0 = 0u; ch0 < p.nchunk; ch0 += CPB) {
+    [[unroll]] for (uint sub = 0u; sub < CPB; ++sub) {
+      const uint buf = sub & 1u, ch = ch0 + sub;
+      // Buffer `buf` was last read in step ch - 2, which every subgroup finished before the
+      // barrier of step ch - 1.
+      store_step(buf, wr, half_id, sub);
+      barrier();
+      if (ch + 1u < p.nchunk) {  // in flight during the products
+        if (sub == CPB - 1u) load_codes(ch + 1u, row, half_id);
+        load_x(ch + 1u, m0);
+      }
+      [[unroll]] for (uint kk = 0u; kk < 2u; ++kk) {  // two K halves of 16 (2 uvec4)
+        FRAG a[4], b[FN];
+        [[unroll]] for (uint i = 0u; i < 4u; ++i)
+          if (i < FM) LOAD_A(a[i], (buf * TM + wm * (TM / 2u) + 16u * i) * LD + 2u * kk);
+        [[unroll]] for (uint j = 0u; j < FN; ++j) LOAD_B(b[j], (buf * TN + wn * 32u + 16u * j) * LD + 2u * kk);
+        [[unroll]] for (uint i = 0u; i < 4u; ++i)
+          if (i < FM) {
+            [[unroll]] for (uint j = 0u; j < FN; ++j) acc[i * FN + j] = MULADD(a[i], b[j], acc[i * FN + j]);
+          }
+      }
     }
   }
 
