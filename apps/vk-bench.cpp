@@ -231,7 +231,6 @@ int run_kernels(const KernelArgs& a) {
   Kernels k(ctx, cfg);
   const auto& info = ctx.info();
   std::printf("device: %s (%s, subgroup %u)\n", info.name.c_str(), info.driver.c_str(), info.subgroup_size);
-  std::printf("%s\n", gemm_path_line(k, 512).c_str());
 
   const size_t copy_bytes = smoke ? (8u << 20) : std::min<size_t>(size_t(1) << 30, info.max_allocation_size / 2);
   if (smoke) g_warmup_ms = 0;
@@ -251,6 +250,7 @@ int run_kernels(const KernelArgs& a) {
     for (const auto& s : a.shapes) shapes.push_back(parse_shape(s));
   }
   if (!a.ms.empty()) ms = a.ms;
+  std::printf("%s\n\n", gemm_path_line(k, *std::max_element(ms.begin(), ms.end())).c_str());
   const size_t min_bytes = smoke ? 0 : (256u << 20);  // cycle copies up to this much
   std::mt19937 rng(1234);
   std::vector<Row> rows;
