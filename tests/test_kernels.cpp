@@ -4,6 +4,7 @@
 
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -349,7 +350,130 @@ TEST(Gemv, SplitAcrossSlices) {
   check_gemv(c, 5 * 3 * 20 * 4, table);
 }
 
+// ---- the GEMM: portable fp32 (pq_gemm.comp) and fp16 tiles (pq_gemm_coopmat.comp) ----------
+
+using GemmPath = Kernels::GemmPath;
+using Coopmat = KernelConfig::GemmCoopmat;
+
+// The cooperative-matrix GEMM rounds each weight (codebook value times block scale, in fp32)
+// and each activation to fp16, then sums exact products in fp32: against fp64 sums of the
+// operands rounded the same way it is as close as an fp32 GEMM (with room for the tensor cores'
+// summation order); against the exact operands the rounding shows (2^-11 relative each).
+constexpr double kCoopmatTwinTol = 1e-4;
+constexpr double kFp16Tol = 3e-3;  // vk-bench kernels --check's bound for this path
+
+KernelConfig gemm_config(Coopmat mode, uint32_t tm = 0) {
+  KernelConfig cfg;
+  cfg.gemm_coopmat = mode;
+  cfg.gemm_coopmat_tm = tm;
+  return cfg;
+}
+
+float f16_round(float v) { return pq::f16_to_f32(pq::f32_to_f16(v)); }
+
+struct GemmCase {
+  MatCase mat;
+  uint32_t m = 1;
+  bool accumulate = false;
+  uint32_t col = 0, extra = 0;  // output columns col .. col + rows - 1 of rows + extra
+  size_t max_slice_bytes = 0;
+};
+
+std::string describe(const GemmCase& g) {
+  return describe(g.mat) + " m=" + std::to_string(g.m) + (g.accumulate ? " accumulate" : "") + " col=" +
+         std::to_string(g.col) + "/" + std::to_string(g.mat.rows + g.extra) + " slice bytes " +
+         std::to_string(g.max_slice_bytes);
+}
+
+// One k.gemm() of g (output poisoned, or random when accumulating), checked against the twin of
+// the path it took (fp32: the exact operands within kDotTol; coopmat: the fp16-rounded ones
+// within kCoopmatTwinTol and the exact ones within kFp16Tol); the columns it must not write
+// stay as they were. Returns the path.
+GemmPath check_gemm(Kernels& k, const GemmCase& g) {
+  const MatCase& c = g.mat;
+  const uint32_t m = g.m;
+  const auto q = make_matrix(c);
+  const auto d = upload_quant(context(), q, describe(c), g.max_slice_bytes);
+  const size_t cp = q.cols_padded, ldy = c.rows + g.extra;
+  auto x = random_vector(m * c.cols, m * 3 + static_cast<uint32_t>(c.cols * 5 + c.bits));
+  vk::Buffer xb = context().upload_new(x, "X");
+  vk::Buffer xr = poisoned(m * cp);
+  std::vector<float> y0 = random_vector(m * ldy, m + 17);
+  if (!g.accumulate)
+    for (size_t i = 0; i < y0.size(); ++i)
+      if (i % ldy >= g.col && i % ldy < g.col + c.rows) y0[i] = std::bit_cast<float>(kPoison);
+  vk::Buffer y = context().upload_new(y0, "Y");
+  auto cmd = context().commands();
+  if (q.rotated) {
+    k.fwht(cmd, xb, xr, m, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block));
+  } else {
+    std::vector<float> padded(m * cp, 0.0f);
+    for (uint32_t i = 0; i < m; ++i) std::copy(x.begin() + i * c.cols, x.begin() + (i + 1) * c.cols, padded.begin() + i * cp);
+    context().upload(xr, padded);
+  }
+  cmd.barrier();
+  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col});
+  cmd.run();
+  const GemmPath path = k.last_gemm_path();
+  const auto xin = read_floats(xr, m * cp);  // the activations the GEMM read
+  const auto got = read_floats(y, m * ldy);
+  std::vector<double> exact, rounded;
+  std::vector<float> mine;  // the written columns, less what was there when accumulating
+  size_t touched = 0;
+  for (uint32_t t = 0; t < m; ++t)
+    for (size_t j = 0; j < ldy; ++j) {
+      const size_t o = t * ldy + j;
+      if (j < g.col || j >= g.col + c.rows) {
+        touched += std::bit_cast<uint32_t>(got[o]) != std::bit_cast<uint32_t>(y0[o]);
+        continue;
+      }
+      const size_t r = j - g.col;
+      double e = 0, h = 0;
+      for (size_t b = 0; b < q.blocks_per_row(); ++b) {
+        const float s = pq::f16_to_f32(q.scales[r * q.blocks_per_row() + b]);
+        double de = 0;
+        for (int i = 0; i < c.block; ++i) {
+          const size_t col = b * c.block + i;
+          const float cb = q.codebook[q.code(r, col)], xv = xin[t * cp + col];
+          de += double(cb) * xv;
+          h += double(f16_round(cb * s)) * f16_round(xv);
+        }
+        e += double(s) * de;
+      }
+      exact.push_back(e);
+      rounded.push_back(h);
+      mine.push_back(g.accumulate ? static_cast<float>(double(got[o]) - y0[o]) : got[o]);
+    }
+  EXPECT_EQ(touched, 0u) << describe(g) << ": elements outside the matrix's columns changed";
+  if (path == GemmPath::portable) {
+    EXPECT_LT(rel_error(mine, exact), kDotTol) << describe(g) << " " << Kernels::gemm_path_name(path);
+  } else {
+    EXPECT_LT(rel_error(mine, rounded), kCoopmatTwinTol) << describe(g) << " " << Kernels::gemm_path_name(path);
+    EXPECT_LT(rel_error(mine, exact), kFp16Tol) << describe(g) << " " << Kernels::gemm_path_name(path);
+  }
+  return path;
+}
+
+// Awkward shapes for the 128-row x 64/128-token tiles: one row, rows and M past a tile
+// boundary, long K (chunk groups of 8), slices, an output written from an odd column of a wider
+// Y, accumulation, every bit width and block size, the unrotated methods, codes loaded 4 chunks
+// at a time (two blocks of 64 per load) and 2 at a time (a chunk count that is not a multiple of 4).
+std::vector<GemmCase> gemm_cases() {
+  return {
+      {{1, 200, 4, 128, pq::Method::pq}, 1},
+      {{17, 4096 + 40, 6, 256, pq::Method::pq}, 16},
+      {{130, 333, 5, 128, pq::Method::absmax}, 65, true, 3, 7, 60 * 240},
+      {{300, 1000, 3, 64, pq::Method::pq}, 130},
+      {{64, 640, 8, 128, pq::Method::lloyd}, 7},
+      {{129, 192, 2, 64, pq::Method::pq}, 64, false, 1, 1},
+      {{40, 500, 7, 128, pq::Method::rot_uniform}, 33, true},
+      {{33, 1088, 5, 64, pq::Method::pq}, 20},  // 34 chunks: codes loaded 2 chunks at a time, a group of 2
+  };
+}
+
+// The portable fp32 GEMM (pq_gemm.comp) on every device.
 TEST(Gemm, MatchesCpu) {
+  Kernels portable(context(), gemm_config(KernelConfig::GemmCoopmat::off));
   for (const auto& c : std::vector<MatCase>{{1, 200, 4, 128, pq::Method::pq},
                                             {65, 1000, 3, 64, pq::Method::pq},
                                             {130, 333, 5, 128, pq::Method::absmax},
@@ -364,15 +488,16 @@ TEST(Gemm, MatchesCpu) {
       vk::Buffer y = poisoned(size_t(m) * c.rows);
       auto cmd = context().commands();
       if (q.rotated) {
-        kernels().fwht(cmd, xb, xr, m, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block));
+        portable.fwht(cmd, xb, xr, m, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block));
       } else {
         std::vector<float> padded(m * q.cols_padded, 0.0f);
         for (uint32_t i = 0; i < m; ++i) std::copy(x.begin() + i * c.cols, x.begin() + (i + 1) * c.cols, padded.begin() + i * q.cols_padded);
         context().upload(xr, padded);
       }
       cmd.barrier();
-      kernels().gemm(cmd, d, xr, y, m);
+      portable.gemm(cmd, d, xr, y, m);
       cmd.run();
+      EXPECT_EQ(portable.last_gemm_path(), GemmPath::portable);
       std::vector<double> ref(size_t(m) * c.rows), yi(c.rows);
       for (uint32_t i = 0; i < m; ++i) {
         pq::gemv_reference(q, x.data() + i * c.cols, yi.data());
@@ -381,6 +506,97 @@ TEST(Gemm, MatchesCpu) {
       EXPECT_LT(rel_error(read_floats(y, size_t(m) * c.rows), ref), kDotTol) << describe(c) << " m=" << m;
     }
   }
+}
+
+// pq_gemm_coopmat.comp's body (loads, decode into fp16 tiles, double buffering, the subgroups'
+// tiling, epilogue) with scalar stand-ins for its cooperative-matrix operations: on every
+// device, at both token tiles where the shared memory allows (lavapipe's 32 KiB holds only the
+// 64-token one: the 128-token tile is then refused with an error that says why).
+TEST(Gemm, CoopmatShaderEmulatedMatchesCpu) {
+  const bool fits128 = context().info().max_shared_memory >= 4 * 256 + 2 * (128 + 128) * 80;  // the shader's arrays
+  for (uint32_t tm : {64u, 128u}) {
+    Kernels k(context(), gemm_config(Coopmat::emulated, tm));
+    for (const auto& g : gemm_cases()) {
+      if (tm == 128 && !fits128) {
+        try {
+          check_gemm(k, g);
+          ADD_FAILURE() << "a 128-token tile ran with " << context().info().max_shared_memory << " bytes of shared memory";
+        } catch (const vk::Error& e) {
+          EXPECT_NE(std::string(e.what()).find("shared memory"), std::string::npos) << e.what();
+        }
+        break;
+      }
+      EXPECT_EQ(check_gemm(k, g), GemmPath::coopmat_emulated) << describe(g);
+    }
+  }
+}
+
+// gemm() on the default configuration: the tensor-core shader at M >= 16 where the device can
+// run it (checked against the fp16 twin), else the portable one, which is then what ran (on
+// lavapipe: no cooperative matrices), and asking for the tensor cores is an error that says why.
+// The tensor-core path is also checked at LLM shapes by `vk-bench kernels --check`.
+TEST(Gemm, CoopmatWhereSupportedElsePortable) {
+  Kernels k(context(), KernelConfig{});  // automatic
+  const std::string why = k.coopmat_gemm_unsupported();
+  const bool can = why.empty();
+  std::printf("[pqvk] cooperative-matrix GEMM on this device: %s\n", can ? "yes" : why.c_str());
+  for (const auto& g : gemm_cases()) {
+    const GemmPath want = can && g.m >= 16 ? GemmPath::coopmat : GemmPath::portable;
+    EXPECT_EQ(k.gemm_path(g.m), want) << describe(g);
+    EXPECT_EQ(check_gemm(k, g), want) << describe(g);
+  }
+  if (can) {
+    for (uint32_t tm : {64u, 128u}) {  // every M through the tensor cores, both tiles
+      Kernels on(context(), gemm_config(Coopmat::on, tm));
+      for (const auto& g : gemm_cases()) EXPECT_EQ(check_gemm(on, g), GemmPath::coopmat) << describe(g) << " tile " << tm;
+    }
+  } else {
+    EXPECT_EQ(k.gemm_path(4096), GemmPath::portable);
+    Kernels on(context(), gemm_config(Coopmat::on));
+    try {
+      check_gemm(on, gemm_cases()[3]);
+      ADD_FAILURE() << "the cooperative-matrix GEMM ran on a device that lacks it";
+    } catch (const vk::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Gemm, CoopmatSwitchAndEnvironment) {
+  struct Env {  // PQVK_GEMM_COOPMAT for one scope
+    explicit Env(const char* v) { setenv("PQVK_GEMM_COOPMAT", v, 1); }
+    ~Env() { unsetenv("PQVK_GEMM_COOPMAT"); }
+  };
+  {
+    Env e("0");
+    Kernels k(context(), KernelConfig{});
+    EXPECT_EQ(k.config().gemm_coopmat, Coopmat::off);
+    EXPECT_EQ(k.gemm_path(2048), GemmPath::portable);
+  }
+  {
+    Env e("128");
+    Kernels k(context(), gemm_config(Coopmat::off));
+    EXPECT_EQ(k.config().gemm_coopmat, Coopmat::automatic);
+    EXPECT_EQ(k.config().gemm_coopmat_tm, 128u);
+  }
+  {
+    Env e("on");
+    EXPECT_EQ(Kernels(context(), KernelConfig{}).gemm_path(1), GemmPath::coopmat);
+  }
+  {
+    Env e("yes");
+    EXPECT_THROW(Kernels(context(), KernelConfig{}), vk::Error);
+  }
+  EXPECT_THROW(Kernels(context(), gemm_config(Coopmat::automatic, 96)), vk::Error);
+  EXPECT_EQ(KernelConfig{}.gemm_coopmat, Coopmat::off);  // until verified on a GPU with it
+  Kernels k(context(), gemm_config(Coopmat::automatic));
+  EXPECT_EQ(k.gemm_path(15), GemmPath::portable);  // below gemm_coopmat_min_m
+  EXPECT_EQ(k.gemm_coopmat_tile(4096, 512), 64u);
+  EXPECT_EQ(k.gemm_coopmat_tile(4096, 16), 64u);
+  if (context().info().max_shared_memory >= 4 * 256 + 2 * (128 + 128) * 80)
+    EXPECT_EQ(k.gemm_coopmat_tile(4096, 2048), 128u);  // 512 workgroups of 128 tokens
+  else
+    EXPECT_EQ(k.gemm_coopmat_tile(4096, 2048), 64u);
 }
 
 TEST(Copy, ShaderCopyEqualsSource) {

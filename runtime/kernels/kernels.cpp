@@ -51,6 +51,11 @@ uint32_t u32(size_t v, const char* what) {
   return static_cast<uint32_t>(v);
 }
 
+// pq_gemm_coopmat.comp's tile: 128 rows of W, tm tokens; its shared memory (the codebook of
+// 2^bits floats, two fp16 buffers of 40 halves per row and per token).
+constexpr uint32_t kCoopmatTileN = 128;
+size_t coopmat_shared_bytes(int bits, uint32_t tm) { return (size_t(4) << bits) + 2 * (size_t(tm) + kCoopmatTileN) * 80; }
+
 }  // namespace
 
 size_t rotated_row_elems(size_t cols, int block, Layout layout) {
@@ -155,17 +160,54 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
     else if (v == "unmasked") cfg_.gemv_lookup = KernelConfig::GemvLookup::shuffle_unmasked;
     else throw Error("PQVK_GEMV_LOOKUP='" + v + "' is not table, shuffle or unmasked");
   }
+  if (const char* e = std::getenv("PQVK_GEMM_COOPMAT"); e && *e) {  // benchmarks: which prefill GEMM
+    const std::string v = e;
+    using G = KernelConfig::GemmCoopmat;
+    if (v == "0" || v == "off") cfg_.gemm_coopmat = G::off;
+    else if (v == "1" || v == "auto") cfg_.gemm_coopmat = G::automatic;
+    else if (v == "on") cfg_.gemm_coopmat = G::on;
+    else if (v == "64" || v == "128") {
+      cfg_.gemm_coopmat = G::automatic;
+      cfg_.gemm_coopmat_tm = static_cast<uint32_t>(std::stoul(v));
+    } else {
+      throw Error("PQVK_GEMM_COOPMAT='" + v + "' is not 0, 1, on, 64 or 128");
+    }
+  }
+  if (cfg_.gemm_coopmat_tm != 0 && cfg_.gemm_coopmat_tm != 64 && cfg_.gemm_coopmat_tm != 128)
+    throw Error("cooperative-matrix GEMM tile: " + std::to_string(cfg_.gemm_coopmat_tm) + " tokens (64 or 128)");
   if (cfg_.gemv_table_shift > 5) throw Error("gemv table copies: at most 32 (shift 5)");
   if (cfg_.gemv_wg % 32 || cfg_.gemv_wg == 0 || cfg_.gemv_wg > ctx.info().max_workgroup_invocations)
     throw Error("gemv workgroup size " + std::to_string(cfg_.gemv_wg) + " must be a multiple of 32 within the device limit");
   if (cfg_.gemv_rows == 0 || cfg_.gemv_rows > 16) throw Error("gemv rows per workgroup must be 1..16");
   dummy_ = ctx_.buffer(64, vk::MemoryKind::device, "unused binding");
+  // What pq_gemm_coopmat.comp needs (its header): each missing piece, in words.
+  const auto& info = ctx.info();
+  std::vector<std::string> missing;
+  if (!info.has_coopmat_nv_f16(16, 16, 16))
+    missing.push_back("no VK_NV_cooperative_matrix 16x16x16 fp16 x fp16 + fp32 subgroup shape in compute shaders");
+  if (!info.fp16) missing.push_back("no fp16 arithmetic (shaderFloat16)");
+  if (!info.vulkan_memory_model) missing.push_back("no Vulkan memory model");
+  const uint32_t sg = coopmat_subgroup_size() ? coopmat_subgroup_size() : info.subgroup_size;
+  if (sg != 32) missing.push_back("subgroups of " + std::to_string(sg) + " invocations (the shader needs 8 subgroups of 32)");
+  if (coopmat_shared_bytes(8, 64) > info.max_shared_memory)
+    missing.push_back(std::to_string(info.max_shared_memory) + " bytes of shared memory (the shader needs " +
+                      std::to_string(coopmat_shared_bytes(8, 64)) + ")");
+  for (const auto& m : missing) coopmat_unsupported_ += (coopmat_unsupported_.empty() ? "" : "; ") + m;
+}
+
+uint32_t Kernels::coopmat_subgroup_size() const {
+  if (cfg_.subgroup_size) return cfg_.subgroup_size;
+  const auto& info = ctx_.info();
+  // Pinned where the device can (with full subgroups), so that 256 invocations are 8 subgroups.
+  return info.subgroup_size_control && info.min_subgroup_size <= 32 && info.max_subgroup_size >= 32 ? 32 : 0;
 }
 
 const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecConstants& spec,
-                                      uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x) {
+                                      uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x,
+                                      std::optional<uint32_t> subgroup_size) {
   std::string key = shader;
   for (const auto& [id, v] : spec) key += ":" + std::to_string(id) + "=" + std::to_string(v);
+  if (subgroup_size) key += "/subgroup=" + std::to_string(*subgroup_size);
   auto it = pipelines_.find(key);
   if (it != pipelines_.end()) return *it->second;
   vk::PipelineDesc desc;
@@ -173,7 +215,7 @@ const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecC
   desc.spec = spec;
   desc.num_buffers = num_buffers;
   desc.push_constant_bytes = push_bytes;
-  desc.required_subgroup_size = cfg_.subgroup_size;
+  desc.required_subgroup_size = subgroup_size ? *subgroup_size : cfg_.subgroup_size;
   desc.local_size_x = local_size_x;
   auto p = std::make_unique<vk::Pipeline>(ctx_.pipeline(desc));
   return *pipelines_.emplace(key, std::move(p)).first->second;
@@ -348,14 +390,75 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   if (out.col + w.rows > ldy) throw Error(w.name + ": gemm output columns exceed its row stride");
   check_view(x_rot, size_t(m) * w.cols_padded, w.name + " gemm input");
   check_view(y, size_t(m - 1) * ldy + out.col + w.rows, w.name + " gemm output");
-  const auto& p = pipeline("pq_gemm", {{0, uint32_t(w.bits)}, {1, uint32_t(w.block)}}, 5, 32, 256);
+  using G = KernelConfig::GemmCoopmat;
+  GemmPath path = gemm_path(m);
+  if (path == GemmPath::coopmat && !coopmat_unsupported_.empty())
+    throw Error(w.name + ": the cooperative-matrix GEMM was asked for (gemm_coopmat on), but '" + ctx_.info().name +
+                "' cannot run it: " + coopmat_unsupported_);
+  if (path != GemmPath::portable && x_rot.offset % 16) {  // the shader reads the input as vec4
+    if (cfg_.gemm_coopmat != G::automatic)
+      throw Error(w.name + ": the cooperative-matrix GEMM needs its input bound at a multiple of 16 bytes");
+    path = GemmPath::portable;
+  }
+  const uint32_t bits = static_cast<uint32_t>(w.bits), block = static_cast<uint32_t>(w.block);
+  uint32_t tile_m = 64, tile_n = 64;
+  const vk::Pipeline* p = nullptr;
+  if (path == GemmPath::portable) {
+    p = &pipeline("pq_gemm", {{0, bits}, {1, block}}, 5, 32, 256);
+  } else {
+    tile_m = gemm_coopmat_tile(w.rows, m);
+    tile_n = kCoopmatTileN;
+    // Codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
+    const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
+    const vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}};
+    p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 32, 256, coopmat_subgroup_size())
+                                  : &pipeline("pq_gemm_coopmat_emulated", spec, 5, 32, 256);
+  }
+  last_gemm_ = path;
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } push{
         u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
         accumulate ? 1u : 0u};
-    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
+    cmd.dispatch(*p, {s.codes, s.scales, w.codebook, x_rot, y}, push, u32((s.rows + tile_n - 1) / tile_n, "tiles"),
+                 (m + tile_m - 1) / tile_m);
   }
+}
+
+const char* Kernels::gemm_path_name(GemmPath p) {
+  switch (p) {
+    case GemmPath::portable: return "fp32";
+    case GemmPath::coopmat: return "coopmat";
+    case GemmPath::coopmat_emulated: return "coopmat-emulated";
+  }
+  return "?";
+}
+
+std::string Kernels::coopmat_gemm_unsupported() const { return coopmat_unsupported_; }
+
+Kernels::GemmPath Kernels::gemm_path(uint32_t m) const {
+  switch (cfg_.gemm_coopmat) {
+    case KernelConfig::GemmCoopmat::off: return GemmPath::portable;
+    case KernelConfig::GemmCoopmat::on: return GemmPath::coopmat;
+    case KernelConfig::GemmCoopmat::emulated: return GemmPath::coopmat_emulated;
+    case KernelConfig::GemmCoopmat::automatic: break;
+  }
+  return m >= cfg_.gemm_coopmat_min_m && coopmat_unsupported_.empty() ? GemmPath::coopmat : GemmPath::portable;
+}
+
+uint32_t Kernels::gemm_coopmat_tile(size_t rows, uint32_t m) const {
+  const size_t shared = ctx_.info().max_shared_memory;
+  if (cfg_.gemm_coopmat_tm) {
+    if (coopmat_shared_bytes(8, cfg_.gemm_coopmat_tm) > shared)
+      throw Error("cooperative-matrix GEMM: a " + std::to_string(cfg_.gemm_coopmat_tm) + "-token tile needs " +
+                  std::to_string(coopmat_shared_bytes(8, cfg_.gemm_coopmat_tm)) + " bytes of shared memory; the device has " +
+                  std::to_string(shared));
+    return cfg_.gemm_coopmat_tm;
+  }
+  // 128 tokens halve the decoding and the shared-memory traffic per product, but also the
+  // workgroups: only where there are enough of them to fill a large GPU a few times over.
+  const size_t groups128 = (rows + kCoopmatTileN - 1) / kCoopmatTileN * ((m + 127) / 128);
+  return groups128 >= 512 && coopmat_shared_bytes(8, 128) <= shared ? 128 : 64;
 }
 
 void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,

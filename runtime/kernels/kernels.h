@@ -79,6 +79,19 @@ struct KernelConfig {
   // GEMV of the matrix.
   enum class GemvLookup { automatic, table, shuffle, shuffle_unmasked, code } gemv_lookup = GemvLookup::automatic;
   int gemv_table_shift = -1;  // table copies = 1 << it (0..5); -1: as many as fit, up to 32
+  // Which shader the quantized GEMM (Kernels::gemm, prefill) runs. `automatic`: the tensor-core
+  // one (shaders/pq_gemm_coopmat.comp: VK_NV_cooperative_matrix, fp16 x fp16 products, fp32
+  // sums) where the device can run it (Kernels::coopmat_gemm_unsupported()) and M >=
+  // gemm_coopmat_min_m, else the portable fp32 one (shaders/pq_gemm.comp). `off`: always the
+  // portable one. `on`: the tensor-core one at every M, an error where the device cannot run it.
+  // `emulated`: pq_gemm_coopmat_emulated.comp at every M, the same shader with its
+  // cooperative-matrix operations done by scalar code (slow; for tests on any device).
+  // The environment variable PQVK_GEMM_COOPMAT overrides it: 0 (off), 1 (automatic), on, or
+  // 64 / 128 (automatic with that many tokens per workgroup). Default `off` until the shader
+  // has been verified on a GPU that has cooperative matrices (tools/device/coopmat_check.sh).
+  enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::off;
+  uint32_t gemm_coopmat_min_m = 16;  // automatic: fewer tokens take the portable GEMM
+  uint32_t gemm_coopmat_tm = 0;      // tokens per workgroup of the tensor-core GEMM, 64 or 128; 0: by shape
 };
 
 // What fwht/prepare computes before the (optional) rotation of each block.
@@ -146,8 +159,26 @@ class Kernels {
   }
 
   // Y [m][rows] = X W^T for m tokens; X_rot [m][cols_padded] row-major, rotated when w.rotated.
+  // The shader is chosen per call (KernelConfig::gemm_coopmat, gemm_path()).
   void gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
             bool accumulate = false, GemmOut out = {});
+
+  // The shaders gemm() chooses between: pq_gemm (fp32), pq_gemm_coopmat (tensor cores),
+  // pq_gemm_coopmat_emulated.
+  enum class GemmPath { portable, coopmat, coopmat_emulated };
+  static const char* gemm_path_name(GemmPath p);  // "fp32", "coopmat", "coopmat-emulated"
+  // Why this device (with this configuration's subgroup size) cannot run pq_gemm_coopmat:
+  // empty when it can. It needs VK_NV_cooperative_matrix with a 16x16x16 fp16 x fp16 + fp32
+  // subgroup shape in compute shaders, fp16 arithmetic, the Vulkan memory model, subgroups of
+  // 32 and the shared memory of a 64-token tile.
+  std::string coopmat_gemm_unsupported() const;
+  // The shader gemm() takes for m tokens (before the input's alignment is seen: an input
+  // binding whose offset is not a multiple of 16 bytes takes the portable one in `automatic`).
+  GemmPath gemm_path(uint32_t m) const;
+  // The shader the latest gemm() call recorded (portable before any).
+  GemmPath last_gemm_path() const { return last_gemm_; }
+  // Tokens per workgroup of the cooperative-matrix GEMM for a matrix of `rows` and m tokens.
+  uint32_t gemm_coopmat_tile(size_t rows, uint32_t m) const;
 
   // fp16 baseline: y[rows] = W x (x [cols] fp32) and Y [m][rows] = X W^T (X [m][cols] fp32).
   // y_offset: where row 0's result goes in y.
@@ -205,9 +236,11 @@ class Kernels {
   // benchmark's measure of copy bandwidth with the loads and stores kernels issue.
   void copy(vk::Commands& cmd, const vk::Buffer& src, const vk::Buffer& dst, size_t bytes);
 
-  // The pipeline for a shader + specialization, built on first use and kept.
+  // The pipeline for a shader + specialization, built on first use and kept. subgroup_size:
+  // the required subgroup size (0: the driver's choice); unset: the configuration's.
   const vk::Pipeline& pipeline(const std::string& shader, const vk::SpecConstants& spec,
-                               uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x);
+                               uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x,
+                               std::optional<uint32_t> subgroup_size = std::nullopt);
 
  private:
   vk::Context& ctx_;
@@ -216,6 +249,9 @@ class Kernels {
   vk::Buffer argmax_parts_;  // argmax's per-workgroup results
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
   std::optional<bool> unmasked_exact_;  // the probe's answer, once run
+  GemmPath last_gemm_ = GemmPath::portable;
+  std::string coopmat_unsupported_;  // coopmat_gemm_unsupported(), found by the constructor
+  uint32_t coopmat_subgroup_size() const;  // the required subgroup size of pq_gemm_coopmat (0: the driver's)
   void gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op,
                KernelConfig::GemvLookup lookup);
   bool shuffle_fits(int bits) const;
