@@ -311,7 +311,9 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   const uint32_t epilogue = static_cast<uint32_t>(op.epilogue);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   // No more invocations than chunks of a row (rounded up to 32): short rows leave none idle.
-  const uint32_t wg = std::min<uint32_t>(cfg_.gemv_wg, static_cast<uint32_t>(round_up(nchunk, 32)));
+  // Table lookups fill shared memory per workgroup: at least 128 invocations share the fill.
+  const uint32_t want = lookup == L::table ? std::max<uint32_t>(cfg_.gemv_wg, 128) : cfg_.gemv_wg;
+  const uint32_t wg = std::min<uint32_t>(want, static_cast<uint32_t>(round_up(nchunk, 32)));
   const auto& p = pipeline("pq_gemv",
                            {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
                             {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue}},

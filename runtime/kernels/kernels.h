@@ -78,7 +78,12 @@ struct KernelConfig {
   // in shared memory. `code` is a benchmark's measure of the lookups' cost: it computes no
   // GEMV of the matrix.
   enum class GemvLookup { automatic, table, shuffle, shuffle_unmasked, code } gemv_lookup = GemvLookup::automatic;
-  int gemv_table_shift = -1;  // table copies = 1 << it (0..5); -1: as many as fit, up to 32
+  // Shared-table lookups: copies of the table = 1 << gemv_table_shift (0..5; -1: as many as fit,
+  // up to 32). One copy (the default): up to 32 entries sit in distinct banks and equal ones
+  // broadcast, and at 6 bits one copy measured faster on the H200 than 32 (27.6 against 34.0 us
+  // at 14336x4096) because filling the copies costs more than the conflicts they avoid. Table
+  // lookups run in workgroups of at least 128 invocations (q6 at 32x4: 50.8 us).
+  int gemv_table_shift = 0;
   // Which shader the quantized GEMM (Kernels::gemm, prefill) runs. `automatic`: the tensor-core
   // one (shaders/pq_gemm_coopmat.comp: VK_NV_cooperative_matrix, fp16 x fp16 products, fp32
   // sums) where the device can run it (Kernels::coopmat_gemm_unsupported()) and M >=
