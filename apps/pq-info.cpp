@@ -50,6 +50,7 @@ nlohmann::json to_json(const pqvk::vk::DeviceInfo& d) {
           {"max_subgroup_size", d.max_subgroup_size}, {"subgroup_size_control", d.subgroup_size_control},
           {"subgroup_arithmetic", d.subgroup_arithmetic}, {"subgroup_shuffle", d.subgroup_shuffle},
           {"fp16", d.fp16}, {"int8", d.int8}, {"storage_8bit", d.storage_8bit}, {"storage_16bit", d.storage_16bit},
+          {"vulkan_memory_model", d.vulkan_memory_model},
           {"cooperative_matrix_khr", d.cooperative_matrix_khr}, {"cooperative_matrix_nv", d.cooperative_matrix_nv},
           {"cooperative_matrix2_nv", d.cooperative_matrix2_nv}, {"integer_dot_product", d.integer_dot_product},
           {"max_storage_buffer_range", d.max_storage_buffer_range}, {"max_allocation_size", d.max_allocation_size},
@@ -68,6 +69,7 @@ void print(const pqvk::vk::DeviceInfo& d, bool chosen) {
               yn(d.subgroup_arithmetic), yn(d.subgroup_shuffle));
   std::printf("    fp16 / int8 arithmetic %s / %s\n", yn(d.fp16), yn(d.int8));
   std::printf("    8 / 16-bit storage     %s / %s\n", yn(d.storage_8bit), yn(d.storage_16bit));
+  std::printf("    Vulkan memory model    %s\n", yn(d.vulkan_memory_model));
   std::printf("    cooperative matrix     KHR: %s, NV: %s, NV2: %s\n", yn(d.cooperative_matrix_khr),
               yn(d.cooperative_matrix_nv), yn(d.cooperative_matrix2_nv));
   print_shapes("  NV shapes (MxNxK)", d.coopmat_nv);

@@ -5,25 +5,25 @@
 //   kcache[pos][kvh] = k, vcache[pos][kvh] = v          (by the split that holds pos)
 //   for the keys t of split s:  part[s][h] = sum_t e^(q_h.k_t/sqrt(hd) - m_s) v_t / l_s,
 //                               ml[s][h] = (m_s, l_s),  l_s = sum_t e^(q_h.k_t/sqrt(hd) - m_s)
-//   out[h] = sum_s e^(m_s - m) l_s part[s][h] / sum_s e^(m_s - m) l_s,  m = max_s m_s
-// The merge is done by the last workgroup of each KV head to finish (an atomic counter per KV
-// head, reset by that workgroup for the next dispatch), so the whole attention is one dispatch.
-// Keys are [lo, pos] (lo > 0 with a sliding window), cut into `splits` ranges of
-// ceil(n / splits) keys; an empty range writes l = 0 and is skipped by the merge.
+// fwht.comp's merge prologue (MODE 4) combines the splits before the output projection
+// (merging in the last workgroup of each KV head to finish, with an atomic counter, measured
+// 7-10 us slower per layer on the H200: bench/RESULTS.md).
+// Keys are [lo, pos] (lo > 0 with a sliding window), cut into min(splits, ceil(n / 64)) ranges
+// of equal length; the other splits, empty, write l = 0 and are skipped by the merge. The split
+// that holds pos reads the new key and value from shared memory, not back from the caches.
 // One workgroup serves the GQ = n_heads / n_kv query heads of one KV head, so each key and
 // value is read once for all of them.
 // Buffers: 0 qkv: q [n_heads*hd] | k [n_kv*hd] | v [n_kv*hd] (fp32, the projections);
 //          1 kcache; 2 vcache (qkv_rope.comp's layout: K word j = (k_j, k_{j+hd/2}), V word i =
 //          (v_2i, v_2i+1), fp16); 3 inv_freq [hd/2]; 4 biases (q | k | v); 5 norms
 //          (q_norm[hd] | k_norm[hd]); 6 step: uint pos at [0]; 7 part [splits][n_heads*hd]
-//          fp32; 8 ml [splits][n_heads][2] fp32; 9 counters [n_kv] uint (zero between
-//          dispatches); 10 out [n_heads*hd] fp32.
+//          fp32; 8 ml [splits][n_heads][2] fp32.
 // Workgroup: 128 invocations. Scores: invocation t takes key tile_start + t for all GQ heads,
 //          its whole key row loaded at once (16-byte loads where hd % 8 == 0). Values: VW words
 //          (2 VW dimensions) of a value row per invocation, for all GQ heads, so that
 //          128 / (hd / 2 / VW) keys are in flight; the key slots are summed at the end.
 // Dispatch: (n_kv, splits).
-// Shared memory: hd/2 * (GQ + 1) * 8 + 128 * (GQ + 1) * 4 + GQ * 132 + SLOTS * GQ * hd * 4 bytes
+// Shared memory: hd/2 * (GQ + 1) * 8 + 128 * (GQ + 1) * 4 + GQ * 132 + SLOTS * GQ * hd * 4 + hd * 4 bytes
 // (Kernels checks the device's limit).
 // Specialization: 0 HAS_BIAS, 1 HAS_NORM, 2 GQ (query heads per KV head, <= 16),
 //          3 HD (head size, even, <= 256). Push constants: head counts, window, splits, eps.
@@ -46,19 +46,17 @@ const uint TPR = HALF / VW;     // invocations per value row
 const uint SLOTS = 128u / TPR;  // value rows (keys) in flight
 
 layout(std430, binding = 0) readonly buffer QKV { float qkv[]; };
-layout(std430, binding = 1) coherent buffer KC { uint kc[]; };
+layout(std430, binding = 1) buffer KC { uint kc[]; };
 layout(std430, binding = 1) readonly buffer KC4 { uvec4 kc4[]; };  // the same cache, 16 bytes at a time
-layout(std430, binding = 2) coherent buffer VC { uint vc[]; };
+layout(std430, binding = 2) buffer VC { uint vc[]; };
 layout(std430, binding = 2) readonly buffer VC4 { uvec4 vc4[]; };
 layout(std430, binding = 2) readonly buffer VC2 { uvec2 vc2[]; };
 layout(std430, binding = 3) readonly buffer F { float inv_freq[]; };
 layout(std430, binding = 4) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 5) readonly buffer Norm { float norm[]; };
 layout(std430, binding = 6) readonly buffer Step { uint pos; } step;
-layout(std430, binding = 7) coherent buffer Part { float part[]; };
-layout(std430, binding = 8) coherent buffer ML { float ml[]; };
-layout(std430, binding = 9) coherent buffer Counters { uint counters[]; };
-layout(std430, binding = 10) writeonly buffer Out { float att_out[]; };
+layout(std430, binding = 7) writeonly buffer Part { float part[]; };
+layout(std430, binding = 8) writeonly buffer ML { float ml[]; };
 layout(push_constant) uniform Push { uint n_heads, n_kv, window, splits; float eps; } p;
 
 shared vec2 qk[NQK * HALF];       // RoPE pairs (x_j, x_{j+hd/2}) of the query heads and the new key
@@ -70,7 +68,7 @@ shared float scratch[(HAS_NORM != 0u ? NQK : GQ) * 128u];
 shared float red[GQ * 32u];       // per-subgroup partial max / sum (subgroups of >= 4 lanes)
 shared float head_sh[GQ];         // per head: the softmax sum, for the final division
 shared vec2 vred[SLOTS * GQ * HALF];  // the key slots' value sums, [slot][head][word]
-shared uint is_last;
+shared uint knew[HALF], vnew[HALF];  // the new key and value as the caches store them (fp16 pairs)
 
 // Max (is_max) or sum over the workgroup of one value per head.
 void wg_reduce(inout float vals[GQ], bool is_max) {
@@ -88,16 +86,17 @@ void wg_reduce(inout float vals[GQ], bool is_max) {
 }
 
 void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last);
-void merge_if_last(uint kvh, uint t);
 
 void main() {
   const uint kvh = gl_WorkGroupID.x, split = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
   const uint pos = step.pos;
   const uint lo = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
   const uint n = pos + 1u - lo;
-  const uint len = (n + p.splits - 1u) / p.splits;
+  // At least 64 keys a split: at short contexts most splits are empty and return at once.
+  const uint used = min(p.splits, max(1u, (n + 63u) / 64u));
+  const uint len = (n + used - 1u) / used;
   const uint first = lo + split * len;
-  const uint last = min(first + len, pos + 1u);  // exclusive
+  const uint last = split < used ? min(first + len, pos + 1u) : first;  // exclusive
   if (first >= last) {  // no key in this split (short contexts): l = 0
     if (t < GQ) {
       ml[(split * p.n_heads + kvh * GQ + t) * 2u] = 0.0;
@@ -106,7 +105,6 @@ void main() {
   } else {
     attend(kvh, split, t, pos, first, last);
   }
-  merge_if_last(kvh, t);
 }
 
 // Split `split` of KV head kvh: keys [first, last), at least one; writes part[] and ml[].
@@ -153,17 +151,20 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
     const float c = cos(ang), s = sin(ang);
     x = vec2(x.x * c - x.y * s, x.y * c + x.x * s);
     qk[i] = x;
-    if (hh == GQ && has_pos) kc[(pos * p.n_kv + kvh) * HALF + j] = packHalf2x16(x);
+    if (hh == GQ && has_pos) {
+      knew[j] = packHalf2x16(x);
+      kc[(pos * p.n_kv + kvh) * HALF + j] = knew[j];
+    }
   }
   if (has_pos) {
     for (uint i = t; i < HALF; i += 128u) {
       vec2 x = vec2(qkv[q_dim + kv_dim + kvh * HD + 2u * i], qkv[q_dim + kv_dim + kvh * HD + 2u * i + 1u]);
       if (HAS_BIAS != 0u) x += vec2(bias[q_dim + kv_dim + kvh * HD + 2u * i], bias[q_dim + kv_dim + kvh * HD + 2u * i + 1u]);
-      vc[(pos * p.n_kv + kvh) * HALF + i] = packHalf2x16(x);
+      vnew[i] = packHalf2x16(x);
+      vc[(pos * p.n_kv + kvh) * HALF + i] = vnew[i];
     }
   }
-  memoryBarrierBuffer();  // the new key and value, read back below by this workgroup
-  barrier();
+  barrier();  // knew[], vnew[]: the new position is read from shared memory, not from the caches
 
   // 2. Keys in tiles of 128 with an online softmax per head.
   const float scale = inversesqrt(float(HD));
@@ -183,7 +184,12 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       if (HALF % 4u == 0u) {
         for (uint j0 = 0u; j0 < HALF; j0 += 64u) {  // up to 16 loads of 16 bytes in flight
           uvec4 kw[16];
-          [[unroll]] for (uint u = 0u; u < 16u; ++u) kw[u] = j0 + 4u * u < HALF ? kc4[(kb + j0) / 4u + u] : uvec4(0u);
+          [[unroll]] for (uint u = 0u; u < 16u; ++u) {
+            const uint j = j0 + 4u * u;
+            if (j >= HALF) kw[u] = uvec4(0u);
+            else if (key == pos) kw[u] = uvec4(knew[j], knew[j + 1u], knew[j + 2u], knew[j + 3u]);
+            else kw[u] = kc4[(kb + j0) / 4u + u];
+          }
           [[unroll]] for (uint u = 0u; u < 16u; ++u) {
             if (j0 + 4u * u < HALF) {
               [[unroll]] for (uint e = 0u; e < 4u; ++e) {
@@ -196,7 +202,7 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       } else {
         for (uint j = 0u; j < HALF; j += 4u) {  // four words (eight values) per step
           uint kw[4];
-          [[unroll]] for (uint u = 0u; u < 4u; ++u) kw[u] = j + u < HALF ? kc[kb + j + u] : 0u;
+          [[unroll]] for (uint u = 0u; u < 4u; ++u) kw[u] = j + u >= HALF ? 0u : key == pos ? knew[j + u] : kc[kb + j + u];
           [[unroll]] for (uint u = 0u; u < 4u; ++u) {
             if (j + u < HALF) {
               const vec2 kk = unpackHalf2x16(kw[u]);
@@ -229,9 +235,12 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       for (uint i0 = slot; i0 < nk; i0 += 4u * SLOTS) {  // four value rows in flight
         uvec4 vw[4];
         [[unroll]] for (uint u = 0u; u < 4u; ++u) {
-          const uint i = i0 + u * SLOTS;
-          const uint at = vb + min(i, nk - 1u) * vstride;
-          if (VW == 4u) vw[u] = vc4[at / 4u];
+          const uint i = min(i0 + u * SLOTS, nk - 1u);
+          const uint at = vb + i * vstride;
+          if (start + i == pos) {
+            vw[u] = uvec4(vnew[col * VW], 0u, 0u, 0u);
+            [[unroll]] for (uint w = 1u; w < VW; ++w) vw[u][w] = vnew[col * VW + w];
+          } else if (VW == 4u) vw[u] = vc4[at / 4u];
           else if (VW == 2u) vw[u] = uvec4(vc2[at / 2u], 0u, 0u);
           else vw[u] = uvec4(vc[at], 0u, 0u, 0u);
         }
@@ -274,30 +283,4 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       part[o + 1u] = sum.y / head_sh[g];
     }
   }
-}
-
-// The last of the splits of KV head kvh to finish merges them all into att_out.
-void merge_if_last(uint kvh, uint t) {
-  memoryBarrierBuffer();  // this split's part[] and ml[] before its count
-  barrier();
-  if (t == 0u) is_last = atomicAdd(counters[kvh], 1u) == p.splits - 1u ? 1u : 0u;
-  barrier();
-  if (is_last == 0u) return;  // uniform over the workgroup
-  memoryBarrierBuffer();      // the other splits' results after their counts
-  for (uint idx = t; idx < GQ * HD; idx += 128u) {
-    const uint h = kvh * GQ + idx / HD, d = idx % HD;
-    float m = -1.0 / 0.0;
-    for (uint s = 0u; s < p.splits; ++s) m = max(m, ml[(s * p.n_heads + h) * 2u]);
-    float num = 0.0, den = 0.0;
-    for (uint s = 0u; s < p.splits; ++s) {
-      const float l = ml[(s * p.n_heads + h) * 2u + 1u];
-      if (l > 0.0) {  // splits without keys hold l = 0
-        const float wgt = exp(ml[(s * p.n_heads + h) * 2u] - m) * l;
-        num = fma(wgt, part[s * p.n_heads * HD + h * HD + d], num);
-        den += wgt;
-      }
-    }
-    att_out[h * HD + d] = num / den;
-  }
-  if (t == 0u) counters[kvh] = 0u;  // for the next dispatch
 }

@@ -3,8 +3,8 @@
 // one after it folded in, so that a decoder layer needs no separate preparation kernels:
 //   xr = PROLOGUE(x)          0: x as given (already prepared: rotated when the matrix is, and
 //                                in gemv-interleaved layout: fwht.comp, kernels.h)
-//                             +1: H_B x (block-wise orthonormal Walsh-Hadamard rotation)
-//                             +2: x * w / rms(x) first (RMSNorm)
+//                             4: x raw, row-major; +1: H_B x (block-wise orthonormal
+//                                Walsh-Hadamard rotation); +2: x * w / rms(x) first (RMSNorm)
 //   v[r] = sum_b scale[r][b] * sum_j codebook[code(r, b*B + j)] * xr[b*B + j]
 //   EPILOGUE                  0: y[r] = v[r]    1: y[r] += v[r] (residual)
 //                             2: y[i] = silu(v[2i]) * v[2i+1] (rows interleaved gate, up)
@@ -76,7 +76,7 @@ shared float partial[(ROWS + 1u) * (WG / 4u)];  // per (row or sum of squares, s
 // squares to ss (RMSNorm).
 void load_chunk(uint ch, bool live, out float v[32], inout float ss) {
   const uint e0 = ch * 32u;
-  if (PROLOGUE == 0u) {  // prepared, gemv-interleaved: elements 4q..4q+3 are 16 contiguous bytes
+  if ((PROLOGUE & 4u) == 0u) {  // prepared, gemv-interleaved: elements 4q..4q+3 are 16 contiguous bytes
     const uint xbase = p.x_offset / 4u + ((ch & ~31u) << 3u) + (ch & 31u);
     [[unroll]] for (uint q = 0u; q < 8u; ++q) {
       const vec4 a = x4[xbase + (q << 5u)];

@@ -805,4 +805,36 @@ TEST(Stats, RotationGaussianizesOutlierBlocks) {
   EXPECT_NEAR(pq::block_kurtosis(g.data(), rows, 1024, B, true), -6.0 / (B + 2), 0.05);
 }
 
+// Joined matrices (the decoder's q|k|v and interleaved gate/up): every code and scale of every
+// row lands where stacking or interleaving puts it; mismatched formats are refused.
+TEST(JoinRows, StackedAndInterleavedRowsKeepTheirCodesAndScales) {
+  const size_t cols = 333;
+  const auto a = pq::quantize(gaussian(5 * cols, 71).data(), 5, cols, 3, 128, pq::Method::pq);
+  const auto b = pq::quantize(gaussian(5 * cols, 72).data(), 5, cols, 3, 128, pq::Method::pq);
+  const auto c = pq::quantize(gaussian(2 * cols, 73).data(), 2, cols, 3, 128, pq::Method::pq);
+  auto same_row = [&](const pq::QuantMatrix& j, size_t jr, const pq::QuantMatrix& m, size_t mr) {
+    for (size_t col = 0; col < m.cols_padded; ++col)
+      if (j.code(jr, col) != m.code(mr, col)) return false;
+    for (size_t blk = 0; blk < m.blocks_per_row(); ++blk)
+      if (j.scales[jr * j.blocks_per_row() + blk] != m.scales[mr * m.blocks_per_row() + blk]) return false;
+    return true;
+  };
+  const auto stacked = pq::join_rows({&a, &c, &b}, false);
+  ASSERT_EQ(stacked.rows, 12u);
+  for (size_t r = 0; r < 5; ++r) EXPECT_TRUE(same_row(stacked, r, a, r)) << r;
+  for (size_t r = 0; r < 2; ++r) EXPECT_TRUE(same_row(stacked, 5 + r, c, r)) << r;
+  for (size_t r = 0; r < 5; ++r) EXPECT_TRUE(same_row(stacked, 7 + r, b, r)) << r;
+  const auto inter = pq::join_rows({&a, &b}, true);
+  ASSERT_EQ(inter.rows, 10u);
+  for (size_t r = 0; r < 5; ++r) {
+    EXPECT_TRUE(same_row(inter, 2 * r, a, r)) << r;
+    EXPECT_TRUE(same_row(inter, 2 * r + 1, b, r)) << r;
+  }
+  EXPECT_THROW(pq::join_rows({&a, &c}, true), std::invalid_argument);  // unequal rows
+  const auto d = pq::quantize(gaussian(5 * cols, 74).data(), 5, cols, 4, 128, pq::Method::pq);
+  EXPECT_THROW(pq::join_rows({&a, &d}, false), std::invalid_argument);  // 3 and 4 bits
+  const auto e = pq::quantize(gaussian(5 * cols, 75).data(), 5, cols, 3, 128, pq::Method::absmax);
+  EXPECT_THROW(pq::join_rows({&a, &e}, false), std::invalid_argument);  // methods
+}
+
 }  // namespace

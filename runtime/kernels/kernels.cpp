@@ -51,6 +51,11 @@ uint32_t u32(size_t v, const char* what) {
   return static_cast<uint32_t>(v);
 }
 
+// pq_gemm_coopmat.comp's tile: 128 rows of W, tm tokens; its shared memory (the codebook of
+// 2^bits floats, two fp16 buffers of 40 halves per row and per token).
+constexpr uint32_t kCoopmatTileN = 128;
+size_t coopmat_shared_bytes(int bits, uint32_t tm) { return (size_t(4) << bits) + 2 * (size_t(tm) + kCoopmatTileN) * 80; }
+
 }  // namespace
 
 size_t rotated_row_elems(size_t cols, int block, Layout layout) {
@@ -167,17 +172,54 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
       cfg_.batch_rows == 0 || cfg_.batch_rows > 32 || cfg_.batch_tokens == 0 || cfg_.batch_tokens > 64)
     throw Error("batched gemv: workgroup " + std::to_string(cfg_.batch_wg) + " (a multiple of 32 within the device limit), " +
                 std::to_string(cfg_.batch_rows) + " rows (1..32), " + std::to_string(cfg_.batch_tokens) + " tokens (1..64)");
+  if (const char* e = std::getenv("PQVK_GEMM_COOPMAT"); e && *e) {  // benchmarks: which prefill GEMM
+    const std::string v = e;
+    using G = KernelConfig::GemmCoopmat;
+    if (v == "0" || v == "off") cfg_.gemm_coopmat = G::off;
+    else if (v == "1" || v == "auto") cfg_.gemm_coopmat = G::automatic;
+    else if (v == "on") cfg_.gemm_coopmat = G::on;
+    else if (v == "64" || v == "128") {
+      cfg_.gemm_coopmat = G::automatic;
+      cfg_.gemm_coopmat_tm = static_cast<uint32_t>(std::stoul(v));
+    } else {
+      throw Error("PQVK_GEMM_COOPMAT='" + v + "' is not 0, 1, on, 64 or 128");
+    }
+  }
+  if (cfg_.gemm_coopmat_tm != 0 && cfg_.gemm_coopmat_tm != 64 && cfg_.gemm_coopmat_tm != 128)
+    throw Error("cooperative-matrix GEMM tile: " + std::to_string(cfg_.gemm_coopmat_tm) + " tokens (64 or 128)");
   if (cfg_.gemv_table_shift > 5) throw Error("gemv table copies: at most 32 (shift 5)");
   if (cfg_.gemv_wg % 32 || cfg_.gemv_wg == 0 || cfg_.gemv_wg > ctx.info().max_workgroup_invocations)
     throw Error("gemv workgroup size " + std::to_string(cfg_.gemv_wg) + " must be a multiple of 32 within the device limit");
   if (cfg_.gemv_rows == 0 || cfg_.gemv_rows > 16) throw Error("gemv rows per workgroup must be 1..16");
   dummy_ = ctx_.buffer(64, vk::MemoryKind::device, "unused binding");
+  // What pq_gemm_coopmat.comp needs (its header): each missing piece, in words.
+  const auto& info = ctx.info();
+  std::vector<std::string> missing;
+  if (!info.has_coopmat_nv_f16(16, 16, 16))
+    missing.push_back("no VK_NV_cooperative_matrix 16x16x16 fp16 x fp16 + fp32 subgroup shape in compute shaders");
+  if (!info.fp16) missing.push_back("no fp16 arithmetic (shaderFloat16)");
+  if (!info.vulkan_memory_model) missing.push_back("no Vulkan memory model");
+  const uint32_t sg = coopmat_subgroup_size() ? coopmat_subgroup_size() : info.subgroup_size;
+  if (sg != 32) missing.push_back("subgroups of " + std::to_string(sg) + " invocations (the shader needs 8 subgroups of 32)");
+  if (coopmat_shared_bytes(8, 64) > info.max_shared_memory)
+    missing.push_back(std::to_string(info.max_shared_memory) + " bytes of shared memory (the shader needs " +
+                      std::to_string(coopmat_shared_bytes(8, 64)) + ")");
+  for (const auto& m : missing) coopmat_unsupported_ += (coopmat_unsupported_.empty() ? "" : "; ") + m;
+}
+
+uint32_t Kernels::coopmat_subgroup_size() const {
+  if (cfg_.subgroup_size) return cfg_.subgroup_size;
+  const auto& info = ctx_.info();
+  // Pinned where the device can (with full subgroups), so that 256 invocations are 8 subgroups.
+  return info.subgroup_size_control && info.min_subgroup_size <= 32 && info.max_subgroup_size >= 32 ? 32 : 0;
 }
 
 const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecConstants& spec,
-                                      uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x) {
+                                      uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x,
+                                      std::optional<uint32_t> subgroup_size) {
   std::string key = shader;
   for (const auto& [id, v] : spec) key += ":" + std::to_string(id) + "=" + std::to_string(v);
+  if (subgroup_size) key += "/subgroup=" + std::to_string(*subgroup_size);
   auto it = pipelines_.find(key);
   if (it != pipelines_.end()) return *it->second;
   vk::PipelineDesc desc;
@@ -185,7 +227,7 @@ const vk::Pipeline& Kernels::pipeline(const std::string& shader, const vk::SpecC
   desc.spec = spec;
   desc.num_buffers = num_buffers;
   desc.push_constant_bytes = push_bytes;
-  desc.required_subgroup_size = cfg_.subgroup_size;
+  desc.required_subgroup_size = subgroup_size ? *subgroup_size : cfg_.subgroup_size;
   desc.local_size_x = local_size_x;
   auto p = std::make_unique<vk::Pipeline>(ctx_.pipeline(desc));
   return *pipelines_.emplace(key, std::move(p)).first->second;
@@ -206,13 +248,21 @@ void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, u
   if (pro.kind == Prologue::rmsnorm) check_view(pro.aux, cols, "rmsnorm weight");
   if (pro.kind == Prologue::swiglu) check_view(pro.aux, (size_t(in_row0) + rows) * cols, "swiglu up input");
   if (pro.kind == Prologue::swiglu_pairs) check_view(x, (size_t(in_row0) + rows) * cols * 2, "swiglu gate/up input");
-  struct { uint32_t rows, cols, nblocks, out_stride, in_row0; float eps; } push{
-      rows, cols, u32((cols + block - 1) / block, "blocks"), u32(stride, "row stride"), in_row0, pro.eps};
+  const bool merge = pro.kind == Prologue::merge;
+  if (merge) {
+    if (in_row0 != 0 || pro.splits == 0 || pro.head_dim == 0 || cols % pro.head_dim)
+      throw Error("fwht: an attention merge needs whole heads, at least one split and rows from 0");
+    check_view(x, size_t(pro.splits) * rows * cols, "attention partial outputs");
+    check_view(pro.aux, size_t(pro.splits) * rows * (cols / pro.head_dim) * 2, "attention (max, sum) pairs");
+  }
+  struct { uint32_t rows, cols, nblocks, out_stride, in_row0; float eps; uint32_t splits; } push{
+      rows, cols, u32((cols + block - 1) / block, "blocks"), u32(stride, "row stride"), in_row0, pro.eps,
+      merge ? pro.splits : 1u};
   const uint32_t mode = static_cast<uint32_t>(pro.kind);
   const uint32_t wg = std::max<uint32_t>(block / 4, 256);  // several blocks per workgroup
   const auto& p = pipeline("fwht",
                            {{0, wg}, {1, block}, {2, mode}, {3, rotate ? 1u : 0u},
-                            {4, layout == Layout::gemv_interleaved ? 1u : 0u}},
+                            {4, layout == Layout::gemv_interleaved ? 1u : 0u}, {5, merge ? pro.head_dim : 128u}},
                            3, sizeof(push), wg);
   const size_t groups = (push.nblocks + wg / (block / 4) - 1) / (wg / (block / 4));
   uint32_t gx, gy;
@@ -265,14 +315,17 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   while (rep_shift > 0 && (size_t(4) << (bits + rep_shift)) > gemv_table_budget(ctx_)) --rep_shift;
   if (cfg_.gemv_table_shift >= 0) rep_shift = std::min<uint32_t>(rep_shift, static_cast<uint32_t>(cfg_.gemv_table_shift));
   const uint32_t mode = lookup == L::table ? 0u : lookup == L::shuffle ? 1u : lookup == L::shuffle_unmasked ? 2u : 3u;
-  const uint32_t prologue = op.prologue == GemvOp::prepared ? 0u : (w.rotated ? 1u : 0u) | (op.prologue == GemvOp::rmsnorm ? 2u : 0u);
+  const uint32_t prologue =
+      op.prologue == GemvOp::prepared ? 0u : 4u | (w.rotated ? 1u : 0u) | (op.prologue == GemvOp::rmsnorm ? 2u : 0u);
   if ((prologue & 1u) && (w.block / 32 > static_cast<int>(cfg_.subgroup_size ? cfg_.subgroup_size : ctx_.info().subgroup_size)))
     throw Error(w.name + ": rotating blocks of " + std::to_string(w.block) + " inside the GEMV needs subgroups of at least " +
                 std::to_string(w.block / 32) + " invocations");
   const uint32_t epilogue = static_cast<uint32_t>(op.epilogue);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   // No more invocations than chunks of a row (rounded up to 32): short rows leave none idle.
-  const uint32_t wg = std::min<uint32_t>(cfg_.gemv_wg, static_cast<uint32_t>(round_up(nchunk, 32)));
+  // Table lookups fill shared memory per workgroup: at least 128 invocations share the fill.
+  const uint32_t want = lookup == L::table ? std::max<uint32_t>(cfg_.gemv_wg, 128) : cfg_.gemv_wg;
+  const uint32_t wg = std::min<uint32_t>(want, static_cast<uint32_t>(round_up(nchunk, 32)));
   const auto& p = pipeline("pq_gemv",
                            {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
                             {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue}},
@@ -351,13 +404,38 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   if (out.col + w.rows > ldy) throw Error(w.name + ": gemm output columns exceed its row stride");
   check_view(x_rot, size_t(m) * w.cols_padded, w.name + " gemm input");
   check_view(y, size_t(m - 1) * ldy + out.col + w.rows, w.name + " gemm output");
-  const auto& p = pipeline("pq_gemm", {{0, uint32_t(w.bits)}, {1, uint32_t(w.block)}}, 5, 32, 256);
+  using G = KernelConfig::GemmCoopmat;
+  GemmPath path = gemm_path(m);
+  if (path == GemmPath::coopmat && !coopmat_unsupported_.empty())
+    throw Error(w.name + ": the cooperative-matrix GEMM was asked for (gemm_coopmat on), but '" + ctx_.info().name +
+                "' cannot run it: " + coopmat_unsupported_);
+  if (path != GemmPath::portable && x_rot.offset % 16) {  // the shader reads the input as vec4
+    if (cfg_.gemm_coopmat != G::automatic)
+      throw Error(w.name + ": the cooperative-matrix GEMM needs its input bound at a multiple of 16 bytes");
+    path = GemmPath::portable;
+  }
+  const uint32_t bits = static_cast<uint32_t>(w.bits), block = static_cast<uint32_t>(w.block);
+  uint32_t tile_m = 64, tile_n = 64;
+  const vk::Pipeline* p = nullptr;
+  if (path == GemmPath::portable) {
+    p = &pipeline("pq_gemm", {{0, bits}, {1, block}}, 5, 32, 256);
+  } else {
+    tile_m = gemm_coopmat_tile(w.rows, m);
+    tile_n = kCoopmatTileN;
+    // Codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
+    const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
+    const vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}};
+    p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 32, 256, coopmat_subgroup_size())
+                                  : &pipeline("pq_gemm_coopmat_emulated", spec, 5, 32, 256);
+  }
+  last_gemm_ = path;
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
     struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } push{
         u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
         accumulate ? 1u : 0u};
-    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, u32((s.rows + 63) / 64, "tiles"), (m + 63) / 64);
+    cmd.dispatch(*p, {s.codes, s.scales, w.codebook, x_rot, y}, push, u32((s.rows + tile_n - 1) / tile_n, "tiles"),
+                 (m + tile_m - 1) / tile_m);
   }
 }
 
@@ -391,6 +469,42 @@ void Kernels::gemv_batch(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::Buff
     grid(ctx_, (s.rows + rows - 1) / rows, &gx, &gy);
     cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, gx, gy, (m + nb - 1) / nb);
   }
+}
+
+const char* Kernels::gemm_path_name(GemmPath p) {
+  switch (p) {
+    case GemmPath::portable: return "fp32";
+    case GemmPath::coopmat: return "coopmat";
+    case GemmPath::coopmat_emulated: return "coopmat-emulated";
+  }
+  return "?";
+}
+
+std::string Kernels::coopmat_gemm_unsupported() const { return coopmat_unsupported_; }
+
+Kernels::GemmPath Kernels::gemm_path(uint32_t m) const {
+  switch (cfg_.gemm_coopmat) {
+    case KernelConfig::GemmCoopmat::off: return GemmPath::portable;
+    case KernelConfig::GemmCoopmat::on: return GemmPath::coopmat;
+    case KernelConfig::GemmCoopmat::emulated: return GemmPath::coopmat_emulated;
+    case KernelConfig::GemmCoopmat::automatic: break;
+  }
+  return m >= cfg_.gemm_coopmat_min_m && coopmat_unsupported_.empty() ? GemmPath::coopmat : GemmPath::portable;
+}
+
+uint32_t Kernels::gemm_coopmat_tile(size_t rows, uint32_t m) const {
+  const size_t shared = ctx_.info().max_shared_memory;
+  if (cfg_.gemm_coopmat_tm) {
+    if (coopmat_shared_bytes(8, cfg_.gemm_coopmat_tm) > shared)
+      throw Error("cooperative-matrix GEMM: a " + std::to_string(cfg_.gemm_coopmat_tm) + "-token tile needs " +
+                  std::to_string(coopmat_shared_bytes(8, cfg_.gemm_coopmat_tm)) + " bytes of shared memory; the device has " +
+                  std::to_string(shared));
+    return cfg_.gemm_coopmat_tm;
+  }
+  // 128 tokens halve the decoding and the shared-memory traffic per product, but also the
+  // workgroups: only where there are enough of them to fill a large GPU a few times over.
+  const size_t groups128 = (rows + kCoopmatTileN - 1) / kCoopmatTileN * ((m + 127) / 128);
+  return groups128 >= 512 && coopmat_shared_bytes(8, 128) <= shared ? 128 : 64;
 }
 
 void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,
@@ -484,13 +598,13 @@ bool Kernels::decode_attention_supported(const AttentionShape& a) const {
   const size_t half = a.head_dim / 2, vw0 = gq <= 4 ? 4 : gq <= 8 ? 2 : 1;
   const size_t vw = half % vw0 == 0 ? vw0 : std::min<size_t>(half % 2 == 0 ? 2 : 1, vw0);
   const size_t slots = 128 / (half / vw);
-  const size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8;
+  const size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8 + half * 8;
   return shared <= ctx_.info().max_shared_memory;
 }
 
 void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView kcache,
                                vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
-                               vk::BufferView step, const DecodeScratch& scratch, vk::BufferView out, uint32_t splits) {
+                               vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits) {
   if (!decode_attention_supported(a))
     throw Error("attention_decode: head size " + std::to_string(a.head_dim) + " or head counts " +
                 std::to_string(a.n_heads) + "/" + std::to_string(a.n_kv) + " unsupported");
@@ -500,19 +614,17 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
   check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
   check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
   check_view(inv_freq, a.head_dim / 2, "rope frequencies");
-  check_view(scratch.part, size_t(splits) * q_dim, "attention partial outputs");
-  check_view(scratch.ml, size_t(splits) * a.n_heads * 2, "attention (max, sum) pairs");
-  check_view(scratch.counters, a.n_kv, "attention split counters");
-  check_view(out, q_dim, "attention output");
+  check_view(part, size_t(splits) * q_dim, "attention partial outputs");
+  check_view(ml, size_t(splits) * a.n_heads * 2, "attention (max, sum) pairs");
   const bool has_bias = bias.buffer != nullptr, has_norm = norm.buffer != nullptr;
   if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
   if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
   const auto& p = pipeline("attention_decode",
                            {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, a.n_heads / a.n_kv}, {3, a.head_dim}},
-                           11, 20, 128);
+                           9, 20, 128);
   struct { uint32_t n_heads, n_kv, window, splits; float eps; } push{a.n_heads, a.n_kv, a.window, splits, a.eps};
   cmd.dispatch(p, {qkv, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
-                   has_norm ? norm : vk::BufferView(dummy_), step, scratch.part, scratch.ml, scratch.counters, out},
+                   has_norm ? norm : vk::BufferView(dummy_), step, part, ml},
                push, a.n_kv, splits);
 }
 

@@ -78,7 +78,25 @@ struct KernelConfig {
   // in shared memory. `code` is a benchmark's measure of the lookups' cost: it computes no
   // GEMV of the matrix.
   enum class GemvLookup { automatic, table, shuffle, shuffle_unmasked, code } gemv_lookup = GemvLookup::automatic;
-  int gemv_table_shift = -1;  // table copies = 1 << it (0..5); -1: as many as fit, up to 32
+  // Shared-table lookups: copies of the table = 1 << gemv_table_shift (0..5; -1: as many as fit,
+  // up to 32). One copy (the default): up to 32 entries sit in distinct banks and equal ones
+  // broadcast, and at 6 bits one copy measured faster on the H200 than 32 (27.6 against 34.0 us
+  // at 14336x4096) because filling the copies costs more than the conflicts they avoid. Table
+  // lookups run in workgroups of at least 128 invocations (q6 at 32x4: 50.8 us).
+  int gemv_table_shift = 0;
+  // Which shader the quantized GEMM (Kernels::gemm, prefill) runs. `automatic`: the tensor-core
+  // one (shaders/pq_gemm_coopmat.comp: VK_NV_cooperative_matrix, fp16 x fp16 products, fp32
+  // sums) where the device can run it (Kernels::coopmat_gemm_unsupported()) and M >=
+  // gemm_coopmat_min_m, else the portable fp32 one (shaders/pq_gemm.comp). `off`: always the
+  // portable one. `on`: the tensor-core one at every M, an error where the device cannot run it.
+  // `emulated`: pq_gemm_coopmat_emulated.comp at every M, the same shader with its
+  // cooperative-matrix operations done by scalar code (slow; for tests on any device).
+  // The environment variable PQVK_GEMM_COOPMAT overrides it: 0 (off), 1 (automatic), on, or
+  // 64 / 128 (automatic with that many tokens per workgroup). Default `off` until the shader
+  // has been verified on a GPU that has cooperative matrices (tools/device/coopmat_check.sh).
+  enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::off;
+  uint32_t gemm_coopmat_min_m = 16;  // automatic: fewer tokens take the portable GEMM
+  uint32_t gemm_coopmat_tm = 0;      // tokens per workgroup of the tensor-core GEMM, 64 or 128; 0: by shape
   // The batched GEMV of continuous batching (gemv_batch, shaders/pq_gemv_batch.comp): threads
   // per workgroup (a multiple of 32), rows per workgroup, tokens per workgroup (more tokens take
   // several workgroups, each reading the weights again).
@@ -89,9 +107,12 @@ struct KernelConfig {
 struct Prologue {
   // swiglu_pairs: x [rows][2 * cols] holds gate and up alternating (a GEMM of a matrix whose
   // rows alternate, pq::join_rows): silu(x[2c]) * x[2c + 1].
-  enum Kind { none, rmsnorm, swiglu, swiglu_pairs } kind = none;
+  // merge: x is attention_decode()'s partial outputs [splits][rows][cols] and aux its (max, sum)
+  // pairs [splits][rows][cols / head_dim][2]; the prologue merges the splits.
+  enum Kind { none, rmsnorm, swiglu, swiglu_pairs, merge } kind = none;
   vk::BufferView aux;  // rmsnorm: the weight [cols]; swiglu: the up projection [rows][cols]
   float eps = 1e-5f;   // rmsnorm
+  uint32_t splits = 1, head_dim = 0;  // merge
 };
 
 // What the decode GEMV does before and after the product (shaders/pq_gemv.comp).
@@ -147,8 +168,26 @@ class Kernels {
   }
 
   // Y [m][rows] = X W^T for m tokens; X_rot [m][cols_padded] row-major, rotated when w.rotated.
+  // The shader is chosen per call (KernelConfig::gemm_coopmat, gemm_path()).
   void gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
             bool accumulate = false, GemmOut out = {});
+
+  // The shaders gemm() chooses between: pq_gemm (fp32), pq_gemm_coopmat (tensor cores),
+  // pq_gemm_coopmat_emulated.
+  enum class GemmPath { portable, coopmat, coopmat_emulated };
+  static const char* gemm_path_name(GemmPath p);  // "fp32", "coopmat", "coopmat-emulated"
+  // Why this device (with this configuration's subgroup size) cannot run pq_gemm_coopmat:
+  // empty when it can. It needs VK_NV_cooperative_matrix with a 16x16x16 fp16 x fp16 + fp32
+  // subgroup shape in compute shaders, fp16 arithmetic, the Vulkan memory model, subgroups of
+  // 32 and the shared memory of a 64-token tile.
+  std::string coopmat_gemm_unsupported() const;
+  // The shader gemm() takes for m tokens (before the input's alignment is seen: an input
+  // binding whose offset is not a multiple of 16 bytes takes the portable one in `automatic`).
+  GemmPath gemm_path(uint32_t m) const;
+  // The shader the latest gemm() call recorded (portable before any).
+  GemmPath last_gemm_path() const { return last_gemm_; }
+  // Tokens per workgroup of the cooperative-matrix GEMM for a matrix of `rows` and m tokens.
+  uint32_t gemm_coopmat_tile(size_t rows, uint32_t m) const;
 
   // Y [m][rows] = X W^T for the m tokens of a batched decode step (different sequences), each
   // code read once per config().batch_tokens tokens (pq_gemv_batch.comp); X as gemm() reads it.
@@ -193,19 +232,15 @@ class Kernels {
                 vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias,
                 vk::BufferView norm, vk::BufferView step, uint32_t m, Positions positions = Positions::consecutive);
   // Decode (one token at position step[0]): qkv_rope's work for that token fused with
-  // attention over the caches split into `splits` ranges of the context (flash-decoding),
-  // the splits merged by the last workgroup of each KV head: out [n_heads * head_dim].
-  // Scratch: part [splits][n_heads * head_dim] and ml [splits][n_heads][2] floats, counters
-  // [n_kv] uints that must be zero before the first dispatch (each dispatch leaves them so).
-  // Needs an even head_dim <= 256, at most 16 query heads per KV head and the shared memory
-  // that takes (decode_attention_supported()).
-  struct DecodeScratch {
-    vk::BufferView part, ml, counters;
-  };
-  // qkv: q [n_heads * head_dim] | k [n_kv * head_dim] | v [n_kv * head_dim].
+  // attention over the caches split into `splits` ranges of the context (flash-decoding).
+  // qkv: q [n_heads * head_dim] | k [n_kv * head_dim] | v [n_kv * head_dim]. Writes each
+  // split's normalized output part [splits][n_heads * head_dim] and its (max, sum) pairs
+  // ml [splits][n_heads][2]; prepare() with Prologue::merge combines them. Needs an even
+  // head_dim <= 256, at most 16 query heads per KV head and the shared memory that takes
+  // (decode_attention_supported()).
   void attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView kcache,
                         vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
-                        vk::BufferView step, const DecodeScratch& scratch, vk::BufferView out, uint32_t splits);
+                        vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits);
   bool decode_attention_supported(const AttentionShape& a) const;
   // out [m][n_heads * head_dim] = causal attention of q over the caches (each token over its own
   // sequence's positions up to its own).
@@ -227,9 +262,11 @@ class Kernels {
   // benchmark's measure of copy bandwidth with the loads and stores kernels issue.
   void copy(vk::Commands& cmd, const vk::Buffer& src, const vk::Buffer& dst, size_t bytes);
 
-  // The pipeline for a shader + specialization, built on first use and kept.
+  // The pipeline for a shader + specialization, built on first use and kept. subgroup_size:
+  // the required subgroup size (0: the driver's choice); unset: the configuration's.
   const vk::Pipeline& pipeline(const std::string& shader, const vk::SpecConstants& spec,
-                               uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x);
+                               uint32_t num_buffers, uint32_t push_bytes, uint32_t local_size_x,
+                               std::optional<uint32_t> subgroup_size = std::nullopt);
 
  private:
   vk::Context& ctx_;
@@ -238,6 +275,9 @@ class Kernels {
   vk::Buffer argmax_parts_;  // argmax's per-workgroup results
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
   std::optional<bool> unmasked_exact_;  // the probe's answer, once run
+  GemmPath last_gemm_ = GemmPath::portable;
+  std::string coopmat_unsupported_;  // coopmat_gemm_unsupported(), found by the constructor
+  uint32_t coopmat_subgroup_size() const;  // the required subgroup size of pq_gemm_coopmat (0: the driver's)
   void gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op,
                KernelConfig::GemvLookup lookup);
   bool shuffle_fits(int bits) const;

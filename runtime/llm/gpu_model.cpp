@@ -49,7 +49,10 @@ std::string matrix_kind(const Linear& l) {
 }
 
 std::string prologue_name(const Prologue& p, bool rotated) {
-  std::string s = p.kind == Prologue::rmsnorm ? "rmsnorm" : p.kind == Prologue::none ? "" : "swiglu";
+  std::string s = p.kind == Prologue::rmsnorm ? "rmsnorm"
+                  : p.kind == Prologue::none  ? ""
+                  : p.kind == Prologue::merge ? "attention merge"
+                                              : "swiglu";
   if (rotated) s += s.empty() ? "fwht" : "+fwht";
   return s.empty() ? "layout" : s;
 }
@@ -310,7 +313,6 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
     splits_ = static_cast<uint32_t>(std::clamp<int64_t>(context_ / 256, 4, 32));
     att_parts_ = ctx.buffer(size_t(splits_) * q_dim * 4, vk::MemoryKind::device, "attention partial outputs");
     att_ml_ = ctx.buffer(size_t(splits_) * c.n_heads * 2 * 4, vk::MemoryKind::device, "attention (max, sum) pairs");
-    att_counters_ = ctx.upload_new(std::vector<uint32_t>(size_t(c.n_kv_heads), 0u), "attention split counters");
   }
   logits_ = ctx.buffer(size_t(c.vocab_size) * 4, vk::MemoryKind::download, "logits");
   tokens_ = ctx.buffer(M * 4, vk::MemoryKind::upload, "token ids");
@@ -419,8 +421,8 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
 
 // x += Wo attention(rope(Wq h), rope(Wk h), Wv h),  h = rmsnorm(x)
 // q, k and v land in one buffer, [m][q | k | v]. Decode (m = 1) fuses the RoPE and cache store
-// into attention split over the context (one dispatch, the splits merged by the last
-// workgroup); prefill runs them one after another.
+// into attention split over the context, the splits merged in the output projection's
+// preparation; prefill runs them one after another.
 void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
   const auto dim = static_cast<uint32_t>(config_.dim);
   const uint32_t q_dim = shape_.n_heads * shape_.head_dim, kv_dim = shape_.n_kv * shape_.head_dim;
@@ -430,23 +432,26 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
   else linear(cmd, {{&L.wq, qkv_, 0, ld}, {&L.wk, qkv_, q_dim, ld}, {&L.wv, qkv_, q_dim + kv_dim, ld}}, x_, dim, m, norm, false);
   const vk::BufferView bias = config_.qkv_bias ? vk::BufferView(L.qkv_bias) : vk::BufferView();
   const vk::BufferView qk_norm = config_.qk_norm ? vk::BufferView(L.qk_norm) : vk::BufferView();
-  const bool batched = mat_mode_ != MatMode::automatic;  // continuous batching: per-token slots and positions
-  if (batched) {
-    kernels_.qkv_rope(cmd, shape_, qkv_, q_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, rows_, m, Kernels::Positions::per_row);
+  // Continuous-batching steps (mat_mode_ set by record_batch): each token at its own (slot,
+  // position), through the prefill kernels with per-row positions.
+  const bool batched = mat_mode_ != MatMode::automatic;
+  if (!batched && m == 1 && splits_ > 0) {
+    kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, att_parts_,
+                              att_ml_, splits_);
     cmd.barrier();
-    mark(cmd, "qkv bias/norm+rope+kv store");
-    kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, rows_, m, Kernels::Positions::per_row);
-  } else if (m == 1 && splits_ > 0) {
-    kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_,
-                              Kernels::DecodeScratch{att_parts_, att_ml_, att_counters_}, att_, splits_);
-  } else {
-    kernels_.qkv_rope(cmd, shape_, qkv_, q_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, m);
-    cmd.barrier();
-    mark(cmd, "qkv bias/norm+rope+kv store");
-    kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, step_, m);
+    mark(cmd, "attention (rope, kv store, split context)");
+    linear(cmd, {{&L.wo, x_}}, att_parts_, q_dim, m, Prologue{Prologue::merge, att_ml_, 0.0f, splits_, shape_.head_dim},
+           true);
+    return;
   }
+  const vk::Buffer& where = batched ? rows_ : step_;
+  const auto positions = batched ? Kernels::Positions::per_row : Kernels::Positions::consecutive;
+  kernels_.qkv_rope(cmd, shape_, qkv_, q_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, where, m, positions);
   cmd.barrier();
-  mark(cmd, !batched && m == 1 && splits_ > 0 ? "attention (rope, kv store, split context, merge)" : "attention");
+  mark(cmd, "qkv bias/norm+rope+kv store");
+  kernels_.attention(cmd, shape_, q_, L.kcache, L.vcache, att_, where, m, positions);
+  cmd.barrier();
+  mark(cmd, "attention");
   linear(cmd, {{&L.wo, x_}}, att_, q_dim, m, Prologue{}, true);
 }
 
@@ -663,6 +668,12 @@ StepProfile GpuModel::profile_recording(const std::function<void(vk::Commands&)>
   StepProfile p;
   p.tokens = m;
   p.pos0 = pos0;
+  {  // the same pass as decode, prefill and step() record it (recorded, not run)
+    vk::Commands plain = ctx_.commands();
+    record(plain);
+    p.dispatches = plain.dispatches();
+    p.barriers = plain.barriers();
+  }
   p.total_us = median(totals) / 1e3;
   for (const std::string& n : order) p.kernels.push_back({n, calls[n], median(per_rep[n]) / 1e3});
   return p;

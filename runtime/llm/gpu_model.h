@@ -92,6 +92,7 @@ struct StepProfile {
   uint32_t tokens = 0;              // tokens in the pass (1: a decode step)
   int32_t pos0 = 0;                 // position of the first
   double total_us = 0;              // first to last timestamp
+  uint32_t dispatches = 0, barriers = 0;  // of the normal recording of the pass (no timestamps)
   std::vector<KernelTime> kernels;  // in the order they first run
 };
 
@@ -213,7 +214,7 @@ class GpuModel {
   vk::Buffer logits_all_;            // [max_batch][vocab], made on the first prefill_all()
   bool fused_gemv_ = true;           // GpuOptions::fused_gemv, resolved
   uint32_t splits_ = 0;              // decode attention's context splits (0: the prefill kernels)
-  vk::Buffer att_parts_, att_ml_, att_counters_;  // its scratch (Kernels::DecodeScratch)
+  vk::Buffer att_parts_, att_ml_;    // its partial outputs and (max, sum) pairs
 
   std::unique_ptr<vk::Commands> decode_, decode_argmax_;
 

@@ -57,6 +57,10 @@ struct DeviceInfo {
   bool subgroup_arithmetic = false, subgroup_shuffle = false;
   bool fp16 = false, int8 = false;                        // shaderFloat16, shaderInt8
   bool storage_8bit = false, storage_16bit = false;      // storageBuffer8/16BitAccess
+  // vulkanMemoryModel with vulkanMemoryModelDeviceScope; the context enables both with
+  // VK_NV_cooperative_matrix (SPIR-V with cooperative matrices declares the Vulkan memory model;
+  // with it enabled, the other shaders' device-scope barriers and atomics need the device scope).
+  bool vulkan_memory_model = false;
   bool cooperative_matrix_khr = false, cooperative_matrix_nv = false;
   bool cooperative_matrix2_nv = false;
   // The shapes of VK_NV_cooperative_matrix, when the device has it with its cooperativeMatrix

@@ -275,6 +275,7 @@ Candidate describe(VkInstance inst, VkPhysicalDevice pd, uint32_t index) {
   d.int8 = fc.v12.shaderInt8;
   d.storage_8bit = fc.v12.storageBuffer8BitAccess;
   d.storage_16bit = fc.v11.storageBuffer16BitAccess;
+  d.vulkan_memory_model = fc.v12.vulkanMemoryModel && fc.v12.vulkanMemoryModelDeviceScope;
   d.cooperative_matrix_khr = has_ext(exts, "VK_KHR_cooperative_matrix");
   d.cooperative_matrix_nv = has_coopmat_nv;
   d.cooperative_matrix2_nv = has_ext(exts, "VK_NV_cooperative_matrix2");
@@ -605,6 +606,8 @@ Context::Context(const ContextOptions& opts) : impl_(std::make_unique<Impl>()) {
       on.ssc.computeFullSubgroups = have.ssc.computeFullSubgroups;
     }
     if (chosen->coopmat_nv) on.coopmat_nv.cooperativeMatrix = VK_TRUE;  // for a tensor-core GEMM
+    if (chosen->coopmat_nv && info_.vulkan_memory_model)  // which its SPIR-V declares (context.h)
+      on.v12.vulkanMemoryModel = on.v12.vulkanMemoryModelDeviceScope = VK_TRUE;
     auto exts = device_extensions(I.physical);
     std::vector<const char*> enable;
     const bool v13 = VK_API_VERSION_MINOR(chosen->api) >= 3;

@@ -5,6 +5,7 @@
 set -uo pipefail
 source tools/device/setup.sh
 $B/pq-info > "$OUT/pq-info.txt" 2>&1
+if [ -z "${SKIP_SWEEPS:-}" ]; then
 $B/vk-bench kernels --shape 14336x4096,4096x14336,128256x4096 --bits 3,4,5 -m 1 --no-f16 --check --reps 20 \
   --warmup-ms 300 --gemv-configs 32x2r,64x2r,32x4r --json "$OUT/kernels.json" > "$OUT/kernels.md" 2>&1
 echo "kernel check failures: $(grep -c FAILED "$OUT/kernels.md")"
@@ -14,6 +15,7 @@ for cfg in ${E2E_CONFIGS:-32x2 64x2 32x4}; do
 done | tee "$OUT/tg-configs.txt"
 BEST=$(awk 'NF {print $NF, $1}' "$OUT/tg-configs.txt" | sort -n -r | head -1 | cut -d' ' -f2 | tr -d ':')
 echo "best GEMV shape: $BEST"; export PQVK_GEMV=$BEST
+fi
 $B/vk-bench --synthetic llama3-8b --bits 4,5 -p 512,2048 -n 128 -r 3 --json "$OUT/llama3-8b.json" > "$OUT/llama3-8b.md" 2>&1
 $B/vk-bench --synthetic llama3-8b --bits 4,5 -p 0 -n 128 -d 4096 -r 3 --no-breakdown --json "$OUT/llama3-8b-d4096.json" > "$OUT/llama3-8b-d4096.md" 2>&1
 $B/vk-bench --synthetic qwen3-8b,llama3.2-1b --bits 4,5 -p 512 -n 128 -r 3 --no-breakdown --json "$OUT/shapes.json" > "$OUT/shapes.md" 2>&1

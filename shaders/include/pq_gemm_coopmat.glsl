@@ -1,0 +1,198 @@
+// The body of the tensor-core PolarQuant GEMM (pq_gemm_coopmat.comp, which documents it), shared
+// with pq_gemm_coopmat_emulated.comp. The including file defines the cooperative-matrix
+// operations this body is written in:
+//   ACC, ACC_ZERO      a 16 x 16 fp32 accumulator type and its zero
+//   FRAG               a 16 x 16 fp16 operand type
+//   LOAD_A(f, e)       f = the 16 x 16 activation tile at uvec4 element e of Xs (row-major,
+//                      row stride LD uvec4), rows = tokens, columns = K
+//   LOAD_B(f, e)       f = the 16 (K) x 16 (rows of W) weight tile at element e of Ws,
+//                      column-major (column n is row n of the W tile, contiguous along K)
+//   MULADD(a, b, c)    a * b + c
+//   STORE_ACC(c, e)    c into Ws from uvec4 element e, row-major, 16 floats (4 uvec4) a row
+//   SG_ID, SG_LANE, SG_SIZE   the subgroup of 32 invocations this one is in, its lane, 32
+//   SG_SYNC()          makes a subgroup's shared-memory stores visible to the subgroup
+//   SG_BARRIER()       waits for the subgroup
+#ifndef PQ_GEMM_COOPMAT_GLSL
+#define PQ_GEMM_COOPMAT_GLSL
+
+layout(local_size_x = 256) in;
+layout(constant_id = 0) const uint BITS = 4u;
+layout(constant_id = 1) const uint BLOCK = 128u;
+layout(constant_id = 2) const uint TM = 64u;
+layout(constant_id = 3) const uint CPB = 2u;  // chunks per code load: 2, or 4 where nchunk % 4 == 0
+const uint TN = 128u;       // rows of W per workgroup
+const uint LD = 5u;         // shared row stride in uvec4 (40 halves; 32 used)
+const uint FM = TM / 32u;   // accumulator tiles per subgroup along the tokens (2 or 4)
+const uint FN = 2u;         // ... along the rows
+const uint CPBK = BLOCK / 32u;  // chunks per block (2, 4 or 8)
+
+// The codes, read as 2 or 4 words at a time: word j of chunks c .. c + CPB - 1 of a group are
+// consecutive (docs/packed-layout.md), and their index is a multiple of CPB where c is (rows
+// hold nchunk * BITS words and groups j * gs words, both even; multiples of 4 when nchunk is).
+layout(std430, binding = 0) readonly buffer Codes2 { uvec2 codes2[]; };
+layout(std430, binding = 0) readonly buffer Codes4 { uvec4 codes4[]; };
+layout(std430, binding = 1) readonly buffer Scales { uint scales[]; };
+layout(std430, binding = 2) readonly buffer Codebook { float codebook[]; };
+layout(std430, binding = 3) readonly buffer X { vec4 x4[]; };
+layout(std430, binding = 4) buffer Y { float gemm_y[]; };
+layout(push_constant) uniform Push { uint rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } p;
+
+shared float cb[1u << BITS];
+shared uvec4 Xs[2u * TM * LD];  // [buffer][token][8 halves x 5]
+shared uvec4 Ws[2u * TN * LD];  // [buffer][row][8 halves x 5]
+
+#include "pq_common.glsl"
+
+// Half h of a chunk (codes 16 h .. 16 h + 15) occupies stream bits [16 h BITS, 16 (h + 1) BITS):
+// words JLO(h) .. JHI(h), at most 4.
+#define JLO(h) ((16u * BITS * (h)) >> 5u)
+#define JHI(h) ((16u * BITS * ((h) + 1u) - 1u) >> 5u)
+
+// What one invocation carries from global loads to its shared-memory stores.
+uvec4 wv[4];   // words JLO(h) + n (n < 4) of its row's chunks ch0 .. ch0 + CPB - 1 (component = chunk)
+float ws[2];   // their block scales (two where 4 chunks span two blocks of 64)
+vec4 xv[4];    // its activations of the next chunk: TM/64 groups of 8 (two vec4 each)
+uint w[8];     // the words of the chunk being decoded (those its half's codes occupy)
+float wscale;  // its block scale (0 past the last row: the row decodes to zeros)
+
+// The words of half h for chunks ch0 .. ch0 + CPB - 1 of `row` (h a constant: the word range folds).
+void load_words(uint row, uint ch0, const uint h) {
+  [[unroll]] for (uint n = 0u; n < 4u; ++n) {
+    if (JLO(h) + n <= JHI(h)) {
+      const uint idx = pq_word_index(row, p.nchunk, BITS, ch0, JLO(h) + n);
+      wv[n] = CPB == 4u ? codes4[idx >> 2u] : uvec4(codes2[idx >> 1u], 0u, 0u);
+    }
+  }
+}
+
+// Chunks ch0 .. ch0 + CPB - 1: the codes and scales this invocation decodes into registers.
+void load_codes(uint ch0, uint row, uint half_id) {
+  if (row >= p.rows) return;  // wv, ws stay 0
+  if (half_id == 0u) load_words(row, ch0, 0u);
+  else load_words(row, ch0, 1u);
+  [[unroll]] for (uint s = 0u; s < 2u; ++s) {
+    if (s * CPBK < CPB) {
+      const uint sidx = row * p.nblocks + ch0 / CPBK + s;
+      ws[s] = half_at(scales[sidx >> 1u], sidx);
+    }
+  }
+}
+
+// Chunk ch (K = 32 ch .. 32 ch + 31): the activations this invocation converts, into registers.
+void load_x(uint ch, uint m0) {
+  const uint t = gl_LocalInvocationIndex, ldx4 = p.ldx >> 2u;
+  [[unroll]] for (uint g = 0u; g < 2u; ++g) {
+    if (g < TM / 64u) {
+      const uint idx = t + 256u * g, tok = idx >> 2u, q = idx & 3u;  // 4 invocations per token
+      const bool ok = m0 + tok < p.m;
+      const uint base = (m0 + tok) * ldx4 + ch * 8u + q * 2u;
+      xv[2u * g] = ok ? x4[base] : vec4(0.0);
+      xv[2u * g + 1u] = ok ? x4[base + 1u] : vec4(0.0);
+    }
+  }
+}
+
+// Codes i0 .. i0 + 7 of the chunk in w[] (i0 a constant, so every shift folds), looked up and
+// scaled, as 4 fp16 pairs (the lower address in the low half).
+uvec4 decode8(const uint i0) {
+  uint h[4];
+  [[unroll]] for (uint k = 0u; k < 4u; ++k) {
+    const uint i = i0 + 2u * k;
+    h[k] = packHalf2x16(vec2(cb[PQ_CODE_SHIFTED(w, i, BITS, 0u)], cb[PQ_CODE_SHIFTED(w, i + 1u, BITS, 0u)]) * wscale);
+  }
+  return uvec4(h[0], h[1], h[2], h[3]);
+}
+
+// Chunk ch0 + sub (sub < CPB a constant once unrolled) from the registers into shared buffer
+// `buf`: the weights decoded, the activations (loaded by the last load_x) converted.
+void store_step(uint buf, uint wr, uint half_id, const uint sub) {
+  wscale = ws[sub / CPBK];
+  const uint wo = (buf * TN + wr) * LD + 2u * half_id;
+  if (half_id == 0u) {  // uniform per subgroup: each branch has constant word and code indices
+    [[unroll]] for (uint n = 0u; n < 4u; ++n)
+      if (JLO(0u) + n <= JHI(0u)) w[JLO(0u) + n] = wv[n][sub];
+    Ws[wo] = decode8(0u);
+    Ws[wo + 1u] = decode8(8u);
+  } else {
+    [[unroll]] for (uint n = 0u; n < 4u; ++n)
+      if (JLO(1u) + n <= JHI(1u)) w[JLO(1u) + n] = wv[n][sub];
+    Ws[wo] = decode8(16u);
+    Ws[wo + 1u] = decode8(24u);
+  }
+  const uint t = gl_LocalInvocationIndex;
+  [[unroll]] for (uint g = 0u; g < 2u; ++g) {
+    if (g < TM / 64u) {
+      const uint idx = t + 256u * g, tok = idx >> 2u, q = idx & 3u;
+      const vec4 a = xv[2u * g], b = xv[2u * g + 1u];
+      Xs[(buf * TM + tok) * LD + q] = uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
+    }
+  }
+}
+
+void main() {
+  const uint t = gl_LocalInvocationIndex;
+  const uint n0 = gl_WorkGroupID.x * TN, m0 = gl_WorkGroupID.y * TM;
+  const uint wr = t & (TN - 1u), half_id = t >> 7u;
+  const uint row = n0 + wr;
+  const uint sg = SG_ID, wm = sg & 1u, wn = sg >> 1u;
+  for (uint i = t; i < (1u << BITS); i += 256u) cb[i] = codebook[i];
+  [[unroll]] for (uint j = 0u; j < 8u; ++j) w[j] = 0u;
+  [[unroll]] for (uint n = 0u; n < 4u; ++n) wv[n] = uvec4(0u);
+  ws[0] = ws[1] = 0.0;
+
+  ACC acc[4u * FN];
+  [[unroll]] for (uint i = 0u; i < 4u * FN; ++i) acc[i] = ACC_ZERO;
+
+  load_codes(0u, row, half_id);
+  load_x(0u, m0);
+  barrier();  // the codebook is in shared memory
+  // nchunk is a multiple of CPB (cols_padded of 64); CPB is even, so chunk ch0 + sub goes to
+  // buffer sub % 2.
+  for (uint ch0 = 0u; ch0 < p.nchunk; ch0 += CPB) {
+    [[unroll]] for (uint sub = 0u; sub < CPB; ++sub) {
+      const uint buf = sub & 1u, ch = ch0 + sub;
+      // Buffer `buf` was last read in step ch - 2, which every subgroup finished before the
+      // barrier of step ch - 1.
+      store_step(buf, wr, half_id, sub);
+      barrier();
+      if (ch + 1u < p.nchunk) {  // in flight during the products
+        if (sub == CPB - 1u) load_codes(ch + 1u, row, half_id);
+        load_x(ch + 1u, m0);
+      }
+      [[unroll]] for (uint kk = 0u; kk < 2u; ++kk) {  // two K halves of 16 (2 uvec4)
+        FRAG a[4], b[FN];
+        [[unroll]] for (uint i = 0u; i < 4u; ++i)
+          if (i < FM) LOAD_A(a[i], (buf * TM + wm * (TM / 2u) + 16u * i) * LD + 2u * kk);
+        [[unroll]] for (uint j = 0u; j < FN; ++j) LOAD_B(b[j], (buf * TN + wn * 32u + 16u * j) * LD + 2u * kk);
+        [[unroll]] for (uint i = 0u; i < 4u; ++i)
+          if (i < FM) {
+            [[unroll]] for (uint j = 0u; j < FN; ++j) acc[i * FN + j] = MULADD(a[i], b[j], acc[i * FN + j]);
+          }
+      }
+    }
+  }
+
+  barrier();  // every subgroup is done with Ws: reuse it as 8 staging tiles of 16 x 16 fp32
+  const uint stage = sg * 64u;  // 16 rows of 16 floats, 4 uvec4 each
+  [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+    if (i < FM) {
+      [[unroll]] for (uint j = 0u; j < FN; ++j) {
+        STORE_ACC(acc[i * FN + j], stage);
+        SG_SYNC();
+        for (uint e = SG_LANE; e < 64u; e += SG_SIZE) {
+          const uint mm = m0 + wm * (TM / 2u) + 16u * i + (e >> 2u);
+          const uint nn = n0 + wn * 32u + 16u * j + 4u * (e & 3u);
+          if (mm < p.m) {
+            const vec4 v = uintBitsToFloat(Ws[stage + e]);
+            const uint o = mm * p.ldy + p.y_offset + nn;
+            [[unroll]] for (uint c = 0u; c < 4u; ++c)
+              if (nn + c < p.rows) gemm_y[o + c] = p.accumulate != 0u ? gemm_y[o + c] + v[c] : v[c];
+          }
+        }
+        SG_BARRIER();  // the tile is read before the next one overwrites it
+      }
+    }
+  }
+}
+
+#endif
