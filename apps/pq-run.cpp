@@ -24,6 +24,7 @@
 #include "model/pqm.h"
 #include "sampler_options.h"
 #include "tokenize/chat.h"
+#include "tokenize/stop_filter.h"
 #include "tokenize/tokenizer.h"
 #include "vk/context.h"
 
@@ -43,40 +44,6 @@ struct Engine {
   std::function<int32_t(int32_t, int32_t)> forward_argmax;  // empty: not available
   int32_t context = 0;
   std::string device;
-};
-
-// Holds back text that may be the start of a stop string; reports a completed stop string.
-class StopFilter {
- public:
-  explicit StopFilter(std::vector<std::string> stops) : stops_(std::move(stops)) {}
-  // Adds text; returns what can be printed now. Sets *stopped when a stop string completed.
-  std::string push(const std::string& text, bool* stopped) {
-    pending_ += text;
-    for (const auto& s : stops_) {
-      size_t at = pending_.find(s);
-      if (!s.empty() && at != std::string::npos) {
-        *stopped = true;
-        std::string out = pending_.substr(0, at);
-        pending_.clear();
-        return out;
-      }
-    }
-    size_t keep = 0;  // the longest suffix of pending_ that starts some stop string
-    for (const auto& s : stops_)
-      for (size_t n = std::min(s.size() - 1, pending_.size()); n > keep; --n)
-        if (pending_.compare(pending_.size() - n, n, s, 0, n) == 0) {
-          keep = n;
-          break;
-        }
-    std::string out = pending_.substr(0, pending_.size() - keep);
-    pending_.erase(0, pending_.size() - keep);
-    return out;
-  }
-  std::string flush() { return std::exchange(pending_, std::string()); }
-
- private:
-  std::vector<std::string> stops_;
-  std::string pending_;
 };
 
 std::vector<int32_t> parse_ids(const std::string& s) {
@@ -215,7 +182,7 @@ int main(int argc, char** argv) {
       for (int32_t id : ids) stream->push(id);        // so the stream knows where the text is
       std::fflush(stdout);
     }
-    StopFilter stop_filter(stops);
+    pqvk::tokenize::StopFilter stop_filter(stops);
     const auto t_prefill = Clock::now();
     std::span<const float> logits = eng.prefill(ids, 0);
     int32_t next = gpu_greedy ? -1 : sampler.sample(logits, history);
