@@ -512,6 +512,11 @@ void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax) {
 // A continuous-batching step of m tokens (ids in tokens_, (pos, slot) pairs in rows_): the last
 // `outs` of them have logits (the batched GEMV's LM head) and an arg max; the last `logits_rows`
 // of those are copied to the host.
+// Prefill steps multiply through Kernels::gemm. With KernelConfig::gemm_coopmat `automatic` (off by
+// default, or PQVK_GEMM_COOPMAT=1) its shader depends on the step's token count (tensor cores, fp16
+// operands, from gemm_coopmat_min_m tokens), so a prompt's logits would depend on how the
+// scheduler chunked it beside other prompts: before that becomes a default, batched prefill steps
+// need one GEMM path whatever their size.
 void GpuModel::record_batch(vk::Commands& cmd, BatchKind kind, uint32_t m, uint32_t outs, uint32_t logits_rows) {
   struct Restore {
     MatMode& mode;
