@@ -588,7 +588,7 @@ TEST(Gemm, CoopmatSwitchAndEnvironment) {
     EXPECT_THROW(Kernels(context(), KernelConfig{}), vk::Error);
   }
   EXPECT_THROW(Kernels(context(), gemm_config(Coopmat::automatic, 96)), vk::Error);
-  EXPECT_EQ(KernelConfig{}.gemm_coopmat, Coopmat::off);  // until verified on a GPU with it
+  EXPECT_EQ(KernelConfig{}.gemm_coopmat, Coopmat::automatic);  // verified on the H200
   Kernels k(context(), gemm_config(Coopmat::automatic));
   EXPECT_EQ(k.gemm_path(15), GemmPath::portable);  // below gemm_coopmat_min_m
   EXPECT_EQ(k.gemm_coopmat_tile(4096, 512), 64u);

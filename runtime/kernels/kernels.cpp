@@ -412,7 +412,9 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
     tile_n = kCoopmatTileN;
     // Codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
     const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
-    const vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}};
+    vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}};
+    if (const char* e = std::getenv("PQVK_GEMM_ABLATE"); e && *e)  // benchmarks: pq_gemm_coopmat.comp's ABLATE
+      spec.push_back({4, static_cast<uint32_t>(std::strtoul(e, nullptr, 10))});
     p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 32, 256, coopmat_subgroup_size())
                                   : &pipeline("pq_gemm_coopmat_emulated", spec, 5, 32, 256);
   }

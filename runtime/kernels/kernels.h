@@ -92,9 +92,9 @@ struct KernelConfig {
   // `emulated`: pq_gemm_coopmat_emulated.comp at every M, the same shader with its
   // cooperative-matrix operations done by scalar code (slow; for tests on any device).
   // The environment variable PQVK_GEMM_COOPMAT overrides it: 0 (off), 1 (automatic), on, or
-  // 64 / 128 (automatic with that many tokens per workgroup). Default `off` until the shader
-  // has been verified on a GPU that has cooperative matrices (tools/device/coopmat_check.sh).
-  enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::off;
+  // 64 / 128 (automatic with that many tokens per workgroup). Verified on the H200 against its
+  // CPU twin (tools/device/coopmat_check.sh, bench/RESULTS.md), hence `automatic` by default.
+  enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::automatic;
   uint32_t gemm_coopmat_min_m = 16;  // automatic: fewer tokens take the portable GEMM
   uint32_t gemm_coopmat_tm = 0;      // tokens per workgroup of the tensor-core GEMM, 64 or 128; 0: by shape
 };
