@@ -11,9 +11,12 @@
 // Workgroup: 256 invocations as 8 subgroups of 32 (Kernels::gemm only takes this shader where
 //          the subgroups are 32 wide), a TM (tokens) x 128 (rows of W) output tile. K advances
 //          one chunk (32 inputs, one scale per row) a step, through two shared-memory buffers:
-//          step s decodes its codes and converts its activations (fetched into registers
-//          during step s - 1) into one buffer while the subgroups multiply from the other, so
-//          one barrier a step suffices.
+//          step s decodes its codes and converts its activations into one buffer while the
+//          subgroups multiply from the other, so one barrier a step suffices. Global loads run
+//          ahead: the activations of step s + 2 are fetched at step s (two register sets), the
+//          codes of the next group of CPB chunks at the first step of the current group.
+//          The accumulators are named variables, not an array: with an array the H200's
+//          compiler left them in memory (35 against 101 TFLOP/s, bench/RESULTS.md).
 //          Decode: invocation t takes row t % 128 of the tile and codes 16 * (t / 128) ..
 //          + 15 of each chunk (only the words holding them), looks them up in the codebook
 //          (shared memory), multiplies by the block scale and stores fp16 pairs. Codes are

@@ -793,25 +793,39 @@ std::string describe(const AttnCase& c) {
          std::to_string(c.m) + " pos0 " + std::to_string(c.pos0) + " window " + std::to_string(c.window);
 }
 
-// qkv_rope + attention against a direct fp64 computation over the same fp16-rounded cache.
+// qkv_rope + attention against a direct fp64 computation over the same fp16-rounded cache, with
+// both prefill attention shaders: query tiles (attention_tiled.comp: M across several tiles of 32,
+// head sizes not a multiple of 4, windows; 8 keys a tile on lavapipe, 16 where the shared memory
+// allows) and one query per workgroup (attention.comp, also for heads over 128).
 TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
-  for (const AttnCase& c : {AttnCase{4, 2, 16, 1, 0, 0, false, false}, AttnCase{6, 2, 12, 5, 3, 0, true, false},
-                            AttnCase{4, 1, 20, 3, 130, 0, false, true}, AttnCase{2, 2, 64, 4, 200, 7, true, true},
-                            AttnCase{8, 8, 128, 2, 140, 0, false, false}, AttnCase{3, 3, 14, 2, 9, 0, true, false}}) {
-    const AttnData d(c);
-    vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v"), qb = poisoned(c.m * d.q_dim);
-    vk::Buffer kcb = context().upload_new(d.kc, "kc"), vcb = context().upload_new(d.vc, "vc");
-    vk::Buffer fb = context().upload_new(d.inv_freq, "freq"), bb = context().upload_new(d.bias, "bias"),
-               nb = context().upload_new(d.norm, "norm");
-    vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
-    vk::Buffer out = poisoned(c.m * d.q_dim);
-    auto cmd = context().commands();
-    kernels().qkv_rope(cmd, d.shape, qkv, qb, kcb, vcb, fb, c.bias ? vk::BufferView(bb) : vk::BufferView(),
-                       c.norm ? vk::BufferView(nb) : vk::BufferView(), step, c.m);
-    cmd.barrier();
-    kernels().attention(cmd, d.shape, qb, kcb, vcb, out, step, c.m);
-    cmd.run();
-    EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), 1e-4) << describe(c);
+  const auto& info = context().info();
+  const bool can_tile = info.subgroup_shuffle && (info.min_subgroup_size ? info.min_subgroup_size : info.subgroup_size) >= 8;
+  for (const bool tiled : {true, false}) {
+    KernelConfig cfg;
+    cfg.attention_tiled = tiled;
+    Kernels k(context(), cfg);
+    for (const AttnCase& c :
+         {AttnCase{4, 2, 16, 1, 0, 0, false, false}, AttnCase{6, 2, 12, 37, 3, 0, true, false},
+          AttnCase{4, 1, 20, 70, 130, 0, false, true}, AttnCase{2, 2, 64, 45, 200, 7, true, true},
+          AttnCase{8, 8, 128, 33, 140, 0, false, false}, AttnCase{3, 3, 14, 5, 9, 0, true, false},
+          AttnCase{4, 2, 256, 20, 100, 0, false, false}, AttnCase{4, 2, 200, 17, 50, 13, false, true},
+          AttnCase{8, 2, 128, 101, 300, 0, true, false}, AttnCase{2, 1, 6, 3, 0, 2, false, false}}) {
+      const AttnData d(c);
+      EXPECT_EQ(k.attention_tiled_supported(d.shape), tiled && can_tile && c.hd <= 128) << describe(c);
+      vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v"), qb = poisoned(c.m * d.q_dim);
+      vk::Buffer kcb = context().upload_new(d.kc, "kc"), vcb = context().upload_new(d.vc, "vc");
+      vk::Buffer fb = context().upload_new(d.inv_freq, "freq"), bb = context().upload_new(d.bias, "bias"),
+                 nb = context().upload_new(d.norm, "norm");
+      vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
+      vk::Buffer out = poisoned(c.m * d.q_dim);
+      auto cmd = context().commands();
+      k.qkv_rope(cmd, d.shape, qkv, qb, kcb, vcb, fb, c.bias ? vk::BufferView(bb) : vk::BufferView(),
+                 c.norm ? vk::BufferView(nb) : vk::BufferView(), step, c.m);
+      cmd.barrier();
+      k.attention(cmd, d.shape, qb, kcb, vcb, out, step, c.m);
+      cmd.run();
+      EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), 1e-4) << describe(c) << (tiled ? " tiled" : "");
+    }
   }
 }
 

@@ -584,13 +584,33 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
                push, a.n_kv, splits);
 }
 
+namespace {
+// attention_tiled.comp's shared memory with bk keys per tile: 32 + 2 bk rows of 132 floats.
+size_t attention_tiled_shared_bytes(uint32_t bk) { return size_t(32 + 2 * bk) * 132 * 4; }
+}  // namespace
+
+bool Kernels::attention_tiled_supported(const AttentionShape& a) const {
+  const auto& info = ctx_.info();
+  const uint32_t min_sg = info.min_subgroup_size ? info.min_subgroup_size : info.subgroup_size;
+  return cfg_.attention_tiled && info.subgroup_shuffle && min_sg >= 8 && a.head_dim <= 128 &&
+         attention_tiled_shared_bytes(8) <= info.max_shared_memory;
+}
+
 void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
                         vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m) {
   if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv)
     throw Error("attention: head size " + std::to_string(a.head_dim) + " (even, at most 256) or head counts unsupported");
+  if (m == 0) throw Error("attention of 0 queries");
   const size_t q_dim = size_t(a.n_heads) * a.head_dim;
   check_view(q, m * q_dim, "attention q");
   check_view(out, m * q_dim, "attention output");
+  if (attention_tiled_supported(a)) {
+    const uint32_t bk = attention_tiled_shared_bytes(16) <= ctx_.info().max_shared_memory ? 16 : 8;
+    const auto& p = pipeline("attention_tiled", {{0, bk}}, 5, 20, 128);
+    struct { uint32_t n_heads, n_kv, hd, window, m; } push{a.n_heads, a.n_kv, a.head_dim, a.window, m};
+    cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, (m + 31) / 32);
+    return;
+  }
   const auto& p = pipeline("attention", {}, 5, 16, 128);
   struct { uint32_t n_heads, n_kv, hd, window; } push{a.n_heads, a.n_kv, a.head_dim, a.window};
   cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, m);

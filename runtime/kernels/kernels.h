@@ -97,6 +97,10 @@ struct KernelConfig {
   enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::automatic;
   uint32_t gemm_coopmat_min_m = 16;  // automatic: fewer tokens take the portable GEMM
   uint32_t gemm_coopmat_tm = 0;      // tokens per workgroup of the tensor-core GEMM, 64 or 128; 0: by shape
+  // Prefill attention: tiles of queries sharing each key and value they read
+  // (shaders/attention_tiled.comp) where the device can run it (attention_tiled_supported()),
+  // else one query per workgroup (shaders/attention.comp). false: always the latter.
+  bool attention_tiled = true;
 };
 
 // What fwht/prepare computes before the (optional) rotation of each block.
@@ -226,9 +230,13 @@ class Kernels {
                         vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
                         vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits);
   bool decode_attention_supported(const AttentionShape& a) const;
-  // out [m][n_heads * head_dim] = causal attention of q over the caches.
+  // out [m][n_heads * head_dim] = causal attention of q over the caches (KernelConfig::
+  // attention_tiled chooses the shader; both compute the same).
   void attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
                  vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m);
+  // Whether attention() takes attention_tiled.comp for this shape on this device: heads of at
+  // most 128, subgroups of at least 8 invocations, 25 KiB of shared memory, the switch on.
+  bool attention_tiled_supported(const AttentionShape& a) const;
   // out[0] = tokens[0] = argmax(x[0..n)) (lowest index among equals), in two passes.
   void argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens);
 
