@@ -74,14 +74,25 @@ TEST(Fwht, EverySupportedSubgroupSize) {
   EXPECT_GE(sizes_run, 1);
 }
 
+// The fp32 values of a buffer of fp16 pairs (Layout::row_major_f16).
+std::vector<float> read_halves(const vk::Buffer& b, size_t n) {
+  std::vector<uint32_t> words((n + 1) / 2);
+  context().download(b, words.data(), words.size() * 4);
+  std::vector<float> r(n);
+  for (size_t i = 0; i < n; ++i) r[i] = pq::f16_to_f32(static_cast<uint16_t>(words[i / 2] >> (16 * (i % 2))));
+  return r;
+}
+
 // fwht's prologues: RMSNorm, SwiGLU (separate gate and up, or pairs), with and without the
-// rotation.
+// rotation, written as fp32 (gemv-interleaved for one row) or fp16 (the tensor-core GEMM's input:
+// within fp16 rounding).
 TEST(Prepare, RmsNormAndSwigluMatchCpu) {
   for (uint32_t block : {64u, 128u})
     for (auto [rows, cols] : {std::pair{1u, 200u}, {5u, 384u}, {3u, 1000u}, {2u, 333u}})
       for (int mode : {1, 2, 3})
-        for (bool rotate : {true, false}) {
-          const Layout layout = rows == 1 ? Layout::gemv_interleaved : Layout::row_major;
+        for (int variant : {0, 1, 2}) {
+          const bool rotate = variant != 1, f16 = variant == 2;
+          const Layout layout = f16 ? Layout::row_major_f16 : rows == 1 ? Layout::gemv_interleaved : Layout::row_major;
           const uint32_t in_row0 = rows == 1 ? 2 : 0;  // read a later row of a taller input
           const size_t in_rows = rows + in_row0;
           auto x = random_vector(in_rows * cols * (mode == 3 ? 2 : 1), cols + 5 * rows + mode);
@@ -89,7 +100,7 @@ TEST(Prepare, RmsNormAndSwigluMatchCpu) {
           const float eps = 1e-5f;
           vk::Buffer xb = context().upload_new(x, "x"), ab = context().upload_new(aux, "aux");
           const size_t padded = rotated_row_elems(cols, block), stride = rotated_row_elems(cols, block, layout);
-          vk::Buffer out = poisoned(rows * stride);
+          vk::Buffer out = poisoned(f16 ? (rows * stride + 1) / 2 : rows * stride);
           auto cmd = context().commands();
           const Prologue::Kind kind = mode == 1 ? Prologue::rmsnorm : mode == 2 ? Prologue::swiglu : Prologue::swiglu_pairs;
           Prologue pro{kind, mode == 3 ? vk::BufferView() : vk::BufferView(ab), eps};
@@ -116,13 +127,13 @@ TEST(Prepare, RmsNormAndSwigluMatchCpu) {
           } else {
             for (uint32_t r = 0; r < rows; ++r) std::copy(&pre[r * cols], &pre[r * cols] + cols, &ref[r * padded]);
           }
-          const auto got = read_floats(out, rows * stride);
+          const auto got = f16 ? read_halves(out, rows * stride) : read_floats(out, rows * stride);
           std::vector<float> g;
           for (uint32_t r = 0; r < rows; ++r)
             for (size_t e = 0; e < padded; ++e)
               g.push_back(got[r * stride + (layout == Layout::gemv_interleaved ? gemv_interleaved_index(e) : e)]);
-          EXPECT_LT(rel_error(g, ref), kFwhtTol)
-              << "mode " << mode << " rotate " << rotate << " rows " << rows << " cols " << cols << " B " << block;
+          EXPECT_LT(rel_error(g, ref), f16 ? 1e-3 : kFwhtTol) << "mode " << mode << " rotate " << rotate << " fp16 " << f16
+                                                              << " rows " << rows << " cols " << cols << " B " << block;
         }
 }
 
@@ -389,7 +400,7 @@ std::string describe(const GemmCase& g) {
 // the path it took (fp32: the exact operands within kDotTol; coopmat: the fp16-rounded ones
 // within kCoopmatTwinTol and the exact ones within kFp16Tol); the columns it must not write
 // stay as they were. Returns the path.
-GemmPath check_gemm(Kernels& k, const GemmCase& g) {
+GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false) {
   const MatCase& c = g.mat;
   const uint32_t m = g.m;
   const auto q = make_matrix(c);
@@ -397,25 +408,26 @@ GemmPath check_gemm(Kernels& k, const GemmCase& g) {
   const size_t cp = q.cols_padded, ldy = c.rows + g.extra;
   auto x = random_vector(m * c.cols, m * 3 + static_cast<uint32_t>(c.cols * 5 + c.bits));
   vk::Buffer xb = context().upload_new(x, "X");
-  vk::Buffer xr = poisoned(m * cp);
+  vk::Buffer xr = poisoned(x16 ? m * cp / 2 : m * cp);  // fp16 input: the preparation writes halves
   std::vector<float> y0 = random_vector(m * ldy, m + 17);
   if (!g.accumulate)
     for (size_t i = 0; i < y0.size(); ++i)
       if (i % ldy >= g.col && i % ldy < g.col + c.rows) y0[i] = std::bit_cast<float>(kPoison);
   vk::Buffer y = context().upload_new(y0, "Y");
   auto cmd = context().commands();
-  if (q.rotated) {
-    k.fwht(cmd, xb, xr, m, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block));
+  if (q.rotated || x16) {  // fp16: the unrotated methods' input goes through the preparation unrotated
+    k.prepare(cmd, xb, xr, m, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block),
+              x16 ? Layout::row_major_f16 : Layout::row_major, q.rotated, Prologue{});
   } else {
     std::vector<float> padded(m * cp, 0.0f);
     for (uint32_t i = 0; i < m; ++i) std::copy(x.begin() + i * c.cols, x.begin() + (i + 1) * c.cols, padded.begin() + i * cp);
     context().upload(xr, padded);
   }
   cmd.barrier();
-  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col});
+  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col, x16});
   cmd.run();
   const GemmPath path = k.last_gemm_path();
-  const auto xin = read_floats(xr, m * cp);  // the activations the GEMM read
+  const auto xin = x16 ? read_halves(xr, m * cp) : read_floats(xr, m * cp);  // the activations the GEMM read
   const auto got = read_floats(y, m * ldy);
   std::vector<double> exact, rounded;
   std::vector<float> mine;  // the written columns, less what was there when accumulating
@@ -529,6 +541,24 @@ TEST(Gemm, CoopmatShaderEmulatedMatchesCpu) {
       EXPECT_EQ(check_gemm(k, g), GemmPath::coopmat_emulated) << describe(g);
     }
   }
+}
+
+// fp16 activations (Layout::row_major_f16, GemmOut::x_f16, what a model's prefill gives the
+// tensor-core GEMM): the emulated shader on every device, the tensor-core one where the device
+// has it; the portable shader refuses them.
+TEST(Gemm, F16ActivationsMatchCpu) {
+  Kernels emulated(context(), gemm_config(Coopmat::emulated, 64));
+  EXPECT_TRUE(emulated.gemm_takes_f16(1));
+  for (const auto& g : gemm_cases()) EXPECT_EQ(check_gemm(emulated, g, true), GemmPath::coopmat_emulated) << describe(g);
+  Kernels automatic(context(), KernelConfig{});
+  if (automatic.coopmat_gemm_unsupported().empty())
+    for (uint32_t tm : {64u, 128u}) {
+      Kernels on(context(), gemm_config(Coopmat::on, tm));
+      for (const auto& g : gemm_cases()) EXPECT_EQ(check_gemm(on, g, true), GemmPath::coopmat) << describe(g) << " tile " << tm;
+    }
+  Kernels portable(context(), gemm_config(Coopmat::off));
+  EXPECT_FALSE(portable.gemm_takes_f16(512));
+  EXPECT_THROW(check_gemm(portable, gemm_cases()[1], true), vk::Error);
 }
 
 // gemm() on the default configuration: the tensor-core shader at M >= 16 where the device can

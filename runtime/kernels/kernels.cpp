@@ -60,7 +60,7 @@ size_t coopmat_shared_bytes(int bits, uint32_t tm) { return (size_t(4) << bits) 
 
 size_t rotated_row_elems(size_t cols, int block, Layout layout) {
   const size_t padded = round_up(cols, static_cast<size_t>(block));
-  return layout == Layout::row_major ? padded : round_up(padded, 1024);
+  return layout == Layout::gemv_interleaved ? round_up(padded, 1024) : padded;
 }
 
 std::vector<float> interleave_for_gemv(const float* row, size_t cols_padded) {
@@ -231,8 +231,10 @@ void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, u
   check_block(block, "fwht");
   if (rows == 0 || cols == 0) throw Error("fwht: empty input");
   const size_t stride = rotated_row_elems(cols, static_cast<int>(block), layout);
+  const bool f16_out = layout == Layout::row_major_f16;
+  if (f16_out && block < 4) throw Error("fwht: fp16 output needs blocks of at least 4");
   check_view(x, (size_t(in_row0) + rows) * cols, "fwht input");
-  check_view(out, size_t(rows) * stride, "fwht output");
+  check_view(out, f16_out ? (size_t(rows) * stride + 1) / 2 : size_t(rows) * stride, "fwht output");
   if (pro.kind == Prologue::rmsnorm) check_view(pro.aux, cols, "rmsnorm weight");
   if (pro.kind == Prologue::swiglu) check_view(pro.aux, (size_t(in_row0) + rows) * cols, "swiglu up input");
   if (pro.kind == Prologue::swiglu_pairs) check_view(x, (size_t(in_row0) + rows) * cols * 2, "swiglu gate/up input");
@@ -250,7 +252,8 @@ void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, u
   const uint32_t wg = std::max<uint32_t>(block / 4, 256);  // several blocks per workgroup
   const auto& p = pipeline("fwht",
                            {{0, wg}, {1, block}, {2, mode}, {3, rotate ? 1u : 0u},
-                            {4, layout == Layout::gemv_interleaved ? 1u : 0u}, {5, merge ? pro.head_dim : 128u}},
+                            {4, layout == Layout::gemv_interleaved ? 1u : f16_out ? 2u : 0u},
+                            {5, merge ? pro.head_dim : 128u}},
                            3, sizeof(push), wg);
   const size_t groups = (push.nblocks + wg / (block / 4) - 1) / (wg / (block / 4));
   uint32_t gx, gy;
@@ -390,7 +393,7 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
   const uint32_t ldy = out.ldy ? out.ldy : u32(w.rows, "rows");
   if (out.col + w.rows > ldy) throw Error(w.name + ": gemm output columns exceed its row stride");
-  check_view(x_rot, size_t(m) * w.cols_padded, w.name + " gemm input");
+  check_view(x_rot, out.x_f16 ? size_t(m) * w.cols_padded / 2 : size_t(m) * w.cols_padded, w.name + " gemm input");
   check_view(y, size_t(m - 1) * ldy + out.col + w.rows, w.name + " gemm output");
   using G = KernelConfig::GemmCoopmat;
   GemmPath path = gemm_path(m);
@@ -398,10 +401,12 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
     throw Error(w.name + ": the cooperative-matrix GEMM was asked for (gemm_coopmat on), but '" + ctx_.info().name +
                 "' cannot run it: " + coopmat_unsupported_);
   if (path != GemmPath::portable && x_rot.offset % 16) {  // the shader reads the input as vec4
-    if (cfg_.gemm_coopmat != G::automatic)
+    if (cfg_.gemm_coopmat != G::automatic || out.x_f16)
       throw Error(w.name + ": the cooperative-matrix GEMM needs its input bound at a multiple of 16 bytes");
     path = GemmPath::portable;
   }
+  if (out.x_f16 && path == GemmPath::portable)
+    throw Error(w.name + ": fp16 activations need the cooperative-matrix GEMM, which does not run here (gemm_takes_f16)");
   const uint32_t bits = static_cast<uint32_t>(w.bits), block = static_cast<uint32_t>(w.block);
   uint32_t tile_m = 64, tile_n = 64;
   const vk::Pipeline* p = nullptr;
@@ -412,7 +417,7 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
     tile_n = kCoopmatTileN;
     // Codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
     const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
-    vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}};
+    vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}, {5, out.x_f16 ? 1u : 0u}};
     if (const char* e = std::getenv("PQVK_GEMM_ABLATE"); e && *e)  // benchmarks: pq_gemm_coopmat.comp's ABLATE
       spec.push_back({4, static_cast<uint32_t>(std::strtoul(e, nullptr, 10))});
     p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 32, 256, coopmat_subgroup_size())

@@ -24,8 +24,9 @@
 
 namespace pqvk {
 
-// Activation layout of a prepared vector / matrix.
-enum class Layout { row_major, gemv_interleaved };
+// Activation layout of a prepared vector / matrix: fp32 row-major or gemv-interleaved, or fp16
+// row-major (two per 32-bit word; the tensor-core GEMM's input, Kernels::gemm_takes_f16()).
+enum class Layout { row_major, gemv_interleaved, row_major_f16 };
 
 // Elements in a prepared activation row of `cols` inputs, block `block`, in `layout`.
 size_t rotated_row_elems(size_t cols, int block, Layout layout = Layout::row_major);
@@ -135,6 +136,7 @@ struct GemvOp {
 // several matrices can fill the columns of one output.
 struct GemmOut {
   uint32_t ldy = 0, col = 0;
+  bool x_f16 = false;  // x_rot is fp16 (Layout::row_major_f16): only where gemm_takes_f16(m)
 };
 
 class Kernels {
@@ -186,6 +188,9 @@ class Kernels {
   GemmPath gemm_path(uint32_t m) const;
   // The shader the latest gemm() call recorded (portable before any).
   GemmPath last_gemm_path() const { return last_gemm_; }
+  // Whether gemm() at m tokens runs a shader that can read fp16 activations (GemmOut::x_f16):
+  // the tensor-core one and its emulation.
+  bool gemm_takes_f16(uint32_t m) const { return gemm_path(m) != GemmPath::portable; }
   // Tokens per workgroup of the cooperative-matrix GEMM for a matrix of `rows` and m tokens.
   uint32_t gemm_coopmat_tile(size_t rows, uint32_t m) const;
 

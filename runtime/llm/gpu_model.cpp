@@ -386,7 +386,10 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
   const Linear& first = *outs.begin()->w;
   const bool gemv = m == 1;
   const vk::Buffer& in = first.rotated() ? prep_rot_ : prep_plain_;
-  const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : Layout::row_major;
+  // The tensor-core GEMM reads fp16 activations: half the bytes, no conversion in each tile.
+  bool f16_in = !gemv && kernels_.gemm_takes_f16(m);
+  for (const Out& o : outs) f16_in = f16_in && o.w->q;
+  const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : f16_in ? Layout::row_major_f16 : Layout::row_major;
   kernels_.prepare(cmd, x, in, m, cols, static_cast<uint32_t>(first.block()), layout, first.rotated(), pro, in_row0);
   cmd.barrier();
   mark(cmd, prologue_name(pro, first.rotated()));
@@ -395,7 +398,7 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
     if (w.q) {
       if (gemv) kernels_.gemv(cmd, *w.q, in, o.y, Kernels::GemvOp{Kernels::GemvOp::prepared, {}, 0.0f,
                                                                    accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store, o.col});
-      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col});
+      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col, f16_in});
     } else {
       if (gemv) kernels_.gemv_f16(cmd, *w.f, in, o.y, accumulate, o.col);
       else kernels_.gemm_f16(cmd, *w.f, in, o.y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)), Kernels::GemmOut{o.ld, o.col});

@@ -24,6 +24,7 @@ layout(constant_id = 3) const uint CPB = 2u;  // chunks per code load: 2, or 4 w
 // decode (the scale stored as every weight), 2 no fragment loads or products, 4 no global
 // loads inside the K loop, 8 no barrier inside the K loop, 16 no activation conversion.
 layout(constant_id = 4) const uint ABLATE = 0u;
+layout(constant_id = 5) const uint X_F16 = 0u;  // 1: Xr holds fp16 pairs (Layout::row_major_f16)
 const uint TN = 128u;       // rows of W per workgroup
 const uint LD = 5u;         // shared row stride in uvec4 (40 halves; 32 used)
 const uint FM = TM / 32u;   // accumulator tiles per subgroup along the tokens (2 or 4)
@@ -38,6 +39,7 @@ layout(std430, binding = 0) readonly buffer Codes4 { uvec4 codes4[]; };
 layout(std430, binding = 1) readonly buffer Scales { uint scales[]; };
 layout(std430, binding = 2) readonly buffer Codebook { float codebook[]; };
 layout(std430, binding = 3) readonly buffer X { vec4 x4[]; };
+layout(std430, binding = 3) readonly buffer XH { uvec4 xh8[]; };  // X_F16: 8 halves at a time
 layout(std430, binding = 4) buffer Y { float gemm_y[]; };
 layout(push_constant) uniform Push { uint rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } p;
 
@@ -56,6 +58,7 @@ shared uvec4 Ws[2u * TN * LD];  // [buffer][row][8 halves x 5]
 uvec4 wv[4];   // words JLO(h) + n (n < 4) of its row's chunks ch0 .. ch0 + CPB - 1 (component = chunk)
 float ws[2];   // their block scales (two where 4 chunks span two blocks of 64)
 vec4 xv[4];    // its activations of the next chunk: TM/64 groups of 8 (two vec4 each)
+uvec4 xh[2];   // the same as fp16 (X_F16): one uvec4 per group
 uint w[8];     // the words of the chunk being decoded (those its half's codes occupy)
 float wscale;  // its block scale (0 past the last row: the row decodes to zeros)
 
@@ -89,9 +92,13 @@ void load_x(uint ch, uint m0) {
     if (g < TM / 64u) {
       const uint idx = t + 256u * g, tok = idx >> 2u, q = idx & 3u;  // 4 invocations per token
       const bool ok = m0 + tok < p.m;
-      const uint base = (m0 + tok) * ldx4 + ch * 8u + q * 2u;
-      xv[2u * g] = ok ? x4[base] : vec4(0.0);
-      xv[2u * g + 1u] = ok ? x4[base + 1u] : vec4(0.0);
+      if (X_F16 != 0u) {
+        xh[g] = ok ? xh8[(m0 + tok) * (p.ldx >> 3u) + ch * 4u + q] : uvec4(0u);
+      } else {
+        const uint base = (m0 + tok) * ldx4 + ch * 8u + q * 2u;
+        xv[2u * g] = ok ? x4[base] : vec4(0.0);
+        xv[2u * g + 1u] = ok ? x4[base + 1u] : vec4(0.0);
+      }
     }
   }
 }
@@ -129,7 +136,8 @@ void store_step(uint buf, uint wr, uint half_id, const uint sub) {
     if (g < TM / 64u && (ABLATE & 16u) == 0u) {
       const uint idx = t + 256u * g, tok = idx >> 2u, q = idx & 3u;
       const vec4 a = xv[2u * g], b = xv[2u * g + 1u];
-      Xs[(buf * TM + tok) * LD + q] = uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
+      Xs[(buf * TM + tok) * LD + q] =
+          X_F16 != 0u ? xh[g] : uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
     }
   }
 }
@@ -162,6 +170,7 @@ void main() {
   for (uint i = t; i < (1u << BITS); i += 256u) cb[i] = codebook[i];
   [[unroll]] for (uint j = 0u; j < 8u; ++j) w[j] = 0u;
   [[unroll]] for (uint n = 0u; n < 4u; ++n) wv[n] = uvec4(0u);
+  xh[0] = xh[1] = uvec4(0u);
   ws[0] = ws[1] = 0.0;
 
   // The accumulators are named, not an array: c<i><j> is the 16 x 16 tile of tokens wm * TM/2 +

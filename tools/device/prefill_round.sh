@@ -9,7 +9,7 @@ R=$OUT/round; mkdir -p $R
 $B/vk-bench kernels --shape 4096x4096,14336x4096,4096x14336 --bits 4,5 -m 512,2048 --no-f16 --check --json "$R/kernels.json" > "$R/kernels.md" 2>&1
 echo "kernels rc=$? $(grep -c FAILED "$R/kernels.md") check failures"; grep -E "^\| gemm " "$R/kernels.md"
 mkdir -p /work && ln -sfn "$PWD" /work/main
-PQVK_VALIDATION=1 timeout 240 $B/pqvk_tests --gtest_filter='Attention.*:Gemm.MatchesCpu:Gemm.CoopmatWhere*:Gemm.CoopmatSwitch*:*Decoder*' > "$R/gpu-tests.txt" 2>&1
+PQVK_VALIDATION=1 timeout 240 $B/pqvk_tests --gtest_filter='Attention.*:Prepare.*:Gemm.MatchesCpu:Gemm.F16*:Gemm.CoopmatWhere*:Gemm.CoopmatSwitch*:*Decoder*' > "$R/gpu-tests.txt" 2>&1
 echo "gpu tests rc=$?"; grep -E "^\[  (PASSED|FAILED)|FAILED|testing on|cooperative" "$R/gpu-tests.txt" | head -20
 $B/vk-bench --synthetic llama3-8b --bits 4,5 -p 512,2048 -n 0 -r 3 --json "$R/prefill.json" > "$R/prefill.md" 2> "$R/prefill.err"
 echo "prefill rc=$?"; grep GEMM "$R/prefill.err"; grep -E "^\| .* pp[0-9]+ " "$R/prefill.md"; grep -E "^\| (attention|gemm)" "$R/prefill.md" | head -10
