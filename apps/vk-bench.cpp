@@ -307,7 +307,8 @@ int run_kernels(const KernelArgs& a) {
         for (auto& v : x) v = std::normal_distribution<float>()(rng);
         vk::Buffer xb = ctx.upload_new(x, "x");
         vk::Buffer yb = ctx.buffer(size_t(m) * out * 4, vk::MemoryKind::device, "y");
-        const double bytes = double(weight_bytes) + double(m) * in * 4 + double(m) * out * 4;
+        const double bytes = double(weight_bytes) + double(m) * in * (m > 1 && !f16 && k.gemm_takes_f16(m) ? 2 : 4) +
+                             double(m) * out * 4;
         const double flops = 2.0 * m * double(out) * in;
         // The GEMV once per --gemv-configs entry (on the same matrices), else once.
         std::vector<std::pair<std::string, Kernels*>> variants = {{"", &k}};
@@ -322,6 +323,19 @@ int run_kernels(const KernelArgs& a) {
         if (a.batched && m > 1 && !f16) variants.push_back({" batched", &k});
         for (auto& [label, kv] : variants) {
           const bool batch = label == " batched";
+          // The tensor-core GEMM reads fp16 activations, as a model's prefill gives it.
+          const bool x16 = m > 1 && !f16 && !batch && kv->gemm_takes_f16(m);
+          std::vector<float> xin = x;  // the activations the kernel reads, as fp32
+          vk::Buffer xh;
+          if (x16) {
+            std::vector<uint32_t> packed((x.size() + 1) / 2, 0u);
+            for (size_t i = 0; i < x.size(); ++i) {
+              packed[i / 2] |= uint32_t{pq::f32_to_f16(x[i])} << (16 * (i % 2));
+              xin[i] = pq::f16_to_f32(pq::f32_to_f16(x[i]));
+            }
+            xh = ctx.upload_new(packed, "x fp16");
+          }
+          const pqvk::GemmOut gout{static_cast<uint32_t>(out), 0, x16};
           double min_ns = 0;
           double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int r) {
             if (f16) {
@@ -330,7 +344,7 @@ int run_kernels(const KernelArgs& a) {
             } else {
               if (m == 1) kv->gemv(c, qs[r % copies], xb, yb);
               else if (batch) kv->gemv_batch(c, qs[r % copies], xb, yb, m);
-              else kv->gemm(c, qs[r % copies], xb, yb, m);
+              else kv->gemm(c, qs[r % copies], x16 ? xh : xb, yb, m, false, gout);
             }
           }, &min_ns);
           Row row{m == 1 ? "gemv" : batch ? "gemv_batch" : "gemm", batch ? fmt : fmt + label, shape, m, ns / 1e3,
@@ -348,10 +362,10 @@ int run_kernels(const KernelArgs& a) {
             c.barrier();
             if (m == 1) kv->gemv(c, qs[0], xb, yb);
             else if (batch) kv->gemv_batch(c, qs[0], xb, yb, m);
-            else kv->gemm(c, qs[0], xb, yb, m);
+            else kv->gemm(c, qs[0], x16 ? xh : xb, yb, m, false, gout);
             c.run();
             const auto y = ctx.download_all<float>(yb);
-            rows.back().check_err = check_quant(first, x, first.cols_padded, y, m);
+            rows.back().check_err = check_quant(first, xin, first.cols_padded, y, m);
           }
         }
       }

@@ -13,7 +13,7 @@
 // hold no key and are skipped).
 //   out[r][b*B + j] = ROTATE ? (H_B v)[j] : v[j]   (orthonormal Sylvester Walsh-Hadamard)
 // Buffers: 0 x [rows][cols] fp32 (row r read at (in_row0 + r) * cols); 1 out fp32, row r at
-//          r * out_stride, row-major or gemv-interleaved (OUT_LAYOUT; kernels.h); 2 w [cols]
+//          r * out_stride, row-major or gemv-interleaved fp32, or row-major fp16 (OUT_LAYOUT; kernels.h); 2 w [cols]
 //          fp32 (MODE 1), x2 [rows][cols] fp32 (MODE 2), (max, sum) pairs (MODE 4).
 // Workgroup: WG invocations transform WG / (B/4) consecutive blocks of one row, 4 consecutive
 //          values per invocation; butterflies via subgroup shuffles, then shared memory
@@ -22,7 +22,7 @@
 // Dispatch: rows * ceil(nblocks / (WG / (B/4))) workgroups, flattened over x and y.
 // Used by prefill (the decode GEMV does this itself, shaders/pq_gemv.comp) and the fp16 path.
 // Specialization: 0 WG (local_size_x, a multiple of B/4), 1 B, 2 MODE, 3 ROTATE (1: rotate,
-//          0: only the prologue), 4 OUT_LAYOUT (0 row-major, 1 gemv-interleaved), 5 HD (MODE 4).
+//          0: only the prologue), 4 OUT_LAYOUT (0 row-major, 1 gemv-interleaved, 2 row-major fp16), 5 HD (MODE 4).
 // Push constants: shape, eps (MODE 1), splits (MODE 4; the host passes in_row0 = 0).
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
@@ -40,6 +40,7 @@ layout(constant_id = 5) const uint HD = 128u;
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 0) readonly buffer X4 { vec4 x4[]; };  // the same input, 16 bytes at a time
 layout(std430, binding = 1) writeonly buffer O { float o[]; };
+layout(std430, binding = 1) writeonly buffer O2 { uvec2 o2[]; };  // OUT_LAYOUT 2: four fp16 at a time
 layout(std430, binding = 2) readonly buffer X2 { float x2[]; };
 layout(push_constant) uniform Push { uint rows, cols, nblocks, out_stride, in_row0; float eps; uint splits; } p;
 
@@ -125,6 +126,10 @@ void main() {
   if (ROTATE != 0u) v = fwht_block(v, t, B, sub * (B / 4u));
   if (blk >= p.nblocks) return;  // after the last barrier: the blocks past the row's end
   const uint base = r * p.out_stride;
+  if (OUT_LAYOUT == 2u) {  // out_stride and col are multiples of 4
+    o2[(base + col) / 4u] = uvec2(packHalf2x16(v.xy), packHalf2x16(v.zw));
+    return;
+  }
   [[unroll]] for (uint k = 0u; k < 4u; ++k)
     o[base + (OUT_LAYOUT == 1u ? gemv_interleaved_index(col + k) : col + k)] = v[k];
 }

@@ -7,13 +7,16 @@
 // 1e-3 relative where pq_gemm.comp's differs by 1e-5 (vk-bench kernels --check bounds both).
 // Buffers: 0 codes (uint, docs/packed-layout.md); 1 scales (fp16 pairs, [rows][nblocks]);
 //          2 codebook (2^BITS fp32); 3 Xr [m][ldx] fp32 read as vec4 (ldx a multiple of 4, the
-//          binding 16-byte aligned); 4 Y [m][ldy] fp32.
+//          binding 16-byte aligned), or with X_F16 fp16 read as uvec4 (ldx a multiple of 8:
+//          half the bytes, no conversion); 4 Y [m][ldy] fp32.
 // Workgroup: 256 invocations as 8 subgroups of 32 (Kernels::gemm only takes this shader where
 //          the subgroups are 32 wide), a TM (tokens) x 128 (rows of W) output tile. K advances
 //          one chunk (32 inputs, one scale per row) a step, through two shared-memory buffers:
 //          step s decodes its codes and converts its activations (fetched into registers
 //          during step s - 1) into one buffer while the subgroups multiply from the other, so
-//          one barrier a step suffices.
+//          one barrier a step suffices (fetching two steps ahead was slower on the H200).
+//          The accumulators are named variables, not an array: with an array the H200's
+//          compiler left them in memory (35 against 101 TFLOP/s, bench/RESULTS.md).
 //          Decode: invocation t takes row t % 128 of the tile and codes 16 * (t / 128) ..
 //          + 15 of each chunk (only the words holding them), looks them up in the codebook
 //          (shared memory), multiplies by the block scale and stores fp16 pairs. Codes are
@@ -21,7 +24,8 @@
 //          8- or 16-byte load per word instead of CPB 4-byte ones, as the 128 rows of a step
 //          are 128 different cache lines), their scales with them; the K loop is unrolled by
 //          CPB so that a chunk's words are taken from the registers at constant indices. The
-//          activations are converted 8 at a time (two vec4 loads, one 16-byte store).
+//          activations are converted 8 at a time (two vec4 loads, one 16-byte store), or
+//          with X_F16 copied (one 16-byte load and store).
 //          Multiply: subgroup g owns tokens (g % 2) * TM/2 .. + TM/2 - 1 and rows (g / 2) * 32
 //          .. + 31, i.e. TM/32 x 2 accumulators of 16 x 16 (fcoopmatNV, fp32); per 16-wide K
 //          half-step it loads TM/32 A fragments (activations, row-major) and 2 B fragments
@@ -34,7 +38,8 @@
 //          weight buffers, free by then) and writes it out with bounds checks, adding to Y when
 //          accumulating: M and the rows need not be multiples of the tile.
 // Dispatch: (ceil(rows / 128), ceil(m / TM)) workgroups.
-// Specialization: 0 BITS, 1 BLOCK (B), 2 TM (64 or 128), 3 CPB (2, or 4 where nchunk % 4 == 0).
+// Specialization: 0 BITS, 1 BLOCK (B), 2 TM (64 or 128), 3 CPB (2, or 4 where nchunk % 4 == 0),
+//          4 ABLATE (benchmarks only), 5 X_F16.
 // The body is include/pq_gemm_coopmat.glsl, written in the operations defined here;
 // pq_gemm_coopmat_emulated.comp runs it with scalar stand-ins for them on any device.
 #extension GL_EXT_control_flow_attributes : require

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <tuple>
 
@@ -74,14 +75,25 @@ TEST(Fwht, EverySupportedSubgroupSize) {
   EXPECT_GE(sizes_run, 1);
 }
 
+// The fp32 values of a buffer of fp16 pairs (Layout::row_major_f16).
+std::vector<float> read_halves(const vk::Buffer& b, size_t n) {
+  std::vector<uint32_t> words((n + 1) / 2);
+  context().download(b, words.data(), words.size() * 4);
+  std::vector<float> r(n);
+  for (size_t i = 0; i < n; ++i) r[i] = pq::f16_to_f32(static_cast<uint16_t>(words[i / 2] >> (16 * (i % 2))));
+  return r;
+}
+
 // fwht's prologues: RMSNorm, SwiGLU (separate gate and up, or pairs), with and without the
-// rotation.
+// rotation, written as fp32 (gemv-interleaved for one row) or fp16 (the tensor-core GEMM's input:
+// within fp16 rounding).
 TEST(Prepare, RmsNormAndSwigluMatchCpu) {
   for (uint32_t block : {64u, 128u})
     for (auto [rows, cols] : {std::pair{1u, 200u}, {5u, 384u}, {3u, 1000u}, {2u, 333u}})
       for (int mode : {1, 2, 3})
-        for (bool rotate : {true, false}) {
-          const Layout layout = rows == 1 ? Layout::gemv_interleaved : Layout::row_major;
+        for (int variant : {0, 1, 2}) {
+          const bool rotate = variant != 1, f16 = variant == 2;
+          const Layout layout = f16 ? Layout::row_major_f16 : rows == 1 ? Layout::gemv_interleaved : Layout::row_major;
           const uint32_t in_row0 = rows == 1 ? 2 : 0;  // read a later row of a taller input
           const size_t in_rows = rows + in_row0;
           auto x = random_vector(in_rows * cols * (mode == 3 ? 2 : 1), cols + 5 * rows + mode);
@@ -89,7 +101,7 @@ TEST(Prepare, RmsNormAndSwigluMatchCpu) {
           const float eps = 1e-5f;
           vk::Buffer xb = context().upload_new(x, "x"), ab = context().upload_new(aux, "aux");
           const size_t padded = rotated_row_elems(cols, block), stride = rotated_row_elems(cols, block, layout);
-          vk::Buffer out = poisoned(rows * stride);
+          vk::Buffer out = poisoned(f16 ? (rows * stride + 1) / 2 : rows * stride);
           auto cmd = context().commands();
           const Prologue::Kind kind = mode == 1 ? Prologue::rmsnorm : mode == 2 ? Prologue::swiglu : Prologue::swiglu_pairs;
           Prologue pro{kind, mode == 3 ? vk::BufferView() : vk::BufferView(ab), eps};
@@ -116,13 +128,13 @@ TEST(Prepare, RmsNormAndSwigluMatchCpu) {
           } else {
             for (uint32_t r = 0; r < rows; ++r) std::copy(&pre[r * cols], &pre[r * cols] + cols, &ref[r * padded]);
           }
-          const auto got = read_floats(out, rows * stride);
+          const auto got = f16 ? read_halves(out, rows * stride) : read_floats(out, rows * stride);
           std::vector<float> g;
           for (uint32_t r = 0; r < rows; ++r)
             for (size_t e = 0; e < padded; ++e)
               g.push_back(got[r * stride + (layout == Layout::gemv_interleaved ? gemv_interleaved_index(e) : e)]);
-          EXPECT_LT(rel_error(g, ref), kFwhtTol)
-              << "mode " << mode << " rotate " << rotate << " rows " << rows << " cols " << cols << " B " << block;
+          EXPECT_LT(rel_error(g, ref), f16 ? 1e-3 : kFwhtTol) << "mode " << mode << " rotate " << rotate << " fp16 " << f16
+                                                              << " rows " << rows << " cols " << cols << " B " << block;
         }
 }
 
@@ -389,7 +401,7 @@ std::string describe(const GemmCase& g) {
 // the path it took (fp32: the exact operands within kDotTol; coopmat: the fp16-rounded ones
 // within kCoopmatTwinTol and the exact ones within kFp16Tol); the columns it must not write
 // stay as they were. Returns the path.
-GemmPath check_gemm(Kernels& k, const GemmCase& g) {
+GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false) {
   const MatCase& c = g.mat;
   const uint32_t m = g.m;
   const auto q = make_matrix(c);
@@ -397,25 +409,26 @@ GemmPath check_gemm(Kernels& k, const GemmCase& g) {
   const size_t cp = q.cols_padded, ldy = c.rows + g.extra;
   auto x = random_vector(m * c.cols, m * 3 + static_cast<uint32_t>(c.cols * 5 + c.bits));
   vk::Buffer xb = context().upload_new(x, "X");
-  vk::Buffer xr = poisoned(m * cp);
+  vk::Buffer xr = poisoned(x16 ? m * cp / 2 : m * cp);  // fp16 input: the preparation writes halves
   std::vector<float> y0 = random_vector(m * ldy, m + 17);
   if (!g.accumulate)
     for (size_t i = 0; i < y0.size(); ++i)
       if (i % ldy >= g.col && i % ldy < g.col + c.rows) y0[i] = std::bit_cast<float>(kPoison);
   vk::Buffer y = context().upload_new(y0, "Y");
   auto cmd = context().commands();
-  if (q.rotated) {
-    k.fwht(cmd, xb, xr, m, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block));
+  if (q.rotated || x16) {  // fp16: the unrotated methods' input goes through the preparation unrotated
+    k.prepare(cmd, xb, xr, m, static_cast<uint32_t>(c.cols), static_cast<uint32_t>(c.block),
+              x16 ? Layout::row_major_f16 : Layout::row_major, q.rotated, Prologue{});
   } else {
     std::vector<float> padded(m * cp, 0.0f);
     for (uint32_t i = 0; i < m; ++i) std::copy(x.begin() + i * c.cols, x.begin() + (i + 1) * c.cols, padded.begin() + i * cp);
     context().upload(xr, padded);
   }
   cmd.barrier();
-  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col});
+  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col, x16});
   cmd.run();
   const GemmPath path = k.last_gemm_path();
-  const auto xin = read_floats(xr, m * cp);  // the activations the GEMM read
+  const auto xin = x16 ? read_halves(xr, m * cp) : read_floats(xr, m * cp);  // the activations the GEMM read
   const auto got = read_floats(y, m * ldy);
   std::vector<double> exact, rounded;
   std::vector<float> mine;  // the written columns, less what was there when accumulating
@@ -623,6 +636,24 @@ TEST(Gemm, CoopmatShaderEmulatedMatchesCpu) {
   }
 }
 
+// fp16 activations (Layout::row_major_f16, GemmOut::x_f16, what a model's prefill gives the
+// tensor-core GEMM): the emulated shader on every device, the tensor-core one where the device
+// has it; the portable shader refuses them.
+TEST(Gemm, F16ActivationsMatchCpu) {
+  Kernels emulated(context(), gemm_config(Coopmat::emulated, 64));
+  EXPECT_TRUE(emulated.gemm_takes_f16(1));
+  for (const auto& g : gemm_cases()) EXPECT_EQ(check_gemm(emulated, g, true), GemmPath::coopmat_emulated) << describe(g);
+  Kernels automatic(context(), KernelConfig{});
+  if (automatic.coopmat_gemm_unsupported().empty())
+    for (uint32_t tm : {64u, 128u}) {
+      Kernels on(context(), gemm_config(Coopmat::on, tm));
+      for (const auto& g : gemm_cases()) EXPECT_EQ(check_gemm(on, g, true), GemmPath::coopmat) << describe(g) << " tile " << tm;
+    }
+  Kernels portable(context(), gemm_config(Coopmat::off));
+  EXPECT_FALSE(portable.gemm_takes_f16(512));
+  EXPECT_THROW(check_gemm(portable, gemm_cases()[1], true), vk::Error);
+}
+
 // gemm() on the default configuration: the tensor-core shader at M >= 16 where the device can
 // run it (checked against the fp16 twin), else the portable one, which is then what ran (on
 // lavapipe: no cooperative matrices), and asking for the tensor cores is an error that says why.
@@ -636,7 +667,11 @@ TEST(Gemm, CoopmatWhereSupportedElsePortable) {
     const GemmPath want = can && g.m >= 16 ? GemmPath::coopmat : GemmPath::portable;
     EXPECT_EQ(k.gemm_path(g.m), want) << describe(g);
     EXPECT_EQ(check_gemm(k, g), want) << describe(g);
+    // GemmOut::any_m (continuous batching's prefill steps): one path at every M.
+    EXPECT_EQ(k.gemm_path(g.m, true), can ? GemmPath::coopmat : GemmPath::portable) << describe(g);
   }
+  EXPECT_EQ(Kernels(context(), gemm_config(Coopmat::off)).gemm_path(1, true), GemmPath::portable);
+  EXPECT_EQ(Kernels(context(), gemm_config(Coopmat::emulated)).gemm_path(1, true), GemmPath::coopmat_emulated);
   if (can) {
     for (uint32_t tm : {64u, 128u}) {  // every M through the tensor cores, both tiles
       Kernels on(context(), gemm_config(Coopmat::on, tm));
@@ -650,6 +685,60 @@ TEST(Gemm, CoopmatWhereSupportedElsePortable) {
       ADD_FAILURE() << "the cooperative-matrix GEMM ran on a device that lacks it";
     } catch (const vk::Error& e) {
       EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Continuous batching's prefill steps put a prompt's tokens into GEMMs of any size beside other
+// prompts' tokens (GemmOut::any_m): a token's output row must not depend on M or on its place
+// among the M, bit for bit, on every GEMM path the device runs: the portable shader, the
+// tensor-core one where the device has it (both tiles) and its emulation (the tiles that fit),
+// with the activations each path reads (fp16 for the tensor-core ones).
+TEST(Gemm, TokenRowDoesNotDependOnTheOtherTokens) {
+  std::vector<std::pair<std::string, KernelConfig>> paths = {{"fp32", gemm_config(Coopmat::off)},
+                                                             {"emulated, 64-token tile", gemm_config(Coopmat::emulated, 64)}};
+  if (context().info().max_shared_memory >= 4 * 256 + 2 * (128 + 128) * 80)
+    paths.push_back({"emulated, 128-token tile", gemm_config(Coopmat::emulated, 128)});
+  if (Kernels(context(), KernelConfig{}).coopmat_gemm_unsupported().empty())
+    for (uint32_t tm : {64u, 128u}) paths.push_back({"coopmat, tile " + std::to_string(tm), gemm_config(Coopmat::automatic, tm)});
+  const MatCase c{150, 320, 5, 64, pq::Method::pq};  // rows past a 128-row tile; 10 chunks: 2 per load
+  const auto q = make_matrix(c);
+  const auto d = upload_quant(context(), q, describe(c));
+  const size_t cp = q.cols_padded;
+  const uint32_t m = 70;  // past a 64-token tile
+  const auto x = random_vector(m * cp, 4242);
+  std::vector<float> reversed(x.size());
+  for (uint32_t t = 0; t < m; ++t) std::copy(x.begin() + t * cp, x.begin() + (t + 1) * cp, reversed.begin() + (m - 1 - t) * cp);
+  for (const auto& [name, cfg] : paths) {
+    Kernels k(context(), cfg);
+    const bool x16 = k.gemm_takes_f16(m, true);
+    auto run = [&](std::span<const float> rows, uint32_t n) {
+      vk::Buffer xb;
+      if (x16) {
+        std::vector<uint32_t> packed((rows.size() + 1) / 2, 0u);
+        for (size_t i = 0; i < rows.size(); ++i) packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
+        xb = context().upload_new(packed, "X fp16");
+      } else {
+        xb = context().upload_new(std::vector<float>(rows.begin(), rows.end()), "X");
+      }
+      vk::Buffer y = poisoned(size_t(n) * c.rows);
+      auto cmd = context().commands();
+      k.gemm(cmd, d, xb, y, n, false, GemmOut{0, 0, x16, true});
+      cmd.run();
+      EXPECT_EQ(k.last_gemm_path(), k.gemm_path(m, true)) << name << ": another path at " << n << " tokens";
+      return read_floats(y, size_t(n) * c.rows);
+    };
+    const auto all = run(x, m), rev = run(reversed, m);
+    for (uint32_t t : {0u, 1u, 33u, 63u, 64u, 69u}) {
+      const auto alone = run(std::span<const float>(x).subspan(t * cp, cp), 1);
+      const auto first3 = run(std::span<const float>(x).subspan(t * cp, std::min<size_t>(3, m - t) * cp), std::min(3u, m - t));
+      for (size_t r = 0; r < c.rows; ++r) {
+        const uint32_t want = std::bit_cast<uint32_t>(alone[r]);
+        ASSERT_NE(want, kPoison) << name << " token " << t << " row " << r << " not written";
+        ASSERT_EQ(want, std::bit_cast<uint32_t>(all[t * c.rows + r])) << name << " token " << t << " row " << r << ": alone vs among 70";
+        ASSERT_EQ(want, std::bit_cast<uint32_t>(rev[(m - 1 - t) * c.rows + r])) << name << " token " << t << " row " << r << ": another place";
+        ASSERT_EQ(want, std::bit_cast<uint32_t>(first3[r])) << name << " token " << t << " row " << r << ": among 3";
+      }
     }
   }
 }
@@ -680,7 +769,7 @@ TEST(Gemm, CoopmatSwitchAndEnvironment) {
     EXPECT_THROW(Kernels(context(), KernelConfig{}), vk::Error);
   }
   EXPECT_THROW(Kernels(context(), gemm_config(Coopmat::automatic, 96)), vk::Error);
-  EXPECT_EQ(KernelConfig{}.gemm_coopmat, Coopmat::off);  // until verified on a GPU with it
+  EXPECT_EQ(KernelConfig{}.gemm_coopmat, Coopmat::automatic);  // verified on the H200
   Kernels k(context(), gemm_config(Coopmat::automatic));
   EXPECT_EQ(k.gemm_path(15), GemmPath::portable);  // below gemm_coopmat_min_m
   EXPECT_EQ(k.gemm_coopmat_tile(4096, 512), 64u);
@@ -911,25 +1000,39 @@ std::string describe(const AttnCase& c) {
          std::to_string(c.m) + " pos0 " + std::to_string(c.pos0) + " window " + std::to_string(c.window);
 }
 
-// qkv_rope + attention against a direct fp64 computation over the same fp16-rounded cache.
+// qkv_rope + attention against a direct fp64 computation over the same fp16-rounded cache, with
+// both prefill attention shaders: query tiles (attention_tiled.comp: M across several tiles of 32,
+// head sizes not a multiple of 4, windows; 8 keys a tile on lavapipe, 16 where the shared memory
+// allows) and one query per workgroup (attention.comp, also for heads over 128).
 TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
-  for (const AttnCase& c : {AttnCase{4, 2, 16, 1, 0, 0, false, false}, AttnCase{6, 2, 12, 5, 3, 0, true, false},
-                            AttnCase{4, 1, 20, 3, 130, 0, false, true}, AttnCase{2, 2, 64, 4, 200, 7, true, true},
-                            AttnCase{8, 8, 128, 2, 140, 0, false, false}, AttnCase{3, 3, 14, 2, 9, 0, true, false}}) {
-    const AttnData d(c);
-    vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v"), qb = poisoned(c.m * d.q_dim);
-    vk::Buffer kcb = context().upload_new(d.kc, "kc"), vcb = context().upload_new(d.vc, "vc");
-    vk::Buffer fb = context().upload_new(d.inv_freq, "freq"), bb = context().upload_new(d.bias, "bias"),
-               nb = context().upload_new(d.norm, "norm");
-    vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
-    vk::Buffer out = poisoned(c.m * d.q_dim);
-    auto cmd = context().commands();
-    kernels().qkv_rope(cmd, d.shape, qkv, qb, kcb, vcb, fb, c.bias ? vk::BufferView(bb) : vk::BufferView(),
-                       c.norm ? vk::BufferView(nb) : vk::BufferView(), step, c.m);
-    cmd.barrier();
-    kernels().attention(cmd, d.shape, qb, kcb, vcb, out, step, c.m);
-    cmd.run();
-    EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), 1e-4) << describe(c);
+  const auto& info = context().info();
+  const bool can_tile = info.subgroup_shuffle && (info.min_subgroup_size ? info.min_subgroup_size : info.subgroup_size) >= 8;
+  for (const bool tiled : {true, false}) {
+    KernelConfig cfg;
+    cfg.attention_tiled = tiled;
+    Kernels k(context(), cfg);
+    for (const AttnCase& c :
+         {AttnCase{4, 2, 16, 1, 0, 0, false, false}, AttnCase{6, 2, 12, 37, 3, 0, true, false},
+          AttnCase{4, 1, 20, 70, 130, 0, false, true}, AttnCase{2, 2, 64, 45, 200, 7, true, true},
+          AttnCase{8, 8, 128, 33, 140, 0, false, false}, AttnCase{3, 3, 14, 5, 9, 0, true, false},
+          AttnCase{4, 2, 256, 20, 100, 0, false, false}, AttnCase{4, 2, 200, 17, 50, 13, false, true},
+          AttnCase{8, 2, 128, 101, 300, 0, true, false}, AttnCase{2, 1, 6, 3, 0, 2, false, false}}) {
+      const AttnData d(c);
+      EXPECT_EQ(k.attention_tiled_supported(d.shape), tiled && can_tile && c.hd <= 128) << describe(c);
+      vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v"), qb = poisoned(c.m * d.q_dim);
+      vk::Buffer kcb = context().upload_new(d.kc, "kc"), vcb = context().upload_new(d.vc, "vc");
+      vk::Buffer fb = context().upload_new(d.inv_freq, "freq"), bb = context().upload_new(d.bias, "bias"),
+                 nb = context().upload_new(d.norm, "norm");
+      vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
+      vk::Buffer out = poisoned(c.m * d.q_dim);
+      auto cmd = context().commands();
+      k.qkv_rope(cmd, d.shape, qkv, qb, kcb, vcb, fb, c.bias ? vk::BufferView(bb) : vk::BufferView(),
+                 c.norm ? vk::BufferView(nb) : vk::BufferView(), step, c.m);
+      cmd.barrier();
+      k.attention(cmd, d.shape, qb, kcb, vcb, out, step, c.m);
+      cmd.run();
+      EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), 1e-4) << describe(c) << (tiled ? " tiled" : "");
+    }
   }
 }
 

@@ -226,7 +226,8 @@ TEST(Vk, PipelineCacheIsWrittenAndReused) {
 
 TEST(Vk, EveryShaderIsEmbedded) {
   auto names = shaders::names();
-  for (const char* want : {"fwht", "pq_dequant", "pq_gemv", "pq_gemm", "pq_gemm_coopmat", "pq_gemm_coopmat_emulated", "f16_gemv", "f16_gemm"})
+  for (const char* want : {"fwht", "pq_dequant", "pq_gemv", "pq_gemm", "pq_gemm_coopmat", "pq_gemm_coopmat_emulated", "f16_gemv", "f16_gemm",
+                           "attention", "attention_tiled", "attention_decode"})
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
 }
 

@@ -60,7 +60,7 @@ size_t coopmat_shared_bytes(int bits, uint32_t tm) { return (size_t(4) << bits) 
 
 size_t rotated_row_elems(size_t cols, int block, Layout layout) {
   const size_t padded = round_up(cols, static_cast<size_t>(block));
-  return layout == Layout::row_major ? padded : round_up(padded, 1024);
+  return layout == Layout::gemv_interleaved ? round_up(padded, 1024) : padded;
 }
 
 std::vector<float> interleave_for_gemv(const float* row, size_t cols_padded) {
@@ -243,8 +243,10 @@ void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, u
   check_block(block, "fwht");
   if (rows == 0 || cols == 0) throw Error("fwht: empty input");
   const size_t stride = rotated_row_elems(cols, static_cast<int>(block), layout);
+  const bool f16_out = layout == Layout::row_major_f16;
+  if (f16_out && block < 4) throw Error("fwht: fp16 output needs blocks of at least 4");
   check_view(x, (size_t(in_row0) + rows) * cols, "fwht input");
-  check_view(out, size_t(rows) * stride, "fwht output");
+  check_view(out, f16_out ? (size_t(rows) * stride + 1) / 2 : size_t(rows) * stride, "fwht output");
   if (pro.kind == Prologue::rmsnorm) check_view(pro.aux, cols, "rmsnorm weight");
   if (pro.kind == Prologue::swiglu) check_view(pro.aux, (size_t(in_row0) + rows) * cols, "swiglu up input");
   if (pro.kind == Prologue::swiglu_pairs) check_view(x, (size_t(in_row0) + rows) * cols * 2, "swiglu gate/up input");
@@ -262,7 +264,8 @@ void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, u
   const uint32_t wg = std::max<uint32_t>(block / 4, 256);  // several blocks per workgroup
   const auto& p = pipeline("fwht",
                            {{0, wg}, {1, block}, {2, mode}, {3, rotate ? 1u : 0u},
-                            {4, layout == Layout::gemv_interleaved ? 1u : 0u}, {5, merge ? pro.head_dim : 128u}},
+                            {4, layout == Layout::gemv_interleaved ? 1u : f16_out ? 2u : 0u},
+                            {5, merge ? pro.head_dim : 128u}},
                            3, sizeof(push), wg);
   const size_t groups = (push.nblocks + wg / (block / 4) - 1) / (wg / (block / 4));
   uint32_t gx, gy;
@@ -402,18 +405,20 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   if (m == 0) throw Error(w.name + ": gemm with 0 tokens");
   const uint32_t ldy = out.ldy ? out.ldy : u32(w.rows, "rows");
   if (out.col + w.rows > ldy) throw Error(w.name + ": gemm output columns exceed its row stride");
-  check_view(x_rot, size_t(m) * w.cols_padded, w.name + " gemm input");
+  check_view(x_rot, out.x_f16 ? size_t(m) * w.cols_padded / 2 : size_t(m) * w.cols_padded, w.name + " gemm input");
   check_view(y, size_t(m - 1) * ldy + out.col + w.rows, w.name + " gemm output");
   using G = KernelConfig::GemmCoopmat;
-  GemmPath path = gemm_path(m);
+  GemmPath path = gemm_path(m, out.any_m);
   if (path == GemmPath::coopmat && !coopmat_unsupported_.empty())
     throw Error(w.name + ": the cooperative-matrix GEMM was asked for (gemm_coopmat on), but '" + ctx_.info().name +
                 "' cannot run it: " + coopmat_unsupported_);
   if (path != GemmPath::portable && x_rot.offset % 16) {  // the shader reads the input as vec4
-    if (cfg_.gemm_coopmat != G::automatic)
+    if (cfg_.gemm_coopmat != G::automatic || out.x_f16)
       throw Error(w.name + ": the cooperative-matrix GEMM needs its input bound at a multiple of 16 bytes");
     path = GemmPath::portable;
   }
+  if (out.x_f16 && path == GemmPath::portable)
+    throw Error(w.name + ": fp16 activations need the cooperative-matrix GEMM, which does not run here (gemm_takes_f16)");
   const uint32_t bits = static_cast<uint32_t>(w.bits), block = static_cast<uint32_t>(w.block);
   uint32_t tile_m = 64, tile_n = 64;
   const vk::Pipeline* p = nullptr;
@@ -424,7 +429,9 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
     tile_n = kCoopmatTileN;
     // Codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
     const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
-    const vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}};
+    vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}, {5, out.x_f16 ? 1u : 0u}};
+    if (const char* e = std::getenv("PQVK_GEMM_ABLATE"); e && *e)  // benchmarks: pq_gemm_coopmat.comp's ABLATE
+      spec.push_back({4, static_cast<uint32_t>(std::strtoul(e, nullptr, 10))});
     p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 32, 256, coopmat_subgroup_size())
                                   : &pipeline("pq_gemm_coopmat_emulated", spec, 5, 32, 256);
   }
@@ -482,14 +489,14 @@ const char* Kernels::gemm_path_name(GemmPath p) {
 
 std::string Kernels::coopmat_gemm_unsupported() const { return coopmat_unsupported_; }
 
-Kernels::GemmPath Kernels::gemm_path(uint32_t m) const {
+Kernels::GemmPath Kernels::gemm_path(uint32_t m, bool any_m) const {
   switch (cfg_.gemm_coopmat) {
     case KernelConfig::GemmCoopmat::off: return GemmPath::portable;
     case KernelConfig::GemmCoopmat::on: return GemmPath::coopmat;
     case KernelConfig::GemmCoopmat::emulated: return GemmPath::coopmat_emulated;
     case KernelConfig::GemmCoopmat::automatic: break;
   }
-  return m >= cfg_.gemm_coopmat_min_m && coopmat_unsupported_.empty() ? GemmPath::coopmat : GemmPath::portable;
+  return (any_m || m >= cfg_.gemm_coopmat_min_m) && coopmat_unsupported_.empty() ? GemmPath::coopmat : GemmPath::portable;
 }
 
 uint32_t Kernels::gemm_coopmat_tile(size_t rows, uint32_t m) const {
@@ -628,10 +635,23 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
                push, a.n_kv, splits);
 }
 
+namespace {
+// attention_tiled.comp's shared memory with bk keys per tile: 32 + 2 bk rows of 132 floats.
+size_t attention_tiled_shared_bytes(uint32_t bk) { return size_t(32 + 2 * bk) * 132 * 4; }
+}  // namespace
+
+bool Kernels::attention_tiled_supported(const AttentionShape& a) const {
+  const auto& info = ctx_.info();
+  const uint32_t min_sg = info.min_subgroup_size ? info.min_subgroup_size : info.subgroup_size;
+  return cfg_.attention_tiled && info.subgroup_shuffle && min_sg >= 8 && a.head_dim <= 128 &&
+         attention_tiled_shared_bytes(8) <= info.max_shared_memory;
+}
+
 void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
                         vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m, Positions positions) {
   if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv)
     throw Error("attention: head size " + std::to_string(a.head_dim) + " (even, at most 256) or head counts unsupported");
+  if (m == 0) throw Error("attention of 0 queries");
   const bool per_row = positions == Positions::per_row;
   const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
   check_view(q, m * q_dim, "attention q");
@@ -639,6 +659,13 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
   check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
   check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
   check_view(step, per_row ? 2 * size_t(m) : 1, "token positions");
+  if (!per_row && attention_tiled_supported(a)) {
+    const uint32_t bk = attention_tiled_shared_bytes(16) <= ctx_.info().max_shared_memory ? 16 : 8;
+    const auto& p = pipeline("attention_tiled", {{0, bk}}, 5, 20, 128);
+    struct { uint32_t n_heads, n_kv, hd, window, m; } push{a.n_heads, a.n_kv, a.head_dim, a.window, m};
+    cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, (m + 31) / 32);
+    return;
+  }
   const auto& p = pipeline("attention", {{0, per_row ? 1u : 0u}}, 5, 20, 128);
   struct { uint32_t n_heads, n_kv, hd, window, max_ctx; } push{a.n_heads, a.n_kv, a.head_dim, a.window, a.max_ctx};
   cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, m);

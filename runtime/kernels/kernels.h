@@ -24,8 +24,9 @@
 
 namespace pqvk {
 
-// Activation layout of a prepared vector / matrix.
-enum class Layout { row_major, gemv_interleaved };
+// Activation layout of a prepared vector / matrix: fp32 row-major or gemv-interleaved, or fp16
+// row-major (two per 32-bit word; the tensor-core GEMM's input, Kernels::gemm_takes_f16()).
+enum class Layout { row_major, gemv_interleaved, row_major_f16 };
 
 // Elements in a prepared activation row of `cols` inputs, block `block`, in `layout`.
 size_t rotated_row_elems(size_t cols, int block, Layout layout = Layout::row_major);
@@ -92,11 +93,15 @@ struct KernelConfig {
   // `emulated`: pq_gemm_coopmat_emulated.comp at every M, the same shader with its
   // cooperative-matrix operations done by scalar code (slow; for tests on any device).
   // The environment variable PQVK_GEMM_COOPMAT overrides it: 0 (off), 1 (automatic), on, or
-  // 64 / 128 (automatic with that many tokens per workgroup). Default `off` until the shader
-  // has been verified on a GPU that has cooperative matrices (tools/device/coopmat_check.sh).
-  enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::off;
+  // 64 / 128 (automatic with that many tokens per workgroup). Verified on the H200 against its
+  // CPU twin (tools/device/coopmat_check.sh, bench/RESULTS.md), hence `automatic` by default.
+  enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::automatic;
   uint32_t gemm_coopmat_min_m = 16;  // automatic: fewer tokens take the portable GEMM
   uint32_t gemm_coopmat_tm = 0;      // tokens per workgroup of the tensor-core GEMM, 64 or 128; 0: by shape
+  // Prefill attention: tiles of queries sharing each key and value they read
+  // (shaders/attention_tiled.comp) where the device can run it (attention_tiled_supported()),
+  // else one query per workgroup (shaders/attention.comp). false: always the latter.
+  bool attention_tiled = true;
   // The batched GEMV of continuous batching (gemv_batch, shaders/pq_gemv_batch.comp): threads
   // per workgroup (a multiple of 32), rows per workgroup, tokens per workgroup (more tokens take
   // several workgroups, each reading the weights again).
@@ -135,6 +140,11 @@ struct GemvOp {
 // several matrices can fill the columns of one output.
 struct GemmOut {
   uint32_t ldy = 0, col = 0;
+  bool x_f16 = false;  // x_rot is fp16 (Layout::row_major_f16): only where gemm_takes_f16(m, any_m)
+  // KernelConfig::GemmCoopmat::automatic only: the tensor-core GEMM wherever the device has it,
+  // whatever m (not from gemm_coopmat_min_m tokens on), so that one path computes every step:
+  // continuous batching's prefill steps, whose size depends on what else runs.
+  bool any_m = false;
 };
 
 class Kernels {
@@ -183,9 +193,12 @@ class Kernels {
   std::string coopmat_gemm_unsupported() const;
   // The shader gemm() takes for m tokens (before the input's alignment is seen: an input
   // binding whose offset is not a multiple of 16 bytes takes the portable one in `automatic`).
-  GemmPath gemm_path(uint32_t m) const;
+  GemmPath gemm_path(uint32_t m, bool any_m = false) const;
   // The shader the latest gemm() call recorded (portable before any).
   GemmPath last_gemm_path() const { return last_gemm_; }
+  // Whether gemm() at m tokens runs a shader that can read fp16 activations (GemmOut::x_f16):
+  // the tensor-core one and its emulation.
+  bool gemm_takes_f16(uint32_t m, bool any_m = false) const { return gemm_path(m, any_m) != GemmPath::portable; }
   // Tokens per workgroup of the cooperative-matrix GEMM for a matrix of `rows` and m tokens.
   uint32_t gemm_coopmat_tile(size_t rows, uint32_t m) const;
 
@@ -242,11 +255,15 @@ class Kernels {
                         vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
                         vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits);
   bool decode_attention_supported(const AttentionShape& a) const;
-  // out [m][n_heads * head_dim] = causal attention of q over the caches (each token over its own
-  // sequence's positions up to its own).
+  // out [m][n_heads * head_dim] = causal attention of q over the caches, each token over its own
+  // sequence's positions up to its own. Consecutive positions: KernelConfig::attention_tiled
+  // chooses the shader (both compute the same); per_row (continuous batching): attention.comp.
   void attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
                  vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m,
                  Positions positions = Positions::consecutive);
+  // Whether attention() takes attention_tiled.comp for this shape on this device: heads of at
+  // most 128, subgroups of at least 8 invocations, 25 KiB of shared memory, the switch on.
+  bool attention_tiled_supported(const AttentionShape& a) const;
   // out[r] = tokens[r] = argmax(x[r][0..n)) (lowest index among equals) for each of `rows` rows of
   // x of `ldx` floats (0: n), in two passes; at most kArgmaxRows rows.
   static constexpr uint32_t kArgmaxRows = 256;

@@ -399,7 +399,12 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
   const Linear& first = *outs.begin()->w;
   const bool gemv = mat_mode_ == MatMode::automatic && m == 1, batch = mat_mode_ == MatMode::batch_gemv;
   const vk::Buffer& in = first.rotated() ? prep_rot_ : prep_plain_;
-  const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : Layout::row_major;
+  // Continuous batching's prefill steps: one GEMM shader whatever the step's size (GemmOut::any_m).
+  const bool any_m = mat_mode_ == MatMode::gemm;
+  // The tensor-core GEMM reads fp16 activations: half the bytes, no conversion in each tile.
+  bool f16_in = !gemv && !batch && kernels_.gemm_takes_f16(m, any_m);
+  for (const Out& o : outs) f16_in = f16_in && o.w->q;
+  const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : f16_in ? Layout::row_major_f16 : Layout::row_major;
   kernels_.prepare(cmd, x, in, m, cols, static_cast<uint32_t>(first.block()), layout, first.rotated(), pro, in_row0);
   cmd.barrier();
   mark(cmd, prologue_name(pro, first.rotated()));
@@ -409,7 +414,7 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
       if (gemv) kernels_.gemv(cmd, *w.q, in, o.y, Kernels::GemvOp{Kernels::GemvOp::prepared, {}, 0.0f,
                                                                    accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store, o.col});
       else if (batch) kernels_.gemv_batch(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col});
-      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col});
+      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col, f16_in, any_m});
     } else {
       if (gemv) kernels_.gemv_f16(cmd, *w.f, in, o.y, accumulate, o.col);
       else kernels_.gemm_f16(cmd, *w.f, in, o.y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)), Kernels::GemmOut{o.ld, o.col});
@@ -512,11 +517,10 @@ void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax) {
 // A continuous-batching step of m tokens (ids in tokens_, (pos, slot) pairs in rows_): the last
 // `outs` of them have logits (the batched GEMV's LM head) and an arg max; the last `logits_rows`
 // of those are copied to the host.
-// Prefill steps multiply through Kernels::gemm. With KernelConfig::gemm_coopmat `automatic` (off by
-// default, or PQVK_GEMM_COOPMAT=1) its shader depends on the step's token count (tensor cores, fp16
-// operands, from gemm_coopmat_min_m tokens), so a prompt's logits would depend on how the
-// scheduler chunked it beside other prompts: before that becomes a default, batched prefill steps
-// need one GEMM path whatever their size.
+// Prefill steps multiply through Kernels::gemm with GemmOut::any_m: the tensor-core GEMM (fp16
+// operands) wherever the device has it, at every step size, else the portable one; never one or
+// the other by the step's token count, which depends on how the scheduler chunked a prompt beside
+// others.
 void GpuModel::record_batch(vk::Commands& cmd, BatchKind kind, uint32_t m, uint32_t outs, uint32_t logits_rows) {
   struct Restore {
     MatMode& mode;

@@ -20,6 +20,11 @@ layout(constant_id = 0) const uint BITS = 4u;
 layout(constant_id = 1) const uint BLOCK = 128u;
 layout(constant_id = 2) const uint TM = 64u;
 layout(constant_id = 3) const uint CPB = 2u;  // chunks per code load: 2, or 4 where nchunk % 4 == 0
+// Benchmarks only (PQVK_GEMM_ABLATE; wrong results, timings of what is left): 1 no codebook
+// decode (the scale stored as every weight), 2 no fragment loads or products, 4 no global
+// loads inside the K loop, 8 no barrier inside the K loop, 16 no activation conversion.
+layout(constant_id = 4) const uint ABLATE = 0u;
+layout(constant_id = 5) const uint X_F16 = 0u;  // 1: Xr holds fp16 pairs (Layout::row_major_f16)
 const uint TN = 128u;       // rows of W per workgroup
 const uint LD = 5u;         // shared row stride in uvec4 (40 halves; 32 used)
 const uint FM = TM / 32u;   // accumulator tiles per subgroup along the tokens (2 or 4)
@@ -34,6 +39,7 @@ layout(std430, binding = 0) readonly buffer Codes4 { uvec4 codes4[]; };
 layout(std430, binding = 1) readonly buffer Scales { uint scales[]; };
 layout(std430, binding = 2) readonly buffer Codebook { float codebook[]; };
 layout(std430, binding = 3) readonly buffer X { vec4 x4[]; };
+layout(std430, binding = 3) readonly buffer XH { uvec4 xh8[]; };  // X_F16: 8 halves at a time
 layout(std430, binding = 4) buffer Y { float gemm_y[]; };
 layout(push_constant) uniform Push { uint rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } p;
 
@@ -52,6 +58,7 @@ shared uvec4 Ws[2u * TN * LD];  // [buffer][row][8 halves x 5]
 uvec4 wv[4];   // words JLO(h) + n (n < 4) of its row's chunks ch0 .. ch0 + CPB - 1 (component = chunk)
 float ws[2];   // their block scales (two where 4 chunks span two blocks of 64)
 vec4 xv[4];    // its activations of the next chunk: TM/64 groups of 8 (two vec4 each)
+uvec4 xh[2];   // the same as fp16 (X_F16): one uvec4 per group
 uint w[8];     // the words of the chunk being decoded (those its half's codes occupy)
 float wscale;  // its block scale (0 past the last row: the row decodes to zeros)
 
@@ -85,9 +92,13 @@ void load_x(uint ch, uint m0) {
     if (g < TM / 64u) {
       const uint idx = t + 256u * g, tok = idx >> 2u, q = idx & 3u;  // 4 invocations per token
       const bool ok = m0 + tok < p.m;
-      const uint base = (m0 + tok) * ldx4 + ch * 8u + q * 2u;
-      xv[2u * g] = ok ? x4[base] : vec4(0.0);
-      xv[2u * g + 1u] = ok ? x4[base + 1u] : vec4(0.0);
+      if (X_F16 != 0u) {
+        xh[g] = ok ? xh8[(m0 + tok) * (p.ldx >> 3u) + ch * 4u + q] : uvec4(0u);
+      } else {
+        const uint base = (m0 + tok) * ldx4 + ch * 8u + q * 2u;
+        xv[2u * g] = ok ? x4[base] : vec4(0.0);
+        xv[2u * g + 1u] = ok ? x4[base + 1u] : vec4(0.0);
+      }
     }
   }
 }
@@ -98,7 +109,8 @@ uvec4 decode8(const uint i0) {
   uint h[4];
   [[unroll]] for (uint k = 0u; k < 4u; ++k) {
     const uint i = i0 + 2u * k;
-    h[k] = packHalf2x16(vec2(cb[PQ_CODE_SHIFTED(w, i, BITS, 0u)], cb[PQ_CODE_SHIFTED(w, i + 1u, BITS, 0u)]) * wscale);
+    h[k] = (ABLATE & 1u) != 0u ? packHalf2x16(vec2(wscale, float(w[k]))) :
+           packHalf2x16(vec2(cb[PQ_CODE_SHIFTED(w, i, BITS, 0u)], cb[PQ_CODE_SHIFTED(w, i + 1u, BITS, 0u)]) * wscale);
   }
   return uvec4(h[0], h[1], h[2], h[3]);
 }
@@ -121,12 +133,32 @@ void store_step(uint buf, uint wr, uint half_id, const uint sub) {
   }
   const uint t = gl_LocalInvocationIndex;
   [[unroll]] for (uint g = 0u; g < 2u; ++g) {
-    if (g < TM / 64u) {
+    if (g < TM / 64u && (ABLATE & 16u) == 0u) {
       const uint idx = t + 256u * g, tok = idx >> 2u, q = idx & 3u;
       const vec4 a = xv[2u * g], b = xv[2u * g + 1u];
-      Xs[(buf * TM + tok) * LD + q] = uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
+      Xs[(buf * TM + tok) * LD + q] =
+          X_F16 != 0u ? xh[g] : uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
     }
   }
+}
+
+// Accumulator tile (i, j) of this subgroup out to Y through its staging area in Ws (16 rows of 16
+// floats, 4 uvec4 each), with bounds checks, adding to Y when accumulating.
+void store_tile(ACC c, const uint i, const uint j, uint m0, uint n0) {
+  const uint sg = SG_ID, wm = sg & 1u, wn = sg >> 1u, stage = sg * 64u;
+  STORE_ACC(c, stage);
+  SG_SYNC();
+  for (uint e = SG_LANE; e < 64u; e += SG_SIZE) {
+    const uint mm = m0 + wm * (TM / 2u) + 16u * i + (e >> 2u);
+    const uint nn = n0 + wn * 32u + 16u * j + 4u * (e & 3u);
+    if (mm < p.m) {
+      const vec4 v = uintBitsToFloat(Ws[stage + e]);
+      const uint o = mm * p.ldy + p.y_offset + nn;
+      [[unroll]] for (uint k = 0u; k < 4u; ++k)
+        if (nn + k < p.rows) gemm_y[o + k] = p.accumulate != 0u ? gemm_y[o + k] + v[k] : v[k];
+    }
+  }
+  SG_BARRIER();  // the tile is read before the next one overwrites it
 }
 
 void main() {
@@ -138,10 +170,13 @@ void main() {
   for (uint i = t; i < (1u << BITS); i += 256u) cb[i] = codebook[i];
   [[unroll]] for (uint j = 0u; j < 8u; ++j) w[j] = 0u;
   [[unroll]] for (uint n = 0u; n < 4u; ++n) wv[n] = uvec4(0u);
+  xh[0] = xh[1] = uvec4(0u);
   ws[0] = ws[1] = 0.0;
 
-  ACC acc[4u * FN];
-  [[unroll]] for (uint i = 0u; i < 4u * FN; ++i) acc[i] = ACC_ZERO;
+  // The accumulators are named, not an array: c<i><j> is the 16 x 16 tile of tokens wm * TM/2 +
+  // 16 i and rows wn * 32 + 16 j (i < FM, j < 2; c2*, c3* unused when FM is 2).
+  ACC c00 = ACC_ZERO, c01 = ACC_ZERO, c10 = ACC_ZERO, c11 = ACC_ZERO;
+  ACC c20 = ACC_ZERO, c21 = ACC_ZERO, c30 = ACC_ZERO, c31 = ACC_ZERO;
 
   load_codes(0u, row, half_id);
   load_x(0u, m0);
@@ -154,44 +189,45 @@ void main() {
       // Buffer `buf` was last read in step ch - 2, which every subgroup finished before the
       // barrier of step ch - 1.
       store_step(buf, wr, half_id, sub);
-      barrier();
-      if (ch + 1u < p.nchunk) {  // in flight during the products
+      if ((ABLATE & 8u) == 0u) barrier();
+      if (ch + 1u < p.nchunk && (ABLATE & 4u) == 0u) {  // in flight during the products
         if (sub == CPB - 1u) load_codes(ch + 1u, row, half_id);
         load_x(ch + 1u, m0);
       }
-      [[unroll]] for (uint kk = 0u; kk < 2u; ++kk) {  // two K halves of 16 (2 uvec4)
-        FRAG a[4], b[FN];
-        [[unroll]] for (uint i = 0u; i < 4u; ++i)
-          if (i < FM) LOAD_A(a[i], (buf * TM + wm * (TM / 2u) + 16u * i) * LD + 2u * kk);
-        [[unroll]] for (uint j = 0u; j < FN; ++j) LOAD_B(b[j], (buf * TN + wn * 32u + 16u * j) * LD + 2u * kk);
-        [[unroll]] for (uint i = 0u; i < 4u; ++i)
-          if (i < FM) {
-            [[unroll]] for (uint j = 0u; j < FN; ++j) acc[i * FN + j] = MULADD(a[i], b[j], acc[i * FN + j]);
-          }
+      [[unroll]] for (uint kk = 0u; kk < 2u && (ABLATE & 2u) == 0u; ++kk) {  // two K halves of 16 (2 uvec4)
+        const uint ea = (buf * TM + wm * (TM / 2u)) * LD + 2u * kk, eb = (buf * TN + wn * 32u) * LD + 2u * kk;
+        FRAG a0, a1, b0, b1;
+        LOAD_B(b0, eb);
+        LOAD_B(b1, eb + 16u * LD);
+        LOAD_A(a0, ea);
+        LOAD_A(a1, ea + 16u * LD);
+        c00 = MULADD(a0, b0, c00);
+        c01 = MULADD(a0, b1, c01);
+        c10 = MULADD(a1, b0, c10);
+        c11 = MULADD(a1, b1, c11);
+        if (FM == 4u) {
+          FRAG a2, a3;
+          LOAD_A(a2, ea + 32u * LD);
+          LOAD_A(a3, ea + 48u * LD);
+          c20 = MULADD(a2, b0, c20);
+          c21 = MULADD(a2, b1, c21);
+          c30 = MULADD(a3, b0, c30);
+          c31 = MULADD(a3, b1, c31);
+        }
       }
     }
   }
 
   barrier();  // every subgroup is done with Ws: reuse it as 8 staging tiles of 16 x 16 fp32
-  const uint stage = sg * 64u;  // 16 rows of 16 floats, 4 uvec4 each
-  [[unroll]] for (uint i = 0u; i < 4u; ++i) {
-    if (i < FM) {
-      [[unroll]] for (uint j = 0u; j < FN; ++j) {
-        STORE_ACC(acc[i * FN + j], stage);
-        SG_SYNC();
-        for (uint e = SG_LANE; e < 64u; e += SG_SIZE) {
-          const uint mm = m0 + wm * (TM / 2u) + 16u * i + (e >> 2u);
-          const uint nn = n0 + wn * 32u + 16u * j + 4u * (e & 3u);
-          if (mm < p.m) {
-            const vec4 v = uintBitsToFloat(Ws[stage + e]);
-            const uint o = mm * p.ldy + p.y_offset + nn;
-            [[unroll]] for (uint c = 0u; c < 4u; ++c)
-              if (nn + c < p.rows) gemm_y[o + c] = p.accumulate != 0u ? gemm_y[o + c] + v[c] : v[c];
-          }
-        }
-        SG_BARRIER();  // the tile is read before the next one overwrites it
-      }
-    }
+  store_tile(c00, 0u, 0u, m0, n0);
+  store_tile(c01, 0u, 1u, m0, n0);
+  store_tile(c10, 1u, 0u, m0, n0);
+  store_tile(c11, 1u, 1u, m0, n0);
+  if (FM == 4u) {
+    store_tile(c20, 2u, 0u, m0, n0);
+    store_tile(c21, 2u, 1u, m0, n0);
+    store_tile(c30, 3u, 0u, m0, n0);
+    store_tile(c31, 3u, 1u, m0, n0);
   }
 }
 

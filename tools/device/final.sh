@@ -28,3 +28,5 @@ for qt in q4_0 q5_0; do
   rm -f /tmp/m-$qt.gguf
   echo "llama.cpp $qt: $(grep -o '"speedPp":[0-9.]*,"speedTg":[0-9.]*' "$OUT/llamacpp-$qt.txt")"
 done | tee "$OUT/llamacpp.txt"
+# Everything in one archive (the device tool brings back a limited number of files).
+tar -C "$OUT" -cJf /tmp/final.tar.xz . && rm -rf "${OUT:?}"/* && mv /tmp/final.tar.xz "$OUT/"

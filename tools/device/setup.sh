@@ -1,6 +1,6 @@
 # Sourced at the start of every device-tool call (../shared/gpu/README.md): unpacks the Vulkan
 # loader carried in .gl/ and points it at the NVIDIA driver. Binaries are carried in .dev/.
-for f in .gl/*.deb; do dpkg -x "$f" /; done
+for f in ${GL:-.gl}/*.deb; do dpkg -x "$f" /; done  # GL: another folder of the same packages
 ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 export PQVK_CACHE_DIR=/tmp/pqvk-cache

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One device-tool call for a revision of the prefill kernels (tensor-core GEMM, tiled attention):
+# the kernel table with --check at LLM shapes, the GPU attention, GEMM and decoder tests with
+# validation, and whole-model prefill with its per-kernel breakdown. Output in
+# $OUT/prefill-round.tar.xz. Carry .gl and .dev (vk-bench, pq-info, pqvk_tests, lib.tar.xz).
+set -uo pipefail
+source tools/device/setup.sh
+R=$OUT/round; mkdir -p $R
+$B/vk-bench kernels --shape 4096x4096,14336x4096,4096x14336 --bits 4,5 -m 512,2048 --no-f16 --check --json "$R/kernels.json" > "$R/kernels.md" 2>&1
+echo "kernels rc=$? $(grep -c FAILED "$R/kernels.md") check failures"; grep -E "^\| gemm " "$R/kernels.md"
+mkdir -p /work && ln -sfn "$PWD" /work/main
+PQVK_VALIDATION=1 timeout 240 $B/pqvk_tests --gtest_filter='Attention.*:Prepare.*:Gemm.MatchesCpu:Gemm.F16*:Gemm.CoopmatWhere*:Gemm.CoopmatSwitch*:*Decoder*' > "$R/gpu-tests.txt" 2>&1
+echo "gpu tests rc=$?"; grep -E "^\[  (PASSED|FAILED)|FAILED|testing on|cooperative" "$R/gpu-tests.txt" | head -20
+$B/vk-bench --synthetic llama3-8b --bits 4,5 -p 512,2048 -n 0 -r 3 --json "$R/prefill.json" > "$R/prefill.md" 2> "$R/prefill.err"
+echo "prefill rc=$?"; grep GEMM "$R/prefill.err"; grep -E "^\| .* pp[0-9]+ " "$R/prefill.md"; grep -E "^\| (attention|gemm)" "$R/prefill.md" | head -10
+cp "$OUT/nvidia-smi.txt" $R/; tar -C $OUT -cJf $OUT/prefill-round.tar.xz round && rm -rf $R $OUT/nvidia-smi.txt
