@@ -210,7 +210,7 @@ class Progress {
 
 int main(int argc, char** argv) {
   CLI::App app{"pq-perplexity: perplexity and KL divergence of a PolarQuant model on a text file"};
-  std::string model_path, text_path, device, json_path, save_path, kld_path;
+  std::string model_path, text_path, device, json_path, save_path, kld_path, kv_type = "f16";
   int ctx = 512, stride = 0, chunks = 0, batch = 512, threads = 0;
   bool cpu = false, quiet = false, no_bos = false;
   app.add_option("-m,--model", model_path, "The .pqm model (default: $PQVK_MODEL, else the bundled model)");
@@ -230,6 +230,10 @@ int main(int argc, char** argv) {
   app.add_option("--kl-divergence", kld_path, "Compare with the log-probabilities a --save-logits run wrote to FILE")
       ->excludes(save_opt);
   app.add_flag("--no-bos", no_bos, "Do not start the text / chunks with BOS");
+  app.add_option("--kv-type", kv_type,
+                 "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated head, one fp16 norm; so far "
+                 "the CPU reference only, with --cpu)")
+      ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
   app.add_flag("-q,--quiet", quiet, "No progress");
   CLI11_PARSE(app, argc, argv);
 
@@ -276,9 +280,15 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::llm::CpuModel> cpu_model;
     std::function<std::vector<float>(const std::vector<int32_t>&)> eval;
     std::string device_name;
-    if (pqvk::apps::use_cpu(cpu, device, "pq-perplexity")) {
+    const int kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
+    const bool on_cpu = pqvk::apps::use_cpu(cpu, device, "pq-perplexity");
+    if (kv_bits && !on_cpu)
+      throw Fail("--kv-type " + kv_type + ": the GPU decoder's KV cache is fp16 so far; the PolarQuant KV cache runs on the "
+                 "CPU reference (add --cpu)");
+    if (on_cpu) {
       pqvk::llm::CpuOptions co;
       co.kv_fp16 = true;  // as the GPU's fp16 KV cache
+      co.kv_bits = kv_bits;
       co.threads = threads;
       cpu_model = std::make_unique<pqvk::llm::CpuModel>(file, co);
       eval = [&](const std::vector<int32_t>& ids) {
@@ -389,8 +399,8 @@ int main(int argc, char** argv) {
     if (save.is_open() && !save.flush()) throw Fail(save_path + ": write failed (disk full?)");
 
     const double ppl = std::exp(nll.mean()), ppl_err = ppl * nll.stderr_mean();
-    std::printf("model: %s\ntext: %s (%zu tokens)\ndevice: %s\n", model_path.c_str(), text_path.c_str(), tokens.size(),
-                device_name.c_str());
+    std::printf("model: %s\ntext: %s (%zu tokens)\ndevice: %s\nKV cache: %s\n", model_path.c_str(), text_path.c_str(),
+                tokens.size(), device_name.c_str(), kv_type.c_str());
     std::printf("protocol: %s, ctx %d%s, %zu %s, %zu tokens scored\n",
                 stride ? "sliding window (HuggingFace)" : "chunks, second half scored (llama.cpp)", ctx,
                 stride ? (", stride " + std::to_string(stride)).c_str() : "", windows.size(),
@@ -398,7 +408,7 @@ int main(int argc, char** argv) {
     std::printf("PPL = %.4f +/- %.4f   (mean NLL %.6f nats/token; top-1 accuracy %.2f%%; %.1f s, %.0f tokens/s)\n", ppl,
                 ppl_err, nll.mean(), 100.0 * double(top1_correct) / double(nll.n), seconds,
                 double(run_tokens) / std::max(seconds, 1e-9));
-    nlohmann::json j = {{"model", model_path}, {"text", text_path}, {"device", device_name},
+    nlohmann::json j = {{"model", model_path}, {"text", text_path}, {"device", device_name}, {"kv_type", kv_type},
                         {"protocol", stride ? "stride" : "chunks"}, {"ctx", ctx}, {"stride", stride},
                         {"windows", windows.size()}, {"tokens", tokens.size()}, {"tokens_scored", nll.n},
                         {"nll_mean", nll.mean()}, {"ppl", ppl}, {"ppl_stderr", ppl_err},

@@ -206,6 +206,29 @@ TEST(PqPerplexity, QuantizationCostsQualityAndFp16AgainstItselfIsZero) {
   EXPECT_LT(q3["kld"]["same_top1"].get<double>(), 1.0);
 }
 
+// The PolarQuant KV cache (--kv-type pq8 / pq4, the CPU reference so far) against the fp16 one
+// on the bundled model: a small, nonzero KL divergence at 8 bits, a larger one at 4; the JSON
+// says which cache ran; on a GPU the option is a clear error until the GPU decoder has it.
+TEST(PqPerplexity, PolarQuantKvCacheAgainstFp16) {
+  TempDir d;
+  const std::string common = " -m " + q(kModel) + " -f " + q(kText) + " --ctx 128 --chunks 4 --cpu --threads 2 -q";
+  const std::string base = d.file("f16.logp");
+  ok(kPpl + common + " --save-logits " + q(base) + " --json " + q(d.file("f16.json")));
+  ok(kPpl + common + " --kv-type pq8 --kl-divergence " + q(base) + " --json " + q(d.file("pq8.json")));
+  ok(kPpl + common + " --kv-type pq4 --kl-divergence " + q(base) + " --json " + q(d.file("pq4.json")));
+  const json f16 = read_json(d.file("f16.json")), pq8 = read_json(d.file("pq8.json")), pq4 = read_json(d.file("pq4.json"));
+  EXPECT_EQ(f16["kv_type"], "f16");
+  EXPECT_EQ(pq8["kv_type"], "pq8");
+  EXPECT_GT(pq8["kld"]["kld_mean"].get<double>(), 0.0);
+  EXPECT_GT(pq4["kld"]["kld_mean"].get<double>(), 2 * pq8["kld"]["kld_mean"].get<double>());
+  EXPECT_LT(std::abs(pq8["ppl"].get<double>() / f16["ppl"].get<double>() - 1.0), 0.02);
+  expect_failure(kPpl + " -m " + q(kModel) + " -f " + q(kText) + " --ctx 64 --chunks 1 --kv-type pq4 --device 0",
+                 {"--kv-type pq4", "add --cpu"});
+  const CommandResult bad = run_command(kPpl + common + " --kv-type q4");  // CLI11's own error
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--kv-type"), std::string::npos) << bad.output;
+}
+
 TEST(PqPerplexity, StrideWindowsScoreEachTokenOnce) {
   TempDir d;
   ok(kPpl + " -m " + q(kModel) + " -f " + q(kText) + " --ctx 64 --stride 32 --chunks 5 --cpu --threads 2 -q --json " +

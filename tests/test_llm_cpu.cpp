@@ -38,6 +38,7 @@
 namespace pqvk {
 namespace {
 
+
 using llm::CpuModel;
 using llm::CpuOptions;
 using llm::Sampler;
@@ -489,6 +490,9 @@ TEST_F(CpuModelTest, ClearErrors) {
   EXPECT_EQ(m.cached_positions(), 4);
   EXPECT_THROW(m.prefill({}, 0), std::invalid_argument);
   EXPECT_THROW(CpuModel(f, CpuOptions{.threads = -1}), std::invalid_argument);
+  EXPECT_THROW(CpuModel(f, CpuOptions{.kv_bits = 9}), std::invalid_argument);
+  ASSERT_EQ(config_.head_dim, 12);  // the PolarQuant KV cache rotates power-of-two heads only
+  EXPECT_NE(message([&] { CpuModel(f, CpuOptions{.kv_bits = 8}); }).find("power-of-two head size"), std::string::npos);
 }
 
 TEST_F(CpuModelTest, NonFiniteWeightIsAModelError) {
@@ -733,6 +737,49 @@ TEST_F(CpuStories260K, GreedyContinuationIsStable) {
   std::string ids;
   for (int32_t t : g32) ids += std::to_string(t) + " ";
   RecordProperty("greedy", ids);
+}
+
+// The PolarQuant KV cache (CpuOptions::kv_bits) on a real model at the level of token ids: 400
+// tokens sampled from the f32 model (fp16 KV, temperature 1), then the perplexity of that
+// sequence under fp16, 8-bit and 4-bit PolarQuant keys and values (head size 8 here: each head
+// vector is rotated by H_8; bench/RESULTS.md records these numbers beside the bundled model's).
+// Bounds: the measured values with room, and fewer bits worse.
+TEST_F(CpuStories260K, PolarQuantKvCachePerplexity) {
+  const PqmFile f32 = PqmFile::open(write_f32("stories-f32.pqm"));
+  std::vector<int32_t> seq = {1};
+  {
+    CpuModel m(f32, CpuOptions{.kv_fp16 = true});
+    Sampler sampler(SamplerConfig{.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f,
+                                  .repeat_penalty = 1.0f, .repeat_last_n = 0, .seed = 11});
+    std::span<const float> logits = m.forward(seq[0], 0);
+    while (seq.size() < 400) {
+      seq.push_back(sampler.sample(logits, seq));
+      logits = m.forward(seq.back(), static_cast<int32_t>(seq.size() - 1));
+    }
+  }
+  auto ppl = [&](CpuOptions o) {
+    CpuModel m(f32, o);
+    double nll = 0.0;
+    for (size_t i = 0; i + 1 < seq.size(); ++i) {
+      const std::span<const float> l = m.forward(seq[i], static_cast<int32_t>(i));
+      double mx = -1e300, sum = 0.0;
+      for (float v : l) mx = std::max(mx, double(v));
+      for (float v : l) sum += std::exp(double(v) - mx);
+      nll += std::log(sum) + mx - double(l[static_cast<size_t>(seq[i + 1])]);
+    }
+    return std::exp(nll / double(seq.size() - 1));
+  };
+  const double f16 = ppl({.kv_fp16 = true}), pq8 = ppl({.kv_bits = 8}), pq4 = ppl({.kv_bits = 4});
+  RecordProperty("ppl_f16", std::to_string(f16));
+  RecordProperty("ppl_pq8", std::to_string(pq8));
+  RecordProperty("ppl_pq4", std::to_string(pq4));
+  std::printf("[pqvk] stories260K, 400 sampled ids: PPL f16 KV %.4f, pq8 %.4f (%+.3f%%), pq4 %.4f (%+.3f%%)\n", f16, pq8,
+              100 * (pq8 / f16 - 1), pq4, 100 * (pq4 / f16 - 1));
+  // Measured: f16 9.4153, pq8 9.5528 (+1.46%), pq4 42.2 (+348%: 16 levels for 8-dimensional heads
+  // are too coarse; issue 13's targets are for real head sizes, see the bundled model's numbers).
+  EXPECT_LT(std::abs(pq8 / f16 - 1), 0.03);
+  EXPECT_GT(pq4, pq8 * 1.5);
+  EXPECT_LT(pq4, f16 * 8);
 }
 
 // ---- Sampler ----------------------------------------------------------------------------------

@@ -114,10 +114,21 @@ void rope(float* heads, int64_t n_heads, int64_t head_dim, const float* cos_j, c
 
 float round_to_f16(float v) { return pq::f16_to_f32(pq::f32_to_f16(v)); }
 
+// Appends k and v at pos: as they are, rounded to fp16, or (kv_bits > 0) as the PolarQuant
+// codes of each head_dim-long head stand for them.
 void store_kv(float* key_cache, float* value_cache, const float* k, const float* v, int32_t pos, int64_t kv_dim,
-              bool fp16) {
+              int64_t head_dim, bool fp16, int kv_bits) {
   float* kdst = key_cache + pos * kv_dim;
   float* vdst = value_cache + pos * kv_dim;
+  if (kv_bits > 0) {
+    const int n = static_cast<int>(head_dim);
+    std::vector<uint8_t> codes(static_cast<size_t>(head_dim));
+    for (int64_t h = 0; h < kv_dim; h += head_dim) {
+      pq::dequantize_vector(codes.data(), pq::quantize_vector(k + h, n, kv_bits, codes.data()), n, kv_bits, kdst + h);
+      pq::dequantize_vector(codes.data(), pq::quantize_vector(v + h, n, kv_bits, codes.data()), n, kv_bits, vdst + h);
+    }
+    return;
+  }
   for (int64_t i = 0; i < kv_dim; ++i) {
     kdst[i] = fp16 ? round_to_f16(k[i]) : k[i];
     vdst[i] = fp16 ? round_to_f16(v[i]) : v[i];
@@ -185,6 +196,11 @@ CpuModel::CpuModel(const model::PqmFile& file, CpuOptions options) : config_(fil
   threads_ = options.threads > 0 ? options.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const ModelConfig& c = config_;
   c.validate(file.path());
+  if (options.kv_bits < 0 || options.kv_bits > 8)
+    throw std::invalid_argument("CpuOptions: kv_bits must be 0 (off) or 1..8, got " + std::to_string(options.kv_bits));
+  if (options.kv_bits > 0 && (c.head_dim < 2 || c.head_dim > 1024 || (c.head_dim & (c.head_dim - 1))))
+    throw std::invalid_argument(file.path() + ": a PolarQuant KV cache needs a power-of-two head size (2..1024), the model has " +
+                                std::to_string(c.head_dim));
   inv_freq_ = rope_inverse_frequencies(c);
 
   w_.layers.resize(static_cast<size_t>(c.n_layers));
@@ -341,7 +357,7 @@ std::span<const float> CpuModel::forward(int32_t token, int32_t pos) {
     }
     rope(s.q.data(), c.n_heads, hd, s.cos.data(), s.sin.data());
     rope(s.k.data(), c.n_kv_heads, hd, s.cos.data(), s.sin.data());
-    store_kv(key_cache, value_cache, s.k.data(), s.v.data(), pos, kv_dim, options_.kv_fp16);
+    store_kv(key_cache, value_cache, s.k.data(), s.v.data(), pos, kv_dim, hd, options_.kv_fp16, options_.kv_bits);
     attention(s.att.data(), s.q.data(), key_cache, value_cache, s.scores.data(), first, pos, c);
     matmul(s.proj.data(), s.att.data(), w.wo.data(), dim, q_dim, par);
     if (c.o_bias) add(s.proj.data(), w.o_bias.data(), dim);

@@ -40,6 +40,12 @@ struct CpuOptions {
   // Round every stored key and value to IEEE fp16 (pq::f32_to_f16, round to nearest even), as
   // the GPU's fp16 KV cache does; the arithmetic stays fp32.
   bool kv_fp16 = false;
+  // PolarQuant KV cache (issue 13; the GPU has only fp16 so far): 0 off, else every stored key
+  // and value head is rotated by the WHT, scaled by its fp16 norm and rounded to the nearest of
+  // 2^kv_bits Lloyd-Max levels (pq::quantize_vector), and the cache holds what the codes stand
+  // for (the attention itself is unchanged: the rotation is orthonormal, so q . k and the
+  // weighted sum of values are the same in either basis). Needs a power-of-two head size.
+  int kv_bits = 0;
   // Threads for the matrix-vector products (rows split evenly): 0 = every hardware thread,
   // 1 = none. The result does not depend on the thread count (each row is summed by one thread).
   int threads = 0;

@@ -262,6 +262,28 @@ uint16_t quantize_normalized_block(double* blk, int B, bool rotate,
   return h;
 }
 
+}  // namespace
+
+uint16_t quantize_vector(const float* x, int n, int bits, uint8_t* codes) {
+  check_fwht_size(n);
+  if (bits < 1 || bits > 8) throw std::invalid_argument("quantize_vector: bits must be 1..8, got " + std::to_string(bits));
+  std::vector<double> v(x, x + n);
+  return quantize_normalized_block(v.data(), n, true, midpoints_of(lloyd_max_centroids(bits)), codes);
+}
+
+void dequantize_vector(const uint8_t* codes, uint16_t norm, int n, int bits, float* out) {
+  check_fwht_size(n);
+  if (bits < 1 || bits > 8) throw std::invalid_argument("dequantize_vector: bits must be 1..8, got " + std::to_string(bits));
+  const auto& c = lloyd_max_centroids(bits);
+  const double scale = f16_to_f32(norm) / std::sqrt(static_cast<double>(n));
+  std::vector<double> y(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) y[static_cast<size_t>(i)] = c[codes[i]] * scale;
+  fwht(y.data(), n);
+  for (int i = 0; i < n; ++i) out[i] = static_cast<float>(y[static_cast<size_t>(i)]);
+}
+
+namespace {
+
 // Codes of one absmax block: symmetric integer grid q in [-qmax, qmax], code = q + 2^(bits-1).
 uint16_t quantize_absmax_block(const double* blk, int B, int bits, uint8_t* codes) {
   const int qmax = (1 << (bits - 1)) - 1;

@@ -34,6 +34,15 @@ const std::vector<double>& lloyd_max_centroids(int bits);
 // The MSE-optimal uniform (mid-rise) grid for N(0,1) with 2^bits levels: (k - (L-1)/2) * step.
 const std::vector<double>& gaussian_uniform_grid(int bits);
 
+// ---- One vector (a KV cache head, issue 13's PolarQuant KV cache) ---------------------
+// PolarQuant of n values (n a power of two in [2, 1024], bits 1..8): y = H_n x (orthonormal
+// WHT), its L2 norm stored as fp16, and per coordinate the nearest Lloyd-Max centroid of
+// sqrt(n) y_i / norm. Writes n codes, returns the fp16 norm. Throws std::invalid_argument on a
+// bad n or bits.
+uint16_t quantize_vector(const float* x, int n, int bits, uint8_t* codes);
+// The vector the codes stand for, back in the original basis: H_n (norm / sqrt(n) c[codes]).
+void dequantize_vector(const uint8_t* codes, uint16_t norm, int n, int bits, float* out);
+
 // ---- Quantization -----------------------------------------------------------------------
 // The ablation of docs/polarquant.md, all on one representation:
 //   pq          normalize + rotate + Lloyd-Max       (full PolarQuant)
