@@ -7,10 +7,9 @@ pq-run's text for the same prompt, byte for byte.
 import json
 import subprocess
 import threading
-import time
 import unittest
 
-from server_util import Server, metric, post_json, pq_run_text, request, sse_events
+from server_util import Server, metric, post_json, pq_run_text, request, sse_events, wait_for
 
 PROMPT = "The history of"
 
@@ -59,6 +58,9 @@ class Api(unittest.TestCase):
         self.assertEqual(models["data"][0]["id"], "pqvk-brown-10m-q5")
         self.assertEqual(models["data"][0]["object"], "model")
         post_json(self.port, "/v1/completions", {"prompt": PROMPT, "max_tokens": 3, "temperature": 0})
+        # Counted once the answer has been sent (cpp-httplib's logger): a moment after the client has it.
+        completions = 'pqvk_requests_total{endpoint="/v1/completions",status="200"}'
+        self.assertTrue(wait_for(lambda: completions in request(self.port, "GET", "/metrics")[2].decode(), 10))
         status, headers, data = request(self.port, "GET", "/metrics")
         self.assertEqual(status, 200)
         self.assertTrue(headers["content-type"].startswith("text/plain"))
@@ -66,7 +68,7 @@ class Api(unittest.TestCase):
         for name in ["pqvk_requests_total", "pqvk_prompt_tokens_total", "pqvk_generated_tokens_total",
                      "pqvk_tokens_per_second", "pqvk_queue_depth", "pqvk_slots_busy", "pqvk_slots_total"]:
             self.assertIn("# TYPE " + name + " ", text)
-        self.assertIn('pqvk_requests_total{endpoint="/v1/completions",status="200"}', text)
+        self.assertIn(completions, text)
         self.assertGreaterEqual(metric(self.port, "pqvk_generated_tokens_total"), 3)
         self.assertEqual(metric(self.port, "pqvk_slots_total"), 4)
 

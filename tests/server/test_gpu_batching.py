@@ -9,23 +9,13 @@ import http.client
 import json
 import socket
 import threading
-import time
 import unittest
 
-from server_util import Server, metric, post_json, request
+from server_util import Server, metric, post_json, request, wait_for
 
 PROMPT = "The history of"
 OTHERS = ["In the morning", "The city council", "Music is", "He said that", "The report shows", "Science and",
           "When the war"]
-
-
-def wait_for(predicate, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 class GpuBatching(unittest.TestCase):
