@@ -243,10 +243,9 @@ void Kernels::prepare(vk::Commands& cmd, vk::BufferView x, vk::BufferView out, u
   check_block(block, "fwht");
   if (rows == 0 || cols == 0) throw Error("fwht: empty input");
   const size_t stride = rotated_row_elems(cols, static_cast<int>(block), layout);
-  const bool f16_out = layout == Layout::row_major_f16;
-  if (f16_out && block < 4) throw Error("fwht: fp16 output needs blocks of at least 4");
+  const bool f16_out = layout == Layout::row_major_f16;  // two per word: rows of whole blocks, an even count
   check_view(x, (size_t(in_row0) + rows) * cols, "fwht input");
-  check_view(out, f16_out ? (size_t(rows) * stride + 1) / 2 : size_t(rows) * stride, "fwht output");
+  check_view(out, f16_out ? size_t(rows) * stride / 2 : size_t(rows) * stride, "fwht output");
   if (pro.kind == Prologue::rmsnorm) check_view(pro.aux, cols, "rmsnorm weight");
   if (pro.kind == Prologue::swiglu) check_view(pro.aux, (size_t(in_row0) + rows) * cols, "swiglu up input");
   if (pro.kind == Prologue::swiglu_pairs) check_view(x, (size_t(in_row0) + rows) * cols * 2, "swiglu gate/up input");

@@ -264,11 +264,23 @@ uint16_t quantize_normalized_block(double* blk, int B, bool rotate,
 
 }  // namespace
 
+namespace {
+
+// The cell boundaries of lloyd_max_centroids(bits) (bits 1..8), computed once per width: the KV
+// cache quantizes every head of every token against them.
+const std::vector<double>& lloyd_max_midpoints(int bits) {
+  static std::array<std::once_flag, 9> once;
+  static std::array<std::vector<double>, 9> table;
+  return cached(bits, [](int b) { return midpoints_of(lloyd_max_centroids(b)); }, once, table);
+}
+
+}  // namespace
+
 uint16_t quantize_vector(const float* x, int n, int bits, uint8_t* codes) {
   check_fwht_size(n);
   if (bits < 1 || bits > 8) throw std::invalid_argument("quantize_vector: bits must be 1..8, got " + std::to_string(bits));
   std::vector<double> v(x, x + n);
-  return quantize_normalized_block(v.data(), n, true, midpoints_of(lloyd_max_centroids(bits)), codes);
+  return quantize_normalized_block(v.data(), n, true, lloyd_max_midpoints(bits), codes);
 }
 
 void dequantize_vector(const uint8_t* codes, uint16_t norm, int n, int bits, float* out) {
