@@ -238,7 +238,9 @@ int run_kernels(const KernelArgs& a) {
   const auto& info = ctx.info();
   std::printf("device: %s (%s, subgroup %u)\n", info.name.c_str(), info.driver.c_str(), info.subgroup_size);
 
-  const size_t copy_bytes = smoke ? (8u << 20) : std::min<size_t>(size_t(1) << 30, info.max_allocation_size / 2);
+  // (At most what one binding may span: lavapipe's 128 MiB.)
+  const size_t copy_bytes = smoke ? (8u << 20)
+                                  : std::min<size_t>({size_t(1) << 30, info.max_allocation_size / 2, info.max_storage_buffer_range});
   if (smoke) g_warmup_ms = 0;
   double api_bw = 0, shader_bw = 0;
   const double bw = copy_bandwidth(ctx, k, copy_bytes, reps, &api_bw, &shader_bw);
@@ -921,13 +923,20 @@ int run_models(const ModelArgs& a) {
   double bw = 0, api = 0, shader = 0;
   {
     Kernels k(ctx);
-    const size_t bytes = std::min<size_t>(a.copy_mib << 20, info.max_allocation_size / 2) / 16 * 16;
+    const size_t bytes = std::min<size_t>({a.copy_mib << 20, info.max_allocation_size / 2, info.max_storage_buffer_range}) / 16 * 16;
     const double saved = g_warmup_ms;
     g_warmup_ms = std::min(a.warmup_ms, 1000.0);
     bw = copy_bandwidth(ctx, k, bytes, 10, &api, &shader);
     g_warmup_ms = saved;
     std::fprintf(stderr, "vk-bench: device-to-device copy %.1f GB/s (%zu MiB)\n", bw, bytes >> 20);
     std::fprintf(stderr, "vk-bench: %s\n", gemm_path_line(k, static_cast<uint32_t>(a.ubatch)).c_str());
+    // Which prefill attention a 128-dimension head takes (Kernels::attention_path).
+    Kernels::AttentionShape head128{32, 8, 128, 4096, 0, 1e-6f};
+    const std::string att = k.attention_path(head128);
+    std::fprintf(stderr, "vk-bench: prefill attention (heads of 128): %s%s\n", att.c_str(),
+                 att == "coopmat" ? " (attention_coopmat: fp16 Q K^T and P V, VK_NV_cooperative_matrix, fp32 sums)"
+                 : k.attention_coopmat_unsupported().empty() ? ""
+                                                             : (" (no tensor-core attention here: " + k.attention_coopmat_unsupported() + ")").c_str());
   }
   std::vector<ModelResult> results;
   for (const auto& s : specs) results.push_back(bench_model(ctx, s, a, bw));

@@ -772,12 +772,12 @@ TEST(Gemm, CoopmatSwitchAndEnvironment) {
   EXPECT_EQ(KernelConfig{}.gemm_coopmat, Coopmat::automatic);  // verified on the H200
   Kernels k(context(), gemm_config(Coopmat::automatic));
   EXPECT_EQ(k.gemm_path(15), GemmPath::portable);  // below gemm_coopmat_min_m
-  EXPECT_EQ(k.gemm_coopmat_tile(4096, 512), 64u);
   EXPECT_EQ(k.gemm_coopmat_tile(4096, 16), 64u);
-  if (context().info().max_shared_memory >= 4 * 256 + 2 * (128 + 128) * 80)
-    EXPECT_EQ(k.gemm_coopmat_tile(4096, 2048), 128u);  // 512 workgroups of 128 tokens
-  else
-    EXPECT_EQ(k.gemm_coopmat_tile(4096, 2048), 64u);
+  EXPECT_EQ(k.gemm_coopmat_tile(4096, 64), 64u);  // one 64-token tile holds them all
+  const bool fits128 = context().info().max_shared_memory >= 4 * 256 + 2 * (128 + 128) * 80;
+  EXPECT_EQ(k.gemm_coopmat_tile(4096, 65), fits128 ? 128u : 64u);
+  EXPECT_EQ(k.gemm_coopmat_tile(4096, 512), fits128 ? 128u : 64u);  // even with only 128 workgroups
+  EXPECT_EQ(k.gemm_coopmat_tile(151936, 2048), fits128 ? 128u : 64u);
 }
 
 TEST(Copy, ShaderCopyEqualsSource) {
@@ -1001,15 +1001,23 @@ std::string describe(const AttnCase& c) {
 }
 
 // qkv_rope + attention against a direct fp64 computation over the same fp16-rounded cache, with
-// both prefill attention shaders: query tiles (attention_tiled.comp: M across several tiles of 32,
+// every prefill attention shader: query tiles (attention_tiled.comp: M across several tiles of 32,
 // head sizes not a multiple of 4, windows; 8 keys a tile on lavapipe, 16 where the shared memory
-// allows) and one query per workgroup (attention.comp, also for heads over 128).
+// allows), one query per workgroup (attention.comp, also for heads over 128), and the tensor-core
+// one (attention_coopmat.comp: tiles of 64 queries and 16 keys, heads padded to a multiple of 16)
+// where the device has it, and its emulation everywhere (the same shader body with scalar
+// cooperative-matrix operations). The tensor-core paths round queries and probabilities to fp16.
 TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
   const auto& info = context().info();
   const bool can_tile = info.subgroup_shuffle && (info.min_subgroup_size ? info.min_subgroup_size : info.subgroup_size) >= 8;
-  for (const bool tiled : {true, false}) {
+  using A = KernelConfig::AttentionCoopmat;
+  struct Mode { bool tiled; A coopmat; };
+  std::vector<Mode> modes = {{true, A::off}, {false, A::off}, {true, A::emulated}};
+  if (kernels().attention_coopmat_unsupported().empty()) modes.push_back({true, A::automatic});
+  for (const auto [tiled, coopmat] : modes) {
     KernelConfig cfg;
     cfg.attention_tiled = tiled;
+    cfg.attention_coopmat = coopmat;
     Kernels k(context(), cfg);
     for (const AttnCase& c :
          {AttnCase{4, 2, 16, 1, 0, 0, false, false}, AttnCase{6, 2, 12, 37, 3, 0, true, false},
@@ -1031,7 +1039,12 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
       cmd.barrier();
       k.attention(cmd, d.shape, qb, kcb, vcb, out, step, c.m);
       cmd.run();
-      EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), 1e-4) << describe(c) << (tiled ? " tiled" : "");
+      const std::string path = k.attention_path(d.shape);
+      EXPECT_EQ(path, coopmat == A::off ? (tiled && can_tile && c.hd <= 128 ? "tiled" : "per-query")
+                      : c.hd > 128 ? "per-query"
+                      : coopmat == A::emulated ? "coopmat-emulated" : "coopmat") << describe(c);
+      const double bound = path.rfind("coopmat", 0) == 0 ? 3e-3 : 1e-4;
+      EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), bound) << describe(c) << " " << path;
     }
   }
 }

@@ -185,6 +185,14 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
       throw Error("PQVK_GEMM_COOPMAT='" + v + "' is not 0, 1, on, 64 or 128");
     }
   }
+  if (const char* e = std::getenv("PQVK_ATTENTION_COOPMAT"); e && *e) {  // benchmarks: which prefill attention
+    const std::string v = e;
+    using A = KernelConfig::AttentionCoopmat;
+    if (v == "0" || v == "off") cfg_.attention_coopmat = A::off;
+    else if (v == "1" || v == "auto") cfg_.attention_coopmat = A::automatic;
+    else if (v == "emulated") cfg_.attention_coopmat = A::emulated;
+    else throw Error("PQVK_ATTENTION_COOPMAT='" + v + "' is not 0, 1 or emulated");
+  }
   if (cfg_.gemm_coopmat_tm != 0 && cfg_.gemm_coopmat_tm != 64 && cfg_.gemm_coopmat_tm != 128)
     throw Error("cooperative-matrix GEMM tile: " + std::to_string(cfg_.gemm_coopmat_tm) + " tokens (64 or 128)");
   if (cfg_.gemv_table_shift > 5) throw Error("gemv table copies: at most 32 (shift 5)");
@@ -507,10 +515,12 @@ uint32_t Kernels::gemm_coopmat_tile(size_t rows, uint32_t m) const {
                   std::to_string(shared));
     return cfg_.gemm_coopmat_tm;
   }
-  // 128 tokens halve the decoding and the shared-memory traffic per product, but also the
-  // workgroups: only where there are enough of them to fill a large GPU a few times over.
-  const size_t groups128 = (rows + kCoopmatTileN - 1) / kCoopmatTileN * ((m + 127) / 128);
-  return groups128 >= 512 && coopmat_shared_bytes(8, 128) <= shared ? 128 : 64;
+  // 128 tokens halve the decoding and the shared-memory traffic per product. They also halve the
+  // workgroups, which measured no loss on the H200 even at 4096 rows x 512 tokens (128
+  // workgroups: 12.8 against 23.0 ms for the 32 down projections of a 512-token pass,
+  // bench/RESULTS.md), so every M above one 64-token tile takes them.
+  (void)rows;
+  return m > 64 && coopmat_shared_bytes(8, 128) <= shared ? 128 : 64;
 }
 
 void Kernels::gemv_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferView x, vk::BufferView y,
@@ -646,6 +656,32 @@ bool Kernels::attention_tiled_supported(const AttentionShape& a) const {
          attention_tiled_shared_bytes(8) <= info.max_shared_memory;
 }
 
+// attention_coopmat.comp's shared memory with bk keys per tile: 64 + 2 bk rows of 17 uvec4, 64
+// of bk / 4 + 1, 64 floats.
+size_t attention_coopmat_shared_bytes(uint32_t bk) { return (64 + 2 * bk) * 17 * 16 + 64 * (bk / 4 + 1) * 16 + 64 * 4; }
+
+// Keys per tile of attention_coopmat.comp: 32 where the shared memory allows (bench/RESULTS.md), else 16.
+uint32_t attention_coopmat_bk(const vk::DeviceInfo& info) {
+  if (const char* e = std::getenv("PQVK_ATTENTION_BK"); e && *e) return std::string(e) == "32" ? 32 : 16;  // benchmarks
+  return attention_coopmat_shared_bytes(32) <= info.max_shared_memory ? 32 : 16;
+}
+
+std::string Kernels::attention_coopmat_unsupported() const {
+  std::string why = coopmat_unsupported_;
+  const size_t need = attention_coopmat_shared_bytes(attention_coopmat_bk(ctx_.info()));
+  if (need > ctx_.info().max_shared_memory)
+    why += (why.empty() ? "" : "; ") + std::to_string(ctx_.info().max_shared_memory) + " bytes of shared memory (the shader needs " +
+           std::to_string(need) + ")";
+  return why;
+}
+
+std::string Kernels::attention_path(const AttentionShape& a) const {
+  using A = KernelConfig::AttentionCoopmat;
+  if (a.head_dim <= 128 && cfg_.attention_coopmat == A::emulated) return "coopmat-emulated";
+  if (a.head_dim <= 128 && cfg_.attention_coopmat == A::automatic && attention_coopmat_unsupported().empty()) return "coopmat";
+  return attention_tiled_supported(a) ? "tiled" : "per-query";
+}
+
 void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
                         vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m, Positions positions) {
   if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv)
@@ -658,7 +694,17 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
   check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
   check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
   check_view(step, per_row ? 2 * size_t(m) : 1, "token positions");
-  if (!per_row && attention_tiled_supported(a)) {
+  const std::string path = per_row ? "" : attention_path(a);
+  if (path == "coopmat" || path == "coopmat-emulated") {
+    const bool real = path == "coopmat";
+    const uint32_t bk = attention_coopmat_bk(ctx_.info());
+    const auto& p = real ? pipeline("attention_coopmat", {{0, bk}}, 5, 20, 128, coopmat_subgroup_size())
+                         : pipeline("attention_coopmat_emulated", {{0, bk}}, 5, 20, 128);
+    struct { uint32_t n_heads, n_kv, hd, window, m; } push{a.n_heads, a.n_kv, a.head_dim, a.window, m};
+    cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, (m + 63) / 64);
+    return;
+  }
+  if (path == "tiled") {
     const uint32_t bk = attention_tiled_shared_bytes(16) <= ctx_.info().max_shared_memory ? 16 : 8;
     const auto& p = pipeline("attention_tiled", {{0, bk}}, 5, 20, 128);
     struct { uint32_t n_heads, n_kv, hd, window, m; } push{a.n_heads, a.n_kv, a.head_dim, a.window, m};

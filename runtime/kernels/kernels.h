@@ -97,15 +97,23 @@ struct KernelConfig {
   // CPU twin (tools/device/coopmat_check.sh, bench/RESULTS.md), hence `automatic` by default.
   enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::automatic;
   uint32_t gemm_coopmat_min_m = 16;  // automatic: fewer tokens take the portable GEMM
-  uint32_t gemm_coopmat_tm = 0;      // tokens per workgroup of the tensor-core GEMM, 64 or 128; 0: by shape
+  uint32_t gemm_coopmat_tm = 0;      // tokens per workgroup of the tensor-core GEMM, 64 or 128; 0: 128 above 64 tokens where they fit
   // Prefill attention: tiles of queries sharing each key and value they read
   // (shaders/attention_tiled.comp) where the device can run it (attention_tiled_supported()),
   // else one query per workgroup (shaders/attention.comp). false: always the latter.
   bool attention_tiled = true;
+  // Prefill attention on tensor cores (shaders/attention_coopmat.comp: VK_NV_cooperative_matrix,
+  // fp16 queries and probabilities, fp32 sums) for consecutive positions where the device can
+  // run it (attention_coopmat_unsupported()) and heads are at most 128: `automatic`. `off`:
+  // attention_tiled / attention as above. `emulated`: attention_coopmat_emulated.comp, the same
+  // shader with scalar stand-ins for the cooperative-matrix operations (slow; tests on any
+  // device). The environment variable PQVK_ATTENTION_COOPMAT overrides it: 0, 1 or emulated.
+  enum class AttentionCoopmat { automatic, off, emulated } attention_coopmat = AttentionCoopmat::automatic;
   // The batched GEMV of continuous batching (gemv_batch, shaders/pq_gemv_batch.comp): threads
   // per workgroup (a multiple of 32), rows per workgroup, tokens per workgroup (more tokens take
   // several workgroups, each reading the weights again).
-  uint32_t batch_wg = 128, batch_rows = 8, batch_tokens = 8;
+  // 64 x 4 x 8: the fastest of 14 shapes on the H200 at 8 and 32 sequences (bench/RESULTS.md).
+  uint32_t batch_wg = 64, batch_rows = 4, batch_tokens = 8;
 };
 
 // What fwht/prepare computes before the (optional) rotation of each block.
@@ -264,6 +272,12 @@ class Kernels {
   // Whether attention() takes attention_tiled.comp for this shape on this device: heads of at
   // most 128, subgroups of at least 8 invocations, 25 KiB of shared memory, the switch on.
   bool attention_tiled_supported(const AttentionShape& a) const;
+  // Why this device cannot run attention_coopmat.comp (empty when it can): VK_NV_cooperative_matrix
+  // with a 16x16x16 fp16 shape, fp16, the memory model, subgroups of 32, 31 KiB of shared memory (43 KiB for 32-key tiles, taken where they fit).
+  std::string attention_coopmat_unsupported() const;
+  // The shader attention() takes for consecutive positions with this shape: "coopmat",
+  // "coopmat-emulated", "tiled" or "per-query".
+  std::string attention_path(const AttentionShape& a) const;
   // out[r] = tokens[r] = argmax(x[r][0..n)) (lowest index among equals) for each of `rows` rows of
   // x of `ldx` floats (0: n), in two passes; at most kArgmaxRows rows.
   static constexpr uint32_t kArgmaxRows = 256;

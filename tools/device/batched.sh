@@ -3,7 +3,7 @@
 # batched-bench measure, synthetic Llama-3-8B at Q5, 1, 8 and 32 sequences decoding together
 # (targets: aggregate tg at 8 sequences >= 5x one sequence's, at 32 >= 12x). Then the batched GEMV
 # alone at those token counts with its CPU-twin check, and the end-to-end run under a few batched
-# GEMV shapes (PQVK_GEMV_BATCH=WGxROWSxTOKENS; the default is 128x8x8).
+# GEMV shapes (PQVK_GEMV_BATCH=WGxROWSxTOKENS; the default is 64x4x8).
 # Carry .gl and .dev (vk-bench). The batching tests on the GPU (GemvBatch.*, Batch.*: bit-for-bit
 # invariance with 32-wide shuffles) run in tools/device/gpu_tests.sh.
 set -uo pipefail
