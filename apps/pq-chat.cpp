@@ -42,6 +42,11 @@ int main(int argc, char** argv) {
                  "device is a CPU implementation such as lavapipe, the model runs on the CPU reference unless this is given)");
   app.add_flag("--cpu", o.cpu, "Run the model on the CPU reference (the window still draws with Vulkan)");
   app.add_option("-t,--threads", o.threads, "CPU threads with --cpu (default: all)")->check(CLI::Range(0, 4096));
+  std::string kv_type = "f16";
+  app.add_option("--kv-type", kv_type,
+                 "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated head, one fp16 norm; so far "
+                 "the CPU reference only)")
+      ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
   app.add_option("--script", o.script,
                  "Run the messages and commands of FILE (one per line; '\\' at the end continues a line), then exit");
   app.add_option("--transcript-out", o.transcript_out, "Write the session (prompts, replies, token ids, errors) as JSON");
@@ -67,6 +72,10 @@ int main(int argc, char** argv) {
     if (o.model.empty()) throw std::runtime_error("no model: pass -m MODEL.pqm");
     if (cli && !o.screenshot.empty()) throw std::runtime_error("--screenshot is for the window, not --cli");
     o.cpu = pqvk::apps::use_cpu(o.cpu, o.device, "pq-chat");
+    o.kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
+    if (o.kv_bits && !o.cpu)
+      throw std::runtime_error("--kv-type " + kv_type + ": the GPU decoder's KV cache is fp16 so far; the PolarQuant KV "
+                               "cache runs on the CPU reference (add --cpu)");
     return cli ? pqvk::chat::run_cli(o) : pqvk::chat::run_gui(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pq-chat: error: %s\n", e.what());

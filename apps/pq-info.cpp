@@ -4,6 +4,9 @@
 //   pq-info --json          the same as JSON
 //   pq-info model.pqm       the model's metadata and tensor table (no GPU needed; checksums
 //                           verified unless --no-verify); with --json, the file's index JSON
+//   pq-info model.pqm --fit [--ctx N] [--parallel S] [--device D]
+//                           the device memory the model takes there at N tokens (default: its
+//                           maximum) for S sequences, and the longest context that fits
 //   pq-info --chat-template T.jinja --messages CONV.json [--add-generation-prompt] [--bos X] [--eos Y]
 //   pq-info model.pqm --messages CONV.json [...]
 //                           the prompt a chat template (or the model's) renders for a conversation
@@ -15,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "llm/gpu_model.h"
 #include "model/checked_math.h"
 #include "model/pqm.h"
 #include "tokenize/chat.h"
@@ -208,6 +212,52 @@ int render_chat(const std::string& model_path, const ChatRender& o) {
   return 0;
 }
 
+// pq-info MODEL --fit: the memory plan (GpuModel::memory_plan) at `ctx` tokens for `parallel`
+// sequences on the chosen device, and the longest context that fits there.
+int show_fit(const std::string& path, const std::string& device, int64_t ctx, uint32_t parallel, bool json) {
+  auto file = pqvk::model::PqmFile::open(path);
+  const auto& c = file.config();
+  if (ctx <= 0) ctx = c.max_seq_len;
+  if (ctx > c.max_seq_len)
+    throw std::runtime_error("--ctx " + std::to_string(ctx) + " exceeds the model's maximum of " + std::to_string(c.max_seq_len) + " tokens");
+  pqvk::vk::ContextOptions opts;
+  opts.device = device;
+  opts.pipeline_cache = "off";
+  pqvk::vk::Context vkc(opts);
+  pqvk::llm::GpuOptions o;
+  o.slots = parallel > 1 ? parallel : 0;
+  const uint64_t weights = pqvk::llm::GpuModel::planned_weight_bytes(file);
+  const uint64_t avail = pqvk::llm::device_memory_available(vkc.info());
+  const auto plan = pqvk::llm::GpuModel::memory_plan(c, weights, o, ctx);
+  const int64_t fits = pqvk::llm::GpuModel::max_context(c, weights, o, avail);
+  const uint64_t per_token = 2ull * c.n_layers * c.n_kv_heads * c.head_dim * 2 * std::max<uint32_t>(1, parallel);
+  if (json) {
+    std::printf("%s\n", nlohmann::json{{"device", vkc.info().name}, {"available_bytes", avail}, {"context", ctx},
+                                       {"parallel", std::max<uint32_t>(1, parallel)}, {"weights_bytes", plan.weights},
+                                       {"kv_cache_bytes", plan.kv_cache}, {"kv_bytes_per_token", per_token},
+                                       {"activations_bytes", plan.activations}, {"total_bytes", plan.total()},
+                                       {"fits", plan.total() <= avail}, {"max_context", fits}}.dump(2).c_str());
+    return 0;
+  }
+  auto size = [](uint64_t b) {
+    char buf[32];
+    if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
+    else std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1ull << 20));
+    return std::string(buf);
+  };
+  std::printf("device       %s: %s of device memory available\n", vkc.info().name.c_str(), size(avail).c_str());
+  std::printf("at %lld tokens%s: weights %s + KV cache %s (fp16, %.1f KiB a token) + activations %s = %s: %s\n",
+              static_cast<long long>(ctx), parallel > 1 ? (" x " + std::to_string(parallel) + " sequences").c_str() : "",
+              size(plan.weights).c_str(), size(plan.kv_cache).c_str(), per_token / 1024.0, size(plan.activations).c_str(),
+              size(plan.total()).c_str(), plan.total() <= avail ? "fits" : "does not fit");
+  if (fits > 0)
+    std::printf("longest context that fits: %lld tokens%s\n", static_cast<long long>(fits),
+                fits == c.max_seq_len ? " (the model's maximum)" : "");
+  else
+    std::printf("not even the weights fit\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -219,6 +269,13 @@ int main(int argc, char** argv) {
   app.add_flag("--no-verify", no_verify, "With MODEL: skip the tensor checksums");
   app.add_option("-d,--device", device, "Device index or name substring (default: $PQVK_DEVICE, else the best GPU)");
   app.add_flag("--json", json, "Print JSON");
+  bool fit = false;
+  int64_t fit_ctx = 0;
+  uint32_t fit_parallel = 1;
+  app.add_flag("--fit", fit, "With MODEL: the device memory it takes on the device at --ctx tokens, and the longest context that fits");
+  app.add_option("-c,--ctx", fit_ctx, "With --fit: context in tokens (default: the model's maximum)")->check(CLI::PositiveNumber);
+  app.add_option("--parallel", fit_parallel, "With --fit: sequences, each with its own context (pq-server --parallel)")
+      ->check(CLI::Range(1, 256));
   ChatRender chat;
   std::string bos, eos;
   auto* tmpl_opt = app.add_option("--chat-template", chat.template_path,
@@ -243,8 +300,13 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  if (fit && model.empty()) {
+    std::fprintf(stderr, "pq-info: error: --fit needs a MODEL.pqm\n");
+    return 1;
+  }
   if (!model.empty()) {
     try {
+      if (fit) return show_fit(model, device, fit_ctx, fit_parallel, json);
       return show_model(model, !no_verify, json);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "pq-info: error: %s\n", e.what());

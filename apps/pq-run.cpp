@@ -91,6 +91,11 @@ int main(int argc, char** argv) {
                  "Vulkan device index or name substring (default: $PQVK_DEVICE, else the best GPU; where the only "
                  "device is a CPU implementation such as lavapipe, the CPU reference runs unless this is given)");
   app.add_flag("--cpu", cpu, "Run the CPU reference instead of the GPU");
+  std::string kv_type = "f16";
+  app.add_option("--kv-type", kv_type,
+                 "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated head, one fp16 norm; so far "
+                 "the CPU reference only)")
+      ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
   app.add_option("-t,--threads", threads, "CPU threads with --cpu (default: all)");
   app.add_flag("--ids", print_ids, "Print generated token ids (one line, space-separated) instead of text");
   app.add_flag("--no-bos", no_bos, "Do not start the prompt with the BOS token");
@@ -143,9 +148,16 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::vk::Context> vkctx;
     std::unique_ptr<pqvk::llm::GpuModel> gpu;
     std::unique_ptr<pqvk::llm::CpuModel> cpu_model;
-    if (pqvk::apps::use_cpu(cpu, device, "pq-run")) {
+    const int kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
+    const bool on_cpu = pqvk::apps::use_cpu(cpu, device, "pq-run");
+    if (kv_bits && !on_cpu)
+      throw std::runtime_error("--kv-type " + kv_type + ": the GPU decoder's KV cache is fp16 so far; the PolarQuant KV "
+                               "cache runs on the CPU reference (add --cpu)");
+    if (on_cpu) {
       pqvk::llm::CpuOptions co;
       co.threads = threads;
+      co.kv_fp16 = kv_bits == 0;  // f16: as the GPU's cache
+      co.kv_bits = kv_bits;
       cpu_model = std::make_unique<pqvk::llm::CpuModel>(file, co);
       eng.prefill = [&](std::span<const int32_t> t, int32_t p) { return cpu_model->prefill(t, p); };
       eng.forward = [&](int32_t t, int32_t p) { return cpu_model->forward(t, p); };

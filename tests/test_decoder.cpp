@@ -231,6 +231,55 @@ TEST(Decoder, ContextLimitIsAClearError) {
   EXPECT_THROW(gpu.forward(100000, 0), ModelError);  // token outside the vocabulary
 }
 
+// A context that cannot fit in the device's memory is refused before anything is allocated, with
+// an error that says what it needs, what the device has and how long a context fits; the plan
+// behind it (GpuModel::memory_plan) grows with the context and max_context is its inverse.
+TEST(Decoder, ContextThatDoesNotFitIsAClearErrorBeforeAllocating) {
+  model::ModelConfig c = fixtures::tiny_config("llama");
+  c.max_seq_len = 1 << 26;  // the largest a .pqm allows: 64 sequences of it need 768 GiB of cache
+  const std::string path = temp_dir() + "/tiny-long-context.pqm";
+  fixtures::write_model(path, c, fixtures::Storage::pq4, 99);
+  auto file = model::PqmFile::open(path);
+  llm::GpuOptions o;
+  o.context = 1 << 26;
+  o.slots = 64;
+  const uint64_t before = context().allocated_bytes();
+  try {
+    llm::GpuModel gpu(context(), file, o);
+    FAIL() << "a context of 2^26 tokens x 64 sequences was allocated";
+  } catch (const ModelError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(path), std::string::npos) << m;
+    EXPECT_NE(m.find("KV cache"), std::string::npos) << m;
+    EXPECT_NE(m.find("tokens fit (--ctx)"), std::string::npos) << m;
+    EXPECT_NE(m.find(context().info().name), std::string::npos) << m;
+  }
+  EXPECT_EQ(context().allocated_bytes(), before) << "memory was allocated before the context was refused";
+
+  const uint64_t w = llm::GpuModel::planned_weight_bytes(file);
+  EXPECT_GT(w, 0u);
+  const auto p1 = llm::GpuModel::memory_plan(c, w, o, 1000), p2 = llm::GpuModel::memory_plan(c, w, o, 2000);
+  EXPECT_EQ(p1.weights, w);
+  EXPECT_EQ(p2.kv_cache, 2 * p1.kv_cache);  // linear in the context
+  EXPECT_EQ(p1.kv_cache, 2ull * c.n_layers * 64 * 1000 * c.n_kv_heads * c.head_dim * 2);  // fp16 K and V, 64 slots
+  for (int64_t n : {int64_t(1), int64_t(1000), int64_t(123457)}) {
+    const uint64_t avail = llm::GpuModel::memory_plan(c, w, o, n).total();
+    EXPECT_EQ(llm::GpuModel::max_context(c, w, o, avail), n);
+    EXPECT_EQ(llm::GpuModel::max_context(c, w, o, avail - 1), n - 1);
+  }
+  EXPECT_EQ(llm::GpuModel::max_context(c, w, o, w / 2), 0);  // not even the weights
+  model::ModelConfig short_ctx = c;
+  short_ctx.max_seq_len = 32;
+  EXPECT_EQ(llm::GpuModel::max_context(short_ctx, w, o, uint64_t(1) << 40), 32);  // capped by the model
+
+  // A context that fits runs, and takes about what the plan says beyond the weights.
+  llm::GpuOptions small;
+  small.context = 64;
+  llm::GpuModel gpu(context(), file, small);
+  EXPECT_EQ(gpu.context_size(), 64);
+  EXPECT_GT(llm::device_memory_available(context().info()), llm::GpuModel::memory_plan(c, w, small, 64).total());
+}
+
 // ---- continuous batching (GpuModel::step) ------------------------------------------------------
 
 // A sequence driven through batched steps: its prompt prefilled `chunk` tokens per step from step

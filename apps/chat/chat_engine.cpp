@@ -48,7 +48,9 @@ const char* stop_reason_name(StopReason r) {
 
 // ---- ChatEngine ------------------------------------------------------------------------------
 
-ChatEngine::ChatEngine(vk::Context* ctx, int cpu_threads) : ctx_(ctx), cpu_threads_(cpu_threads) {}
+ChatEngine::ChatEngine(vk::Context* ctx, int cpu_threads, int kv_bits) : ctx_(ctx), cpu_threads_(cpu_threads), kv_bits_(kv_bits) {
+  if (kv_bits_ && ctx_) throw std::runtime_error("the PolarQuant KV cache runs on the CPU reference so far (the GPU decoder's is fp16)");
+}
 ChatEngine::~ChatEngine() = default;
 
 void ChatEngine::load(const std::string& path, int32_t context) {
@@ -77,6 +79,7 @@ void ChatEngine::load(const std::string& path, int32_t context) {
   } else {
     llm::CpuOptions co;
     co.threads = cpu_threads_;
+    co.kv_bits = kv_bits_;
     cpu_ = std::make_unique<llm::CpuModel>(*file, co);
     const int64_t limit = context > 0 ? std::min<int64_t>(context, cfg.max_seq_len) : std::min<int64_t>(cfg.max_seq_len, 8192);
     info_.context_size = static_cast<int32_t>(limit);

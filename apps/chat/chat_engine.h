@@ -117,7 +117,8 @@ class ChatEngine {
   // No model yet; the context must outlive the engine. The model runs on its device.
   explicit ChatEngine(vk::Context& ctx) : ChatEngine(&ctx) {}
   // ctx null: the model runs on the CPU reference with `cpu_threads` threads (0: all).
-  explicit ChatEngine(vk::Context* ctx, int cpu_threads = 0);
+  // kv_bits: the CPU reference's PolarQuant KV cache (CpuOptions::kv_bits; 0: off).
+  explicit ChatEngine(vk::Context* ctx, int cpu_threads = 0, int kv_bits = 0);
   ~ChatEngine();
   ChatEngine(const ChatEngine&) = delete;
   ChatEngine& operator=(const ChatEngine&) = delete;
@@ -171,6 +172,7 @@ class ChatEngine {
 
   vk::Context* ctx_;
   int cpu_threads_;
+  int kv_bits_ = 0;
   std::unique_ptr<model::PqmFile> file_;
   std::unique_ptr<tokenize::Tokenizer> tok_;
   std::unique_ptr<llm::GpuModel> gpu_;

@@ -5,7 +5,7 @@
 
 namespace pqvk::chat {
 
-ChatWorker::ChatWorker(vk::Context* ctx, bool kv_reuse, int cpu_threads) : engine_(ctx, cpu_threads) {
+ChatWorker::ChatWorker(vk::Context* ctx, bool kv_reuse, int cpu_threads, int kv_bits) : engine_(ctx, cpu_threads, kv_bits) {
   engine_.set_kv_reuse(kv_reuse);
   thread_ = std::thread([this] { run(); });
 }

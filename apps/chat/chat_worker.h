@@ -43,7 +43,7 @@ class ChatWorker {
  public:
   // ctx: the device the model runs on; null: the CPU reference with `cpu_threads` threads.
   // kv_reuse: see ChatEngine::set_kv_reuse.
-  explicit ChatWorker(vk::Context* ctx, bool kv_reuse = true, int cpu_threads = 0);
+  explicit ChatWorker(vk::Context* ctx, bool kv_reuse = true, int cpu_threads = 0, int kv_bits = 0);
   ~ChatWorker();  // cancels what runs, drops what waits, joins
   ChatWorker(const ChatWorker&) = delete;
   ChatWorker& operator=(const ChatWorker&) = delete;

@@ -61,7 +61,7 @@ int run_cli(const AppOptions& o) {
   }
   tr.device = ctx ? ctx->info().name : "CPU reference";
   {
-    ChatEngine engine(ctx.get(), o.threads);
+    ChatEngine engine(ctx.get(), o.threads, o.kv_bits);
     engine.set_kv_reuse(o.kv_reuse);
     auto load = [&](const std::string& path) {
       try {

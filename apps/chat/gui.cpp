@@ -137,7 +137,7 @@ int run_gui(const AppOptions& o) {
   Transcript tr;
   {
     VulkanWindow window(ctx, "pq-chat", o.width, o.height, o.font_px);
-    ChatWorker worker(o.cpu ? nullptr : &ctx, o.kv_reuse, o.threads);  // after the window: destroyed (joined) before it
+    ChatWorker worker(o.cpu ? nullptr : &ctx, o.kv_reuse, o.threads, o.kv_bits);  // after the window: destroyed (joined) before it
     UiConfig uc;
     uc.model_path = o.model;
     uc.context = o.context;

@@ -123,6 +123,7 @@ GpuModel::GpuModel(vk::Context& ctx, const model::PqmFile& f, GpuOptions opt)
     l.q = upload_quant(ctx, joined, name, 0, interleave ? 2 : 1);
     return l;
   };
+  src.bytes = planned_weight_bytes(f);
   build(src, opt, f.path());
 }
 
@@ -197,6 +198,7 @@ GpuModel::GpuModel(vk::Context& ctx, const model::ModelConfig& c, const Syntheti
     for (model::Role r : roles) rows += role_rows(c, r);
     return src.matrix(name, roles[0], rows, static_cast<size_t>(c.dim));
   };
+  src.bytes = planned_weight_bytes(c, sw);
   build(src, opt, "synthetic model");
 }
 
@@ -208,6 +210,19 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
     throw ModelError(where + ": head size " + std::to_string(c.head_dim) + " is not supported (even, at most 256)");
   context_ = static_cast<int32_t>(opt.context > 0 ? std::min<int64_t>(opt.context, c.max_seq_len)
                                                   : std::min<int64_t>(c.max_seq_len, 8192));
+  // Refuse a context that cannot fit before allocating anything.
+  const uint64_t available = device_memory_available(ctx.info());
+  const MemoryPlan plan = memory_plan(c, src.bytes, opt, context_);
+  if (plan.total() > available) {
+    auto gib = [](uint64_t b) { return std::to_string(b / double(1ull << 30)).substr(0, 5) + " GiB"; };
+    const int64_t fits = max_context(c, src.bytes, opt, available);
+    throw ModelError(where + ": a context of " + std::to_string(context_) + " tokens" +
+                     (opt.slots > 1 ? " for each of " + std::to_string(opt.slots) + " sequences" : "") + " needs " +
+                     gib(plan.total()) + " of device memory (weights " + gib(plan.weights) + ", KV cache " + gib(plan.kv_cache) +
+                     ", activations " + gib(plan.activations) + "), more than the " + gib(available) + " available on '" +
+                     ctx.info().name + "'" +
+                     (fits > 0 ? ": at most " + std::to_string(fits) + " tokens fit (--ctx)" : ": not even the weights fit"));
+  }
   slots_ = opt.slots;
   batch_gemm_from_ = opt.batch_gemm_from;
   max_batch_ = std::max<uint32_t>({1, std::min<uint32_t>(opt.max_batch, static_cast<uint32_t>(context_)), slots_});
@@ -340,6 +355,68 @@ uint64_t GpuModel::weight_bytes() const {
 }
 
 uint64_t GpuModel::device_bytes() const { return ctx_.allocated_bytes(); }
+
+uint64_t device_memory_available(const vk::DeviceInfo& info) {
+  uint64_t best = 0;
+  for (const auto& h : info.heaps) {
+    if (!h.device_local) continue;
+    const uint64_t free = info.memory_budget && h.budget > 0 ? (h.budget > h.usage ? h.budget - h.usage : 0) : h.size;
+    best = std::max(best, free);
+  }
+  return best;
+}
+
+MemoryPlan GpuModel::memory_plan(const model::ModelConfig& c, uint64_t weight_bytes, const GpuOptions& opt, int64_t context) {
+  MemoryPlan p;
+  p.weights = weight_bytes;
+  const uint64_t slots = std::max<uint32_t>(1, opt.slots);
+  const uint64_t kv_dim = uint64_t(c.n_kv_heads) * c.head_dim, q_dim = uint64_t(c.n_heads) * c.head_dim;
+  p.kv_cache = 2 * uint64_t(c.n_layers) * slots * uint64_t(context) * kv_dim * 2;
+  // The activation buffers of build(), for max_batch tokens per pass.
+  const uint64_t M = std::max<uint64_t>({1, std::min<uint64_t>(opt.max_batch, uint64_t(context)), opt.slots});
+  const uint64_t widest = round_up(std::max<uint64_t>({uint64_t(c.dim), uint64_t(c.hidden_dim), q_dim}), 1024);
+  const uint64_t splits = std::clamp<int64_t>(context / 256, 4, 32), vocab = uint64_t(c.vocab_size);
+  p.activations = 4 * (M * c.dim + M * (q_dim + 2 * kv_dim) + 2 * M * q_dim + 3 * M * c.hidden_dim + c.hidden_dim +
+                       2 * M * widest + splits * (q_dim + 2 * c.n_heads) + vocab);
+  if (opt.slots > 0) p.activations += 4 * (2 * slots * vocab + 2 * slots) + 8 * M;
+  return p;
+}
+
+int64_t GpuModel::max_context(const model::ModelConfig& c, uint64_t weight_bytes, const GpuOptions& opt, uint64_t available) {
+  // The plan grows with the context: the largest that fits, by bisection.
+  int64_t lo = 0, hi = c.max_seq_len;
+  if (memory_plan(c, weight_bytes, opt, hi).total() <= available) return hi;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (memory_plan(c, weight_bytes, opt, mid).total() <= available ? lo : hi) = mid;
+  }
+  return lo > 0 && memory_plan(c, weight_bytes, opt, lo).total() <= available ? lo : 0;
+}
+
+uint64_t GpuModel::planned_weight_bytes(const model::PqmFile& f) {
+  uint64_t b = 0;
+  for (const model::TensorInfo& t : f.tensors())
+    if (t.name.rfind("tokenizer.", 0) != 0) b += t.size;
+  return b;
+}
+
+uint64_t GpuModel::planned_weight_bytes(const model::ModelConfig& c, const SyntheticWeights& sw) {
+  uint64_t b = 0;
+  for (const model::TensorSpec& t : model::model_tensors(c)) {
+    if (!model::is_matrix(t.role)) {
+      b += t.shape[0] * 4;
+      continue;
+    }
+    const uint64_t rows = t.shape[0], cols = t.shape[1];
+    if (sw.fp16) {
+      b += rows * round_up(cols, 8) * 2;
+    } else {
+      const uint64_t padded = round_up(cols, uint64_t(sw.block));
+      b += rows * padded * model::recipe_bits(sw.recipe, t.role) / 8 + rows * (padded / sw.block) * 2 + 4 * 256;
+    }
+  }
+  return b;
+}
 
 StepBytes GpuModel::decode_bytes(double positions) const {
   StepBytes b;

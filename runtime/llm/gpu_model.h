@@ -104,6 +104,18 @@ struct StepBytes {
   uint64_t total() const { return weights + kv + activations; }
 };
 
+// Device memory a GpuModel takes, in bytes (GpuModel::memory_plan): what is known before
+// anything is allocated, so that a context that cannot fit is refused up front.
+struct MemoryPlan {
+  uint64_t weights = 0;      // codes, scales, codebooks, vectors (or fp16 matrices), as the model file holds them
+  uint64_t kv_cache = 0;     // keys and values, fp16, every layer, every sequence slot
+  uint64_t activations = 0;  // activation buffers, decode scratch, logits
+  uint64_t total() const { return weights + kv_cache + activations; }
+};
+// Device-local memory this process may still allocate on `info`'s device: the heap budget less
+// what is in use where VK_EXT_memory_budget reports it, else the largest device-local heap.
+uint64_t device_memory_available(const vk::DeviceInfo& info);
+
 class GpuModel {
  public:
   GpuModel(vk::Context& ctx, const model::PqmFile& file, GpuOptions options = {});
@@ -112,6 +124,18 @@ class GpuModel {
   ~GpuModel();
   GpuModel(const GpuModel&) = delete;
   GpuModel& operator=(const GpuModel&) = delete;
+
+  // The memory of `config` with `weight_bytes` of weights at `context` positions per sequence
+  // (options.context is ignored; its slots and max_batch count).
+  static MemoryPlan memory_plan(const model::ModelConfig& config, uint64_t weight_bytes, const GpuOptions& options,
+                                int64_t context);
+  // The longest context (per sequence, at most the model's maximum) whose plan fits in
+  // `available` bytes; 0 when not even one position does.
+  static int64_t max_context(const model::ModelConfig& config, uint64_t weight_bytes, const GpuOptions& options,
+                             uint64_t available);
+  // The device bytes of a .pqm file's weights, and of synthetic weights in `config`'s shape.
+  static uint64_t planned_weight_bytes(const model::PqmFile& file);
+  static uint64_t planned_weight_bytes(const model::ModelConfig& config, const SyntheticWeights& weights);
 
   const model::ModelConfig& config() const { return config_; }
   int32_t context_size() const { return context_; }
@@ -159,6 +183,7 @@ class GpuModel {
     std::function<std::optional<Linear>(const std::string& name, const std::vector<std::string>& parts,
                                         const std::vector<model::Role>& roles, bool interleave)>
         joined;
+    uint64_t bytes = 0;  // what the weights will take on the device (memory_plan)
   };
   void build(const WeightSource& src, const GpuOptions& opt, const std::string& where);
   void check_positions(int32_t pos0, size_t n) const;
