@@ -4,7 +4,7 @@
 //   pq-info --json          the same as JSON
 //   pq-info model.pqm       the model's metadata and tensor table (no GPU needed; checksums
 //                           verified unless --no-verify); with --json, the file's index JSON
-//   pq-info model.pqm --fit [--ctx N] [--parallel S] [--device D]
+//   pq-info model.pqm --fit [--ctx N] [--parallel S] [--kv-type T] [--device D]
 //                           the device memory the model takes there at N tokens (default: its
 //                           maximum) for S sequences, and the longest context that fits
 //   pq-info --chat-template T.jinja --messages CONV.json [--add-generation-prompt] [--bos X] [--eos Y]
@@ -214,7 +214,7 @@ int render_chat(const std::string& model_path, const ChatRender& o) {
 
 // pq-info MODEL --fit: the memory plan (GpuModel::memory_plan) at `ctx` tokens for `parallel`
 // sequences on the chosen device, and the longest context that fits there.
-int show_fit(const std::string& path, const std::string& device, int64_t ctx, uint32_t parallel, bool json) {
+int show_fit(const std::string& path, const std::string& device, int64_t ctx, uint32_t parallel, int kv_bits, bool json) {
   auto file = pqvk::model::PqmFile::open(path);
   const auto& c = file.config();
   if (ctx <= 0) ctx = c.max_seq_len;
@@ -226,11 +226,12 @@ int show_fit(const std::string& path, const std::string& device, int64_t ctx, ui
   pqvk::vk::Context vkc(opts);
   pqvk::llm::GpuOptions o;
   o.slots = parallel > 1 ? parallel : 0;
+  o.kv_bits = kv_bits;
   const uint64_t weights = pqvk::llm::GpuModel::planned_weight_bytes(file);
   const uint64_t avail = pqvk::llm::device_memory_available(vkc.info());
   const auto plan = pqvk::llm::GpuModel::memory_plan(c, weights, o, ctx);
   const int64_t fits = pqvk::llm::GpuModel::max_context(c, weights, o, avail);
-  const uint64_t per_token = 2ull * c.n_layers * c.n_kv_heads * c.head_dim * 2 * std::max<uint32_t>(1, parallel);
+  const uint64_t per_token = pqvk::llm::GpuModel::memory_plan(c, 0, o, 1).kv_cache;  // every sequence's
   if (json) {
     std::printf("%s\n", nlohmann::json{{"device", vkc.info().name}, {"available_bytes", avail}, {"context", ctx},
                                        {"parallel", std::max<uint32_t>(1, parallel)}, {"weights_bytes", plan.weights},
@@ -246,9 +247,10 @@ int show_fit(const std::string& path, const std::string& device, int64_t ctx, ui
     return std::string(buf);
   };
   std::printf("device       %s: %s of device memory available\n", vkc.info().name.c_str(), size(avail).c_str());
-  std::printf("at %lld tokens%s: weights %s + KV cache %s (fp16, %.1f KiB a token) + activations %s = %s: %s\n",
+  std::printf("at %lld tokens%s: weights %s + KV cache %s (%s, %.1f KiB a token) + activations %s = %s: %s\n",
               static_cast<long long>(ctx), parallel > 1 ? (" x " + std::to_string(parallel) + " sequences").c_str() : "",
-              size(plan.weights).c_str(), size(plan.kv_cache).c_str(), per_token / 1024.0, size(plan.activations).c_str(),
+              size(plan.weights).c_str(), size(plan.kv_cache).c_str(), kv_bits ? ("pq" + std::to_string(kv_bits)).c_str() : "fp16",
+              per_token / 1024.0, size(plan.activations).c_str(),
               size(plan.total()).c_str(), plan.total() <= avail ? "fits" : "does not fit");
   if (fits > 0)
     std::printf("longest context that fits: %lld tokens%s\n", static_cast<long long>(fits),
@@ -276,6 +278,8 @@ int main(int argc, char** argv) {
   app.add_option("-c,--ctx", fit_ctx, "With --fit: context in tokens (default: the model's maximum)")->check(CLI::PositiveNumber);
   app.add_option("--parallel", fit_parallel, "With --fit: sequences, each with its own context (pq-server --parallel)")
       ->check(CLI::Range(1, 256));
+  std::string fit_kv = "f16";
+  app.add_option("--kv-type", fit_kv, "With --fit: the KV cache, f16 (default), pq8 or pq4")->check(CLI::IsMember({"f16", "pq8", "pq4"}));
   ChatRender chat;
   std::string bos, eos;
   auto* tmpl_opt = app.add_option("--chat-template", chat.template_path,
@@ -306,7 +310,7 @@ int main(int argc, char** argv) {
   }
   if (!model.empty()) {
     try {
-      if (fit) return show_fit(model, device, fit_ctx, fit_parallel, json);
+      if (fit) return show_fit(model, device, fit_ctx, fit_parallel, fit_kv == "pq8" ? 8 : fit_kv == "pq4" ? 4 : 0, json);
       return show_model(model, !no_verify, json);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "pq-info: error: %s\n", e.what());

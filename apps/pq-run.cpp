@@ -93,8 +93,7 @@ int main(int argc, char** argv) {
   app.add_flag("--cpu", cpu, "Run the CPU reference instead of the GPU");
   std::string kv_type = "f16";
   app.add_option("--kv-type", kv_type,
-                 "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated head, one fp16 norm; so far "
-                 "the CPU reference only)")
+                 "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated key and value head, one norm: about 1/2 and 1/4 of the memory; heads of 8..256, a power of two)")
       ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
   app.add_option("-t,--threads", threads, "CPU threads with --cpu (default: all)");
   app.add_flag("--ids", print_ids, "Print generated token ids (one line, space-separated) instead of text");
@@ -149,11 +148,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::llm::GpuModel> gpu;
     std::unique_ptr<pqvk::llm::CpuModel> cpu_model;
     const int kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
-    const bool on_cpu = pqvk::apps::use_cpu(cpu, device, "pq-run");
-    if (kv_bits && !on_cpu)
-      throw std::runtime_error("--kv-type " + kv_type + ": the GPU decoder's KV cache is fp16 so far; the PolarQuant KV "
-                               "cache runs on the CPU reference (add --cpu)");
-    if (on_cpu) {
+    if (pqvk::apps::use_cpu(cpu, device, "pq-run")) {
       pqvk::llm::CpuOptions co;
       co.threads = threads;
       co.kv_fp16 = kv_bits == 0;  // f16: as the GPU's cache
@@ -169,6 +164,7 @@ int main(int argc, char** argv) {
       vkctx = std::make_unique<pqvk::vk::Context>(vo);
       pqvk::llm::GpuOptions go;
       go.context = ctx_len;
+      go.kv_bits = kv_bits;
       gpu = std::make_unique<pqvk::llm::GpuModel>(*vkctx, file, go);
       eng.prefill = [&](std::span<const int32_t> t, int32_t p) { return gpu->prefill(t, p); };
       eng.forward = [&](int32_t t, int32_t p) { return gpu->forward(t, p); };

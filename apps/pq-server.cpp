@@ -261,6 +261,8 @@ int main(int argc, char** argv) {
   app.add_option("--port", port, "Port (default 8080; 0: any free port, printed on stderr)")->check(CLI::Range(0, 65535));
   app.add_option("--parallel", parallel, "Slots: requests generating at once (default 4)")->check(CLI::Range(1, 256));
   app.add_option("-c,--ctx-size", ctx_size, "Context per slot (default: the model's, at most 4096)")->check(CLI::Range(1, 1 << 24));
+  std::string kv_type = "f16";
+  app.add_option("--kv-type", kv_type, "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated key and value head, one norm: about 1/2 and 1/4 of the memory; heads of 8..256, a power of two)")->check(CLI::IsMember({"f16", "pq8", "pq4"}));
   app.add_option("--api-key", api_key, "Require 'Authorization: Bearer KEY' (all endpoints but /health)");
   app.add_option("--queue", queue, "Requests that may wait for a slot (default 64; beyond: 503)")->check(CLI::Range(0, 1 << 16));
   app.add_option("-b,--batch", batch, "Prompt tokens per prefill step (default 256)")->check(CLI::Range(1, 8192));
@@ -299,6 +301,7 @@ int main(int argc, char** argv) {
     eo.context = ctx_size;
     eo.step_tokens = batch;
     eo.threads = threads;
+    eo.kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
     std::unique_ptr<pqvk::vk::Context> vkctx;
     std::unique_ptr<Engine> engine;
     if (pqvk::apps::use_cpu(cpu, device, "pq-server")) {

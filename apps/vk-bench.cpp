@@ -520,6 +520,7 @@ struct ModelArgs {
   std::vector<std::string> models, synthetic, recipes;
   std::vector<int> bits, n_prompt = {512}, n_gen = {128}, n_depth = {0}, n_parallel;
   int batch_gemm_from = 0;  // -np: decode steps of at least this many sequences through the GEMM (0: never)
+  std::string kv_type = "f16";  // the KV cache (GpuOptions::kv_bits)
   bool fp16 = false, no_breakdown = false;
   int reps = 5, ubatch = 512, profile_reps = 5;
   double warmup_ms = 1000;
@@ -606,6 +607,7 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
   const int max_np = a.n_parallel.empty() ? 0 : *std::max_element(a.n_parallel.begin(), a.n_parallel.end());
   go.slots = static_cast<uint32_t>(max_np);
   go.batch_gemm_from = static_cast<uint32_t>(a.batch_gemm_from);
+  go.kv_bits = a.kv_type == "pq8" ? 8 : a.kv_type == "pq4" ? 4 : 0;
   const uint64_t before = ctx.allocated_bytes();
   const auto t0 = Clock::now();
   std::unique_ptr<pqvk::llm::GpuModel> m;
@@ -631,6 +633,7 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
     res.params = parameter_count(cfg);
     m = std::make_unique<pqvk::llm::GpuModel>(ctx, cfg, sw, go);
   }
+  if (go.kv_bits) res.format += " kv " + a.kv_type;  // the format column names a PolarQuant KV cache
   res.load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   res.weight_bytes = m->weight_bytes();
   res.device_bytes = ctx.allocated_bytes() - before;
@@ -1000,6 +1003,8 @@ int main(int argc, char** argv) {
                  "(also -np, as llama.cpp) Continuous batching: also decode -n tokens in N sequences together (one "
                  "batched step per token), aggregate t/s, e.g. 1,8,32")
       ->delimiter(',');
+  app.add_option("--kv-type", ma.kv_type, "KV cache: f16 (default), pq8 or pq4 (PolarQuant codes of each rotated key and value head)")
+      ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
   app.add_option("--batch-gemm-from", ma.batch_gemm_from,
                  "-np: decode steps of at least N sequences multiply through the tiled GEMM instead of the batched GEMV "
                  "(default 0: never; a comparison, pq-server never does this)")

@@ -6,29 +6,51 @@
 // with kvh = h / (n_heads / n_kv) and lo = 0, or pos - window + 1 with a sliding window.
 // PER_ROW (continuous batching): query m belongs to the sequence of slot[m] at position pos[m],
 // its keys [lo, pos[m]] are those of that sequence's cache region (positions from slot * max_ctx).
+// KV_BITS > 0 (the PolarQuant KV cache, qkv_rope.comp's records): each query is rotated once by
+// the Walsh-Hadamard transform of its head, so q . k = (H q) . (H k) is computed against the
+// keys' codes (centroid times norm / sqrt(hd)) without rotating any key back; the values are
+// summed in the rotated basis and the output rotated back once.
 // Buffers: 0 q [M][n_heads*hd] fp32 (after qkv_rope); 1 kcache; 2 vcache (qkv_rope.comp's
 //          layout); 3 out [M][n_heads*hd] fp32; 4 step: uint pos0 at [0]; PER_ROW: [M] (pos,
-//          slot) pairs of uints.
+//          slot) pairs of uints; 5 (KV_BITS) the Lloyd-Max centroids [2^KV_BITS] (and the cell
+//          boundaries, unused here).
 // Workgroup: 128 invocations. Scores: invocation t takes key tile_start + t. Output:
 //          invocation t accumulates dimensions t and t + 128 (hd <= 256).
 // Dispatch: (n_heads, M).
-// Specialization: 0 PER_ROW.
+// Specialization: 0 PER_ROW, 1 KV_BITS (0: fp16 cache; 4 or 8: hd a power of two <= 256).
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_EXT_control_flow_attributes : require
 
 layout(local_size_x = 128) in;
 layout(constant_id = 0) const uint PER_ROW = 0u;
+layout(constant_id = 1) const uint KV_BITS = 0u;
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
 layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, binding = 3) writeonly buffer O { float o[]; };
 layout(std430, binding = 4) readonly buffer Step { uint step[]; };
+layout(std430, binding = 5) readonly buffer KVCB { float kvcb[]; };
 layout(push_constant) uniform Push { uint n_heads, n_kv, hd, window, max_ctx; } p;
 
 shared float qs[256];
 shared float probs[128];
 shared float red[128];
+shared float cbs[KV_BITS > 0u ? 1u << KV_BITS : 1u];  // KV_BITS: the centroids
+
+// KV_BITS: qs[0..hd) times sqrt(hd) H (the unnormalized Walsh-Hadamard transform), in place.
+void fwht_qs(uint hd, uint t) {
+  for (uint h = 1u; h < hd; h <<= 1u) {
+    barrier();
+    for (uint u = t; u < hd / 2u; u += 128u) {
+      const uint i = (u / h) * 2u * h + (u % h);
+      const float a = qs[i], b = qs[i + h];
+      qs[i] = a + b;
+      qs[i + h] = a - b;
+    }
+  }
+  barrier();
+}
 
 float wg_max(float v) {
   v = subgroupMax(v);
@@ -59,6 +81,13 @@ void main() {
   const uint base = PER_ROW != 0u ? step[2u * m + 1u] * p.max_ctx : 0u;  // the sequence's first cached position
   const float scale = inversesqrt(float(hd));
   for (uint j = t; j < hd; j += 128u) qs[j] = q[(m * p.n_heads + h) * hd + j];
+  // PolarQuant records: W words per (position, KV head), cpw codes a word, the norm last.
+  const uint cpw = KV_BITS > 0u ? 32u / KV_BITS : 1u, W = KV_BITS > 0u ? hd / cpw + 1u : half_hd;
+  const uint cmask = (1u << KV_BITS) - 1u;
+  if (KV_BITS > 0u) {
+    for (uint i = t; i < (1u << KV_BITS); i += 128u) cbs[i] = kvcb[i];
+    fwht_qs(hd, t);  // qs = sqrt(hd) H q
+  }
   barrier();
 
   float run_max = -1.0 / 0.0, run_sum = 0.0;
@@ -66,7 +95,16 @@ void main() {
   for (uint start = lo; start <= pos; start += 128u) {
     const uint key = start + t;
     float s = -1.0 / 0.0;
-    if (key <= pos) {
+    if (key <= pos && KV_BITS > 0u) {
+      // (H q) . (H k) with H k = centroids * norm / sqrt(hd) and qs = sqrt(hd) H q.
+      const uint kb = ((base + key) * p.n_kv + kvh) * W;
+      vec4 d = vec4(0.0);
+      for (uint w = 0u; w + 1u < W; ++w) {
+        const uint word = kc[kb + w];
+        for (uint k = 0u; k < cpw; ++k) d[k & 3u] = fma(qs[w * cpw + k], cbs[(word >> (k * KV_BITS)) & cmask], d[k & 3u]);
+      }
+      s = ((d.x + d.y) + (d.z + d.w)) * uintBitsToFloat(kc[kb + W - 1u]) / float(hd) * scale;
+    } else if (key <= pos) {
       const uint kb = ((base + key) * p.n_kv + kvh) * half_hd;
       vec4 d = vec4(0.0);  // four independent chains: several loads in flight (hd is even, >= 2)
       uint j = 0u;
@@ -90,6 +128,17 @@ void main() {
     acc0 *= rescale;
     acc1 *= rescale;
     const uint n = min(128u, pos + 1u - start);
+    if (KV_BITS > 0u) {  // acc += sum_i probs[i] * norm_i * centroid(code_i, dim), rotated basis
+      const uint vstride = p.n_kv * W, vb0 = ((base + start) * p.n_kv + kvh) * W;
+      for (uint i = 0u; i < n; ++i) {
+        const uint vb = vb0 + i * vstride;
+        const float pn = probs[i] * uintBitsToFloat(vc[vb + W - 1u]);
+        if (t < hd) acc0 = fma(pn, cbs[(vc[vb + t / cpw] >> ((t % cpw) * KV_BITS)) & cmask], acc0);
+        if (t + 128u < hd) acc1 = fma(pn, cbs[(vc[vb + (t + 128u) / cpw] >> (((t + 128u) % cpw) * KV_BITS)) & cmask], acc1);
+      }
+      barrier();  // probs[] is rewritten by the next tile
+      continue;
+    }
     // acc += sum_i probs[i] * v_i, four keys per step so that four loads are in flight.
     const uint vstride = p.n_kv * half_hd;  // words from one position to the next
     const uint vb0 = ((base + start) * p.n_kv + kvh) * half_hd;
@@ -133,6 +182,14 @@ void main() {
     barrier();  // probs[] is rewritten by the next tile
   }
   const uint ob = (m * p.n_heads + h) * hd;
+  if (KV_BITS > 0u) {  // back from the rotated basis: H acc = (sqrt(hd) H acc) / sqrt(hd), and the values' 1 / sqrt(hd)
+    if (t < hd) qs[t] = acc0;
+    if (t + 128u < hd) qs[t + 128u] = acc1;
+    fwht_qs(hd, t);
+    if (t < hd) o[ob + t] = qs[t] / (float(hd) * run_sum);
+    if (t + 128u < hd) o[ob + t + 128u] = qs[t + 128u] / (float(hd) * run_sum);
+    return;
+  }
   if (t < hd) o[ob + t] = acc0 / run_sum;
   if (t + 128u < hd) o[ob + t + 128u] = acc1 / run_sum;
 }

@@ -6,17 +6,24 @@
 //   q, k = RMSNorm_head(q, k) * norm        (Qwen3 q/k norms over head_dim; HAS_NORM)
 //   q, k = RoPE(q, k, pos)                  rotate-half pairs (j, j + hd/2), angle pos * inv_freq[j]
 //   kcache[pos][kvh] = k, vcache[pos][kvh] = v   (fp16; PER_ROW: position slot * max_ctx + pos)
+//   KV_BITS > 0: k and v stored as PolarQuant records instead (the CPU twin: pq::quantize_vector):
+//   per head, the fp16-rounded norm n and the codes of r = sqrt(hd) H x / n (H the orthonormal
+//   Walsh-Hadamard transform of hd points) against the Lloyd-Max cells of KV_BITS bits.
 // The rotated q goes to q_out for the attention kernel.
 // KV cache layout (uint words, per layer): [max_ctx][n_kv][hd/2]; K word j holds the RoPE pair
-//   (k_j, k_{j+hd/2}), V word i holds (v_{2i}, v_{2i+1}); packHalf2x16.
+//   (k_j, k_{j+hd/2}), V word i holds (v_{2i}, v_{2i+1}); packHalf2x16. KV_BITS > 0:
+//   [max_ctx][n_kv][W], W = hd * KV_BITS / 32 + 1: code i at bits i * KV_BITS of the little-endian
+//   stream of the first W - 1 words (no code straddles a word: KV_BITS is 4 or 8), then n as a float.
 // Buffers: 0 qkv [M][q | k | v] fp32 (the projections; rows of n_heads*hd + 2*n_kv*hd);
 //          1 q_out [M][n_heads*hd]; 2 kcache; 3 vcache; 4 inv_freq [hd/2] fp32 (rope scaling
 //          applied by the host); 5 biases fp32 (q | k | v, when HAS_BIAS); 6 norms fp32
 //          (q_norm[hd] | k_norm[hd], when HAS_NORM); 7 step: uint pos0 at [0] (written by the
-//          host before each replay); PER_ROW: [M] (pos, slot) pairs of uints.
+//          host before each replay); PER_ROW: [M] (pos, slot) pairs of uints; 8 (KV_BITS) the
+//          Lloyd-Max centroids [2^KV_BITS] then the cell boundaries [2^KV_BITS - 1], fp32.
 // Workgroup: 64 invocations per (head, token): invocation t handles pairs j = t, t + 64, ...
+//          (KV_BITS: the head vector in shared memory, rotated there; hd a power of two <= 256)
 // Dispatch: (n_heads + n_kv, M).
-// Specialization: 0 HAS_BIAS, 1 HAS_NORM, 2 PER_ROW.
+// Specialization: 0 HAS_BIAS, 1 HAS_NORM, 2 PER_ROW, 3 KV_BITS (0: fp16 cache).
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 
@@ -24,6 +31,7 @@ layout(local_size_x = 64) in;
 layout(constant_id = 0) const uint HAS_BIAS = 0u;
 layout(constant_id = 1) const uint HAS_NORM = 0u;
 layout(constant_id = 2) const uint PER_ROW = 0u;
+layout(constant_id = 3) const uint KV_BITS = 0u;
 
 layout(std430, binding = 0) readonly buffer QKV { float qkv[]; };
 layout(std430, binding = 1) writeonly buffer Q { float q_out[]; };
@@ -33,9 +41,11 @@ layout(std430, binding = 4) readonly buffer F { float inv_freq[]; };
 layout(std430, binding = 5) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 6) readonly buffer Norm { float norm[]; };
 layout(std430, binding = 7) readonly buffer Step { uint step[]; };
+layout(std430, binding = 8) readonly buffer KVCB { float kvcb[]; };
 layout(push_constant) uniform Push { uint n_heads, n_kv, hd, max_ctx; float eps; } p;
 
 shared float red[64];
+shared float hv[256];  // KV_BITS: the head vector being quantized
 
 // Sum over the workgroup (64 invocations; any subgroup size).
 float wg_sum(float s) {
@@ -47,6 +57,49 @@ float wg_sum(float s) {
   float total = 0.0;
   for (uint i = 0u; i < gl_NumSubgroups; ++i) total += red[i];
   return total;
+}
+
+// KV_BITS: hv[0..hd) (written by every invocation) as a PolarQuant record at word `rec` of the
+// key cache (to_k) or the value cache.
+void store_record(bool to_k, uint rec) {
+  const uint hd = p.hd, t = gl_LocalInvocationID.x;
+  barrier();
+  float ss = 0.0;
+  for (uint i = t; i < hd; i += 64u) ss += hv[i] * hv[i];
+  const float norm = max(sqrt(wg_sum(ss)), 1e-10);
+  // Codes against the stored (fp16-rounded) norm, as the CPU twin; the exact one if that is 0.
+  const float stored = unpackHalf2x16(packHalf2x16(vec2(norm, 0.0))).x;
+  const float divisor = stored > 0.0 ? stored : norm;
+  for (uint h = 1u; h < hd; h <<= 1u) {  // unnormalized: hv becomes sqrt(hd) H x
+    for (uint u = t; u < hd / 2u; u += 64u) {
+      const uint i = (u / h) * 2u * h + (u % h);
+      const float a = hv[i], b = hv[i + h];
+      hv[i] = a + b;
+      hv[i + h] = a - b;
+    }
+    barrier();
+  }
+  const uint nc = 1u << KV_BITS, cpw = 32u / KV_BITS, words = hd / cpw;
+  for (uint w = t; w < words; w += 64u) {
+    uint packed = 0u;
+    for (uint k = 0u; k < cpw; ++k) {
+      const float r = hv[w * cpw + k] / divisor;
+      uint lo = 0u, hi = nc - 1u;  // the code: how many cell boundaries lie below r
+      while (lo < hi) {
+        const uint mid = (lo + hi) / 2u;
+        if (kvcb[nc + mid] < r) lo = mid + 1u;
+        else hi = mid;
+      }
+      packed |= lo << (k * KV_BITS);
+    }
+    if (to_k) kc[rec + w] = packed;
+    else vc[rec + w] = packed;
+  }
+  if (t == 0u) {
+    if (to_k) kc[rec + words] = floatBitsToUint(stored);
+    else vc[rec + words] = floatBitsToUint(stored);
+  }
+  barrier();  // hv is rewritten next
 }
 
 void main() {
@@ -84,11 +137,20 @@ void main() {
     if (is_q) {
       q_out[m * q_dim + h * hd + j] = ra;
       q_out[m * q_dim + h * hd + j + half_hd] = rb;
+    } else if (KV_BITS > 0u) {
+      hv[j] = ra;
+      hv[j + half_hd] = rb;
     } else {
       kc[(cpos * p.n_kv + kvh) * half_hd + j] = packHalf2x16(vec2(ra, rb));
     }
   }
-  if (!is_q) {
+  if (!is_q && KV_BITS > 0u) {
+    const uint rec = (cpos * p.n_kv + kvh) * (hd * KV_BITS / 32u + 1u);
+    store_record(true, rec);
+    const uint vb = q_dim + kv_dim + kvh * hd;
+    for (uint i = t; i < hd; i += 64u) hv[i] = qkv[row + vb + i] + (HAS_BIAS != 0u ? bias[vb + i] : 0.0);
+    store_record(false, rec);
+  } else if (!is_q) {
     const uint vb = q_dim + kv_dim + kvh * hd;  // v's column in a row (and in the biases)
     for (uint i = t; i < half_hd; i += 64u) {
       float a = qkv[row + vb + 2u * i], b = qkv[row + vb + 2u * i + 1u];

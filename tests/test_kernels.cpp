@@ -876,7 +876,7 @@ TEST(Argmax, EveryRowOfABatch) {
 
 // Attention inputs of one case: random q/k/v for m tokens at pos0.., biases, norms, and random
 // fp16 keys and values already cached at positions < pos0; with the fp64 CPU twin.
-struct AttnCase { uint32_t n_heads, n_kv, hd, m, pos0, window; bool bias, norm; };
+struct AttnCase { uint32_t n_heads, n_kv, hd, m, pos0, window; bool bias, norm; uint32_t kv_bits = 0; };
 
 struct AttnData {
   AttnCase c;
@@ -886,12 +886,12 @@ struct AttnData {
   std::vector<uint32_t> kc, vc;  // the caches before the run
 
   explicit AttnData(const AttnCase& cs) : c(cs) {
-    shape = Kernels::AttentionShape{c.n_heads, c.n_kv, c.hd, 512, c.window, 1e-6f};
+    shape = Kernels::AttentionShape{c.n_heads, c.n_kv, c.hd, 512, c.window, 1e-6f, c.kv_bits};
     q_dim = size_t(c.n_heads) * c.hd, kv_dim = size_t(c.n_kv) * c.hd, half = c.hd / 2;
     std::mt19937 rng(c.hd * 31 + c.m + c.pos0);
     std::normal_distribution<float> nd;
-    kc.assign(512 * kv_dim / 2, 0);
-    vc.assign(512 * kv_dim / 2, 0);
+    kc.assign(512 * c.n_kv * Kernels::kv_words(shape), 0);  // (cached positions: fp16 caches only)
+    vc.assign(512 * c.n_kv * Kernels::kv_words(shape), 0);
     for (size_t i = 0; i < c.pos0 * kv_dim / 2; ++i) {
       kc[i] = pq::f32_to_f16(nd(rng)) | (uint32_t(pq::f32_to_f16(nd(rng))) << 16);
       vc[i] = pq::f32_to_f16(nd(rng)) | (uint32_t(pq::f32_to_f16(nd(rng))) << 16);
@@ -958,8 +958,18 @@ struct AttnData {
         rope(kk, pos, c.norm ? norm.data() + c.hd : nullptr);
         if (new_k) new_k->insert(new_k->end(), kk.begin(), kk.end());
         if (new_v) new_v->insert(new_v->end(), vv.begin(), vv.end());
-        for (auto& e : kk) e = r16(e);
-        for (auto& e : vv) e = r16(e);
+        if (c.kv_bits) {  // what the PolarQuant codes stand for (pq::quantize_vector, the CPU reference's)
+          for (auto* hv : {&kk, &vv}) {
+            std::vector<float> f(hv->begin(), hv->end()), back(c.hd);
+            std::vector<uint8_t> codes(c.hd);
+            pq::dequantize_vector(codes.data(), pq::quantize_vector(f.data(), int(c.hd), int(c.kv_bits), codes.data()),
+                                  int(c.hd), int(c.kv_bits), back.data());
+            hv->assign(back.begin(), back.end());
+          }
+        } else {
+          for (auto& e : kk) e = r16(e);
+          for (auto& e : vv) e = r16(e);
+        }
         K[pos * c.n_kv + h] = kk;
         V[pos * c.n_kv + h] = vv;
       }
@@ -1047,6 +1057,66 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
       EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), d.reference()), bound) << describe(c) << " " << path;
     }
   }
+}
+
+// The PolarQuant KV cache (AttentionShape::kv_bits, 4 and 8): qkv_rope stores each head's codes
+// and norm, attention (one query per workgroup, the path this cache takes) computes in the
+// rotated basis; against the fp64 computation over what the CPU reference's codes stand for
+// (pq::quantize_vector). Head sizes 8..256, GQA, windows, biases, norms; prefill of all tokens,
+// and the last token alone after the others (a decode step reading the records already there).
+// Head sizes that are not powers of two are refused with an error that says so.
+TEST(Attention, PolarQuantCacheMatchesCpu) {
+  for (const uint32_t bits : {8u, 4u})
+    for (const AttnCase& c0 : {AttnCase{4, 2, 16, 37, 0, 0, true, false}, AttnCase{2, 1, 8, 20, 0, 0, false, true},
+                               AttnCase{4, 1, 64, 70, 0, 9, false, false}, AttnCase{8, 8, 128, 33, 0, 0, true, true},
+                               AttnCase{2, 2, 256, 17, 0, 0, false, false}}) {
+      AttnCase c = c0;
+      c.kv_bits = bits;
+      const AttnData d(c);
+      const auto ref = d.reference();
+      vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v"), qb = poisoned(c.m * d.q_dim);
+      vk::Buffer kcb = context().upload_new(d.kc, "kc"), vcb = context().upload_new(d.vc, "vc");
+      vk::Buffer fb = context().upload_new(d.inv_freq, "freq"), bb = context().upload_new(d.bias, "bias"),
+                 nb = context().upload_new(d.norm, "norm");
+      const vk::BufferView bias = c.bias ? vk::BufferView(bb) : vk::BufferView(), nrm = c.norm ? vk::BufferView(nb) : vk::BufferView();
+      EXPECT_EQ(kernels().attention_path(d.shape), "per-query");
+      EXPECT_FALSE(kernels().decode_attention_supported(d.shape));
+      // All m tokens in one pass.
+      vk::Buffer step = context().upload_new(std::vector<uint32_t>{0, 0, 0, 0}, "step"), out = poisoned(c.m * d.q_dim);
+      auto cmd = context().commands();
+      kernels().qkv_rope(cmd, d.shape, qkv, qb, kcb, vcb, fb, bias, nrm, step, c.m);
+      cmd.barrier();
+      kernels().attention(cmd, d.shape, qb, kcb, vcb, out, step, c.m);
+      cmd.run();
+      // Measured on lavapipe: 7e-8..3e-7 (the same codes as the twin); room for a code that flips at a
+      // cell boundary (fp32 against fp64) on other devices.
+      const double bound = bits == 8 ? 1e-4 : 1e-3;
+      EXPECT_LT(rel_error(read_floats(out, c.m * d.q_dim), ref), bound) << describe(c) << " pq" << bits;
+      // The last token alone, over the records the others left (fresh caches: m - 1 tokens first).
+      vk::Buffer kc2 = context().upload_new(d.kc, "kc"), vc2 = context().upload_new(d.vc, "vc");
+      vk::Buffer step2 = context().upload_new(std::vector<uint32_t>{c.m - 1, 0, 0, 0}, "step"), out2 = poisoned(d.q_dim);
+      const std::vector<float> all = d.qkv();
+      const size_t row = d.q_dim + 2 * d.kv_dim;
+      vk::Buffer first = context().upload_new(std::vector<float>(all.begin(), all.end() - row), "first rows");
+      vk::Buffer last = context().upload_new(std::vector<float>(all.end() - row, all.end()), "last row");
+      vk::Buffer q1 = poisoned(c.m * d.q_dim);
+      auto c2 = context().commands();
+      kernels().qkv_rope(c2, d.shape, first, qb, kc2, vc2, fb, bias, nrm, step, c.m - 1);
+      c2.barrier();
+      kernels().qkv_rope(c2, d.shape, last, q1, kc2, vc2, fb, bias, nrm, step2, 1);
+      c2.barrier();
+      kernels().attention(c2, d.shape, q1, kc2, vc2, out2, step2, 1);
+      c2.run();
+      const std::vector<double> ref_last(ref.end() - d.q_dim, ref.end());
+      EXPECT_LT(rel_error(read_floats(out2, d.q_dim), ref_last), bound) << describe(c) << " pq" << bits << " last token alone";
+    }
+  AttnCase odd{4, 2, 12, 3, 0, 0, false, false};
+  odd.kv_bits = 4;
+  Kernels::AttentionShape s{odd.n_heads, odd.n_kv, odd.hd, 512, 0, 1e-6f, 4};
+  EXPECT_THROW(Kernels::kv_words(s), vk::Error);
+  s.head_dim = 16;
+  s.kv_bits = 5;
+  EXPECT_THROW(Kernels::kv_words(s), vk::Error);
 }
 
 // Continuous batching: tokens of several sequences, each in its own cache region (slot), at their

@@ -13,7 +13,7 @@ struct AppOptions {
   std::string device;         // Vulkan device index or name substring
   bool cpu = false;           // run the model on the CPU reference (the window still draws with Vulkan)
   int threads = 0;            // CPU threads with cpu (0: all)
-  int kv_bits = 0;            // --kv-type pq8 / pq4: the PolarQuant KV cache (CPU reference only)
+  int kv_bits = 0;            // --kv-type pq8 / pq4: the PolarQuant KV cache
   std::string format;         // chat format override ("" = the model's)
   int32_t context = 0;        // KV-cache length (0: the model's, at most 8192)
   std::string system = "You are a helpful assistant.";

@@ -48,9 +48,7 @@ const char* stop_reason_name(StopReason r) {
 
 // ---- ChatEngine ------------------------------------------------------------------------------
 
-ChatEngine::ChatEngine(vk::Context* ctx, int cpu_threads, int kv_bits) : ctx_(ctx), cpu_threads_(cpu_threads), kv_bits_(kv_bits) {
-  if (kv_bits_ && ctx_) throw std::runtime_error("the PolarQuant KV cache runs on the CPU reference so far (the GPU decoder's is fp16)");
-}
+ChatEngine::ChatEngine(vk::Context* ctx, int cpu_threads, int kv_bits) : ctx_(ctx), cpu_threads_(cpu_threads), kv_bits_(kv_bits) {}
 ChatEngine::~ChatEngine() = default;
 
 void ChatEngine::load(const std::string& path, int32_t context) {
@@ -72,6 +70,7 @@ void ChatEngine::load(const std::string& path, int32_t context) {
   if (ctx_) {
     llm::GpuOptions go;
     go.context = context;
+    go.kv_bits = kv_bits_;
     gpu_ = std::make_unique<llm::GpuModel>(*ctx_, *file, go);
     info_.context_size = gpu_->context_size();
     info_.device_bytes = gpu_->device_bytes();

@@ -117,7 +117,7 @@ class ChatEngine {
   // No model yet; the context must outlive the engine. The model runs on its device.
   explicit ChatEngine(vk::Context& ctx) : ChatEngine(&ctx) {}
   // ctx null: the model runs on the CPU reference with `cpu_threads` threads (0: all).
-  // kv_bits: the CPU reference's PolarQuant KV cache (CpuOptions::kv_bits; 0: off).
+  // kv_bits: the PolarQuant KV cache (GpuOptions / CpuOptions::kv_bits; 0: fp16).
   explicit ChatEngine(vk::Context* ctx, int cpu_threads = 0, int kv_bits = 0);
   ~ChatEngine();
   ChatEngine(const ChatEngine&) = delete;

@@ -24,6 +24,7 @@ class GpuEngine final : public Engine {
     g.context = context_for(file.config(), o.context);
     g.max_batch = std::max(o.step_tokens, o.slots);
     g.slots = o.slots;
+    g.kv_bits = o.kv_bits;
     model_ = std::make_unique<llm::GpuModel>(ctx, file, g);
   }
   std::string device() const override { return device_; }
@@ -47,6 +48,7 @@ class CpuEngine final : public Engine {
     llm::CpuOptions co;
     co.threads = o.threads;
     co.kv_fp16 = false;  // as pq-run --cpu
+    co.kv_bits = o.kv_bits;
     model_ = std::make_unique<llm::CpuModel>(file, co);
     context_ = context_for(file.config(), o.context);
     step_tokens_ = std::max(o.step_tokens, o.slots);

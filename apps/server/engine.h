@@ -41,6 +41,7 @@ struct EngineOptions {
   int32_t context = 0;       // per sequence; 0: the model's, at most 4096
   uint32_t step_tokens = 256;  // prompt tokens per prefill step
   int threads = 0;           // CPU engine: threads of the products (0: all)
+  int kv_bits = 0;           // the KV cache: 0 fp16, 8 / 4 PolarQuant codes (--kv-type)
 };
 
 // ctx must outlive the engine.

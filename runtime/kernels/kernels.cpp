@@ -586,6 +586,23 @@ void Kernels::embed_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferV
   }
 }
 
+size_t Kernels::kv_words(const AttentionShape& a) {
+  if (a.kv_bits == 0) return a.head_dim / 2;
+  if (a.kv_bits != 4 && a.kv_bits != 8) throw Error("KV cache: " + std::to_string(a.kv_bits) + "-bit PolarQuant codes (4 or 8)");
+  if (a.head_dim < 8 || a.head_dim > 256 || (a.head_dim & (a.head_dim - 1)))
+    throw Error("a PolarQuant KV cache needs a power-of-two head size from 8 to 256, not " + std::to_string(a.head_dim));
+  return size_t(a.head_dim) * a.kv_bits / 32 + 1;
+}
+
+const vk::Buffer& Kernels::kv_codebook(uint32_t bits) {
+  auto it = kv_codebooks_.find(bits);
+  if (it != kv_codebooks_.end()) return it->second;
+  const auto& c = pq::lloyd_max_centroids(static_cast<int>(bits));
+  std::vector<float> v(c.begin(), c.end());
+  for (size_t k = 0; k + 1 < c.size(); ++k) v.push_back(static_cast<float>(0.5 * (c[k] + c[k + 1])));
+  return kv_codebooks_.emplace(bits, ctx_.upload_new(v, "KV cache codebook")).first->second;
+}
+
 void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView q_out,
                        vk::BufferView kcache, vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias,
                        vk::BufferView norm, vk::BufferView step, uint32_t m, Positions positions) {
@@ -595,20 +612,23 @@ void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferVie
   const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
   check_view(qkv, m * (q_dim + 2 * kv_dim), "q/k/v");
   check_view(q_out, m * q_dim, "q");
-  check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
-  check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
+  const size_t words = kv_words(a) * a.n_kv;
+  check_view(kcache, size_t(a.max_ctx) * words, "k cache");
+  check_view(vcache, size_t(a.max_ctx) * words, "v cache");
   check_view(inv_freq, a.head_dim / 2, "rope frequencies");
   const bool has_bias = bias.buffer != nullptr, has_norm = norm.buffer != nullptr;
   if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
   if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
-  const auto& p = pipeline("qkv_rope", {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, per_row ? 1u : 0u}}, 8, 20, 64);
+  const auto& p = pipeline("qkv_rope", {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, per_row ? 1u : 0u}, {3, a.kv_bits}},
+                           9, 20, 64);
   struct { uint32_t n_heads, n_kv, hd, max_ctx; float eps; } push{a.n_heads, a.n_kv, a.head_dim, a.max_ctx, a.eps};
   cmd.dispatch(p, {qkv, q_out, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
-                   has_norm ? norm : vk::BufferView(dummy_), step},
+                   has_norm ? norm : vk::BufferView(dummy_), step, a.kv_bits ? vk::BufferView(kv_codebook(a.kv_bits)) : vk::BufferView(dummy_)},
                push, a.n_heads + a.n_kv, m);
 }
 
 bool Kernels::decode_attention_supported(const AttentionShape& a) const {
+  if (a.kv_bits) return false;  // fp16 caches only (a PolarQuant cache decodes through qkv_rope + attention)
   if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv || a.n_heads / a.n_kv > 16) return false;
   const size_t gq = a.n_heads / a.n_kv;  // shared memory of attention_decode.comp
   const size_t half = a.head_dim / 2, vw0 = gq <= 4 ? 4 : gq <= 8 ? 2 : 1;
@@ -677,6 +697,7 @@ std::string Kernels::attention_coopmat_unsupported() const {
 
 std::string Kernels::attention_path(const AttentionShape& a) const {
   using A = KernelConfig::AttentionCoopmat;
+  if (a.kv_bits) return "per-query";  // the only one that reads PolarQuant records so far
   if (a.head_dim <= 128 && cfg_.attention_coopmat == A::emulated) return "coopmat-emulated";
   if (a.head_dim <= 128 && cfg_.attention_coopmat == A::automatic && attention_coopmat_unsupported().empty()) return "coopmat";
   return attention_tiled_supported(a) ? "tiled" : "per-query";
@@ -688,11 +709,12 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
     throw Error("attention: head size " + std::to_string(a.head_dim) + " (even, at most 256) or head counts unsupported");
   if (m == 0) throw Error("attention of 0 queries");
   const bool per_row = positions == Positions::per_row;
-  const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
+  const size_t q_dim = size_t(a.n_heads) * a.head_dim;
   check_view(q, m * q_dim, "attention q");
   check_view(out, m * q_dim, "attention output");
-  check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
-  check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
+  const size_t words = kv_words(a) * a.n_kv;
+  check_view(kcache, size_t(a.max_ctx) * words, "k cache");
+  check_view(vcache, size_t(a.max_ctx) * words, "v cache");
   check_view(step, per_row ? 2 * size_t(m) : 1, "token positions");
   const std::string path = per_row ? "" : attention_path(a);
   if (path == "coopmat" || path == "coopmat-emulated") {
@@ -711,9 +733,10 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
     cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, (m + 31) / 32);
     return;
   }
-  const auto& p = pipeline("attention", {{0, per_row ? 1u : 0u}}, 5, 20, 128);
+  const auto& p = pipeline("attention", {{0, per_row ? 1u : 0u}, {1, a.kv_bits}}, 6, 20, 128);
   struct { uint32_t n_heads, n_kv, hd, window, max_ctx; } push{a.n_heads, a.n_kv, a.head_dim, a.window, a.max_ctx};
-  cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, m);
+  cmd.dispatch(p, {q, kcache, vcache, out, step, a.kv_bits ? vk::BufferView(kv_codebook(a.kv_bits)) : vk::BufferView(dummy_)},
+               push, a.n_heads, m);
 }
 
 void Kernels::argmax(vk::Commands& cmd, vk::BufferView x, uint32_t n, vk::BufferView out, vk::BufferView tokens,

@@ -240,7 +240,13 @@ class Kernels {
   struct AttentionShape {
     uint32_t n_heads = 0, n_kv = 0, head_dim = 0, max_ctx = 0, window = 0;
     float eps = 1e-6f;  // q/k norms
+    // The KV cache: 0 fp16; 4 or 8: PolarQuant records (qkv_rope.comp: per head, the codes of
+    // the rotated, normalized vector and its norm; head_dim a power of two from 8 to 256).
+    uint32_t kv_bits = 0;
   };
+  // Words the cache holds per position and KV head: head_dim / 2 (fp16), or the record's
+  // head_dim * kv_bits / 32 codes + 1 norm. Throws for a KV type the shape cannot have.
+  static size_t kv_words(const AttentionShape& a);
   // Where the m tokens of qkv_rope / attention are: one sequence at positions step[0] + i
   // (consecutive), or per_row (continuous batching): token i at position step[2i] of the sequence
   // whose cache region is slot step[2i + 1] (cache positions slot * max_ctx ..); the caches then
@@ -306,6 +312,8 @@ class Kernels {
   vk::Buffer argmax_parts_;  // argmax's per-workgroup results
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
   std::optional<bool> unmasked_exact_;  // the probe's answer, once run
+  std::map<uint32_t, vk::Buffer> kv_codebooks_;  // per width: Lloyd-Max centroids | cell boundaries
+  const vk::Buffer& kv_codebook(uint32_t bits);
   GemmPath last_gemm_ = GemmPath::portable;
   std::string coopmat_unsupported_;  // coopmat_gemm_unsupported(), found by the constructor
   uint32_t coopmat_subgroup_size() const;  // the required subgroup size of pq_gemm_coopmat (0: the driver's)

@@ -210,6 +210,12 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
     throw ModelError(where + ": head size " + std::to_string(c.head_dim) + " is not supported (even, at most 256)");
   context_ = static_cast<int32_t>(opt.context > 0 ? std::min<int64_t>(opt.context, c.max_seq_len)
                                                   : std::min<int64_t>(c.max_seq_len, 8192));
+  shape_.kv_bits = static_cast<uint32_t>(opt.kv_bits);
+  try {
+    Kernels::kv_words(Kernels::AttentionShape{1, 1, static_cast<uint32_t>(c.head_dim), 1, 0, 0.0f, shape_.kv_bits});
+  } catch (const vk::Error& e) {
+    throw ModelError(where + ": " + e.what());
+  }
   // Refuse a context that cannot fit before allocating anything.
   const uint64_t available = device_memory_available(ctx.info());
   const MemoryPlan plan = memory_plan(c, src.bytes, opt, context_);
@@ -258,7 +264,7 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   embed_ = take_mat("embed");
   // One region of context_ positions per sequence (continuous batching), region 0 for the
   // single-sequence entry points.
-  const size_t kv_bytes = size_t(std::max<uint32_t>(1, slots_)) * size_t(context_) * size_t(c.n_kv_heads * c.head_dim) * 2;
+  const size_t kv_bytes = size_t(std::max<uint32_t>(1, slots_)) * size_t(context_) * size_t(c.n_kv_heads) * Kernels::kv_words(shape_) * 4;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     auto L = std::make_unique<Layer>();
@@ -371,7 +377,8 @@ MemoryPlan GpuModel::memory_plan(const model::ModelConfig& c, uint64_t weight_by
   p.weights = weight_bytes;
   const uint64_t slots = std::max<uint32_t>(1, opt.slots);
   const uint64_t kv_dim = uint64_t(c.n_kv_heads) * c.head_dim, q_dim = uint64_t(c.n_heads) * c.head_dim;
-  p.kv_cache = 2 * uint64_t(c.n_layers) * slots * uint64_t(context) * kv_dim * 2;
+  const uint64_t words = opt.kv_bits ? uint64_t(c.head_dim) * uint64_t(opt.kv_bits) / 32 + 1 : uint64_t(c.head_dim) / 2;
+  p.kv_cache = 2 * uint64_t(c.n_layers) * slots * uint64_t(context) * uint64_t(c.n_kv_heads) * words * 4;
   // The activation buffers of build(), for max_batch tokens per pass.
   const uint64_t M = std::max<uint64_t>({1, std::min<uint64_t>(opt.max_batch, uint64_t(context)), opt.slots});
   const uint64_t widest = round_up(std::max<uint64_t>({uint64_t(c.dim), uint64_t(c.hidden_dim), q_dim}), 1024);
@@ -431,7 +438,7 @@ StepBytes GpuModel::decode_bytes(double positions) const {
   b.activations += act(head());
   if (!config_.tie_word_embeddings) b.weights += embed_.bytes() / std::max<size_t>(1, embed_.rows);  // one row
   b.activations += uint64_t(c.dim) * 4 * uint64_t(c.n_layers) * 4;  // norms' and residual reads/writes
-  const double kv_row = double(c.n_kv_heads * c.head_dim) * 2.0 * 2.0;  // k and v, fp16
+  const double kv_row = double(c.n_kv_heads) * double(Kernels::kv_words(shape_)) * 4.0 * 2.0;  // k and v
   b.kv = static_cast<uint64_t>(double(c.n_layers) * kv_row * std::max(0.0, positions));
   return b;
 }

@@ -32,6 +32,10 @@ struct SyntheticWeights {
 
 struct GpuOptions {
   int32_t context = 0;      // KV-cache length; 0: the model's, at most 8192
+  // The KV cache: 0 fp16; 8 or 4 PolarQuant codes of each rotated key and value head with one
+  // norm (--kv-type pq8 / pq4; Kernels::AttentionShape::kv_bits), read by the per-query attention
+  // kernel for prefill and decode alike (no split decode attention yet).
+  int kv_bits = 0;
   uint32_t max_batch = 128; // prompt tokens per prefill pass
   // Decode GEMVs that prepare their input themselves (RMSNorm, rotation: no kernel between
   // matrices; Kernels::GemvOp). Off by default: measured slower on the H200 (bench/RESULTS.md)
@@ -99,7 +103,7 @@ struct StepProfile {
 // Bytes one decode step reads from device memory (the roofline of vk-bench).
 struct StepBytes {
   uint64_t weights = 0;      // every matrix the step's GEMVs read (codes + scales, or fp16), the embedding row
-  uint64_t kv = 0;           // keys and values of the cached positions, every layer (fp16)
+  uint64_t kv = 0;           // keys and values of the cached positions, every layer (fp16 or PolarQuant records)
   uint64_t activations = 0;  // inputs and outputs of the GEMVs (approximate; small)
   uint64_t total() const { return weights + kv + activations; }
 };
@@ -108,7 +112,7 @@ struct StepBytes {
 // anything is allocated, so that a context that cannot fit is refused up front.
 struct MemoryPlan {
   uint64_t weights = 0;      // codes, scales, codebooks, vectors (or fp16 matrices), as the model file holds them
-  uint64_t kv_cache = 0;     // keys and values, fp16, every layer, every sequence slot
+  uint64_t kv_cache = 0;     // keys and values (fp16 or PolarQuant records), every layer, every sequence slot
   uint64_t activations = 0;  // activation buffers, decode scratch, logits
   uint64_t total() const { return weights + kv_cache + activations; }
 };
