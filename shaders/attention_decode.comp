@@ -13,11 +13,16 @@
 // that holds pos reads the new key and value from shared memory, not back from the caches.
 // One workgroup serves the GQ = n_heads / n_kv query heads of one KV head, so each key and
 // value is read once for all of them.
+// KV_BITS > 0, the PolarQuant KV cache (qkv_rope.comp's records): the new key and value are
+// quantized (rotated in shared memory, Lloyd-Max codes, norm) and stored, then read back like the
+// others; the query heads are rotated once, scores are taken against the codes (centroid times
+// norm), values summed in the rotated basis and each split's output rotated back before it is
+// written, so the merge is unchanged.
 // Buffers: 0 qkv: q [n_heads*hd] | k [n_kv*hd] | v [n_kv*hd] (fp32, the projections);
 //          1 kcache; 2 vcache (qkv_rope.comp's layout: K word j = (k_j, k_{j+hd/2}), V word i =
 //          (v_2i, v_2i+1), fp16); 3 inv_freq [hd/2]; 4 biases (q | k | v); 5 norms
 //          (q_norm[hd] | k_norm[hd]); 6 step: uint pos at [0]; 7 part [splits][n_heads*hd]
-//          fp32; 8 ml [splits][n_heads][2] fp32.
+//          fp32; 8 ml [splits][n_heads][2] fp32; 9 (KV_BITS) Lloyd-Max centroids | cell boundaries.
 // Workgroup: 128 invocations. Scores: invocation t takes key tile_start + t for all GQ heads,
 //          its whole key row loaded at once (16-byte loads where hd % 8 == 0). Values: VW words
 //          (2 VW dimensions) of a value row per invocation, for all GQ heads, so that
@@ -26,7 +31,8 @@
 // Shared memory: hd/2 * (GQ + 1) * 8 + 128 * (GQ + 1) * 4 + GQ * 132 + SLOTS * GQ * hd * 4 + hd * 4 bytes
 // (Kernels checks the device's limit).
 // Specialization: 0 HAS_BIAS, 1 HAS_NORM, 2 GQ (query heads per KV head, <= 16),
-//          3 HD (head size, even, <= 256). Push constants: head counts, window, splits, eps.
+//          3 HD (head size, even, <= 256), 4 KV_BITS (0: fp16 cache; 4 or 8: HD a power of two).
+//          Push constants: head counts, window, splits, eps.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_EXT_control_flow_attributes : require
@@ -36,6 +42,9 @@ layout(constant_id = 0) const uint HAS_BIAS = 0u;
 layout(constant_id = 1) const uint HAS_NORM = 0u;
 layout(constant_id = 2) const uint GQ = 4u;
 layout(constant_id = 3) const uint HD = 128u;
+layout(constant_id = 4) const uint KV_BITS = 0u;
+const uint CPW = KV_BITS > 0u ? 32u / KV_BITS : 1u;        // codes a record word holds
+const uint RW = KV_BITS > 0u ? HD / CPW + 1u : HD / 2u;    // words a position and KV head take
 const uint HALF = HD / 2u;
 const uint NQK = GQ + 1u;                      // the query heads, then the new key
 const uint PAIRS_PER_T = (GQ * HALF + 127u) / 128u;  // (head, V word) pairs per invocation at the end
@@ -57,6 +66,7 @@ layout(std430, binding = 5) readonly buffer Norm { float norm[]; };
 layout(std430, binding = 6) readonly buffer Step { uint pos; } step;
 layout(std430, binding = 7) writeonly buffer Part { float part[]; };
 layout(std430, binding = 8) writeonly buffer ML { float ml[]; };
+layout(std430, binding = 9) readonly buffer KVCB { float kvcb[]; };
 layout(push_constant) uniform Push { uint n_heads, n_kv, window, splits; float eps; } p;
 
 shared vec2 qk[NQK * HALF];       // RoPE pairs (x_j, x_{j+hd/2}) of the query heads and the new key
@@ -69,6 +79,37 @@ shared float red[GQ * 32u];       // per-subgroup partial max / sum (subgroups o
 shared float head_sh[GQ];         // per head: the softmax sum, for the final division
 shared vec2 vred[SLOTS * GQ * HALF];  // the key slots' value sums, [slot][head][word]
 shared uint knew[HALF], vnew[HALF];  // the new key and value as the caches store them (fp16 pairs)
+// KV_BITS: the query heads rotated (sqrt(HD) H q), later the rotated outputs; the centroids; the
+// vector being quantized.
+shared float qrot[KV_BITS > 0u ? GQ * HD : 1u];
+shared float cbs[KV_BITS > 0u ? 1u << KV_BITS : 1u];
+shared float hvq[KV_BITS > 0u ? HD : 1u];
+
+// KV_BITS: `a` [GQ * HD] (qrot) or hvq's one vector (n_vec 1) times sqrt(HD) H, per HD-long vector.
+void fwht_qrot(uint n_vec, uint t) {
+  for (uint h = 1u; h < HD; h <<= 1u) {
+    barrier();
+    for (uint u = t; u < n_vec * HD / 2u; u += 128u) {
+      const uint v = u / (HD / 2u), w = u % (HD / 2u), i = v * HD + (w / h) * 2u * h + (w % h);
+      const float a = qrot[i], b = qrot[i + h];
+      qrot[i] = a + b;
+      qrot[i + h] = a - b;
+    }
+  }
+  barrier();
+}
+void fwht_hvq(uint t) {
+  for (uint h = 1u; h < HD; h <<= 1u) {
+    barrier();
+    for (uint u = t; u < HD / 2u; u += 128u) {
+      const uint i = (u / h) * 2u * h + (u % h);
+      const float a = hvq[i], b = hvq[i + h];
+      hvq[i] = a + b;
+      hvq[i + h] = a - b;
+    }
+  }
+  barrier();
+}
 
 // Max (is_max) or sum over the workgroup of one value per head.
 void wg_reduce(inout float vals[GQ], bool is_max) {
@@ -86,6 +127,42 @@ void wg_reduce(inout float vals[GQ], bool is_max) {
 }
 
 void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last);
+
+// KV_BITS: hvq (written by the workgroup) as a PolarQuant record at word `rec` of the key cache
+// (to_k) or the value cache, as qkv_rope.comp stores it, and into knew / vnew (RW <= HALF words),
+// from which this workgroup reads the new position.
+void store_record(bool to_k, uint rec, uint t) {
+  barrier();
+  float ss[GQ];
+  [[unroll]] for (uint g = 0u; g < GQ; ++g) ss[g] = 0.0;
+  for (uint i = t; i < HD; i += 128u) ss[0] += hvq[i] * hvq[i];
+  wg_reduce(ss, false);
+  const float norm = max(sqrt(ss[0]), 1e-10);
+  const float stored = unpackHalf2x16(packHalf2x16(vec2(norm, 0.0))).x;
+  const float divisor = stored > 0.0 ? stored : norm;
+  fwht_hvq(t);
+  const uint nc = 1u << KV_BITS;
+  for (uint w = t; w + 1u < RW; w += 128u) {
+    uint packed = 0u;
+    for (uint k = 0u; k < CPW; ++k) {
+      const float r = hvq[w * CPW + k] / divisor;
+      uint lo = 0u, hi = nc - 1u;
+      while (lo < hi) {
+        const uint mid = (lo + hi) / 2u;
+        if (kvcb[nc + mid] < r) lo = mid + 1u;
+        else hi = mid;
+      }
+      packed |= lo << (k * KV_BITS);
+    }
+    if (to_k) kc[rec + w] = knew[w] = packed;
+    else vc[rec + w] = vnew[w] = packed;
+  }
+  if (t == 0u) {
+    if (to_k) kc[rec + RW - 1u] = knew[RW - 1u] = floatBitsToUint(stored);
+    else vc[rec + RW - 1u] = vnew[RW - 1u] = floatBitsToUint(stored);
+  }
+  barrier();
+}
 
 void main() {
   const uint kvh = gl_WorkGroupID.x, split = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
@@ -151,12 +228,30 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
     const float c = cos(ang), s = sin(ang);
     x = vec2(x.x * c - x.y * s, x.y * c + x.x * s);
     qk[i] = x;
-    if (hh == GQ && has_pos) {
+    if (KV_BITS > 0u) {
+      if (hh == GQ) {
+        hvq[j] = x.x;
+        hvq[j + HALF] = x.y;
+      } else {
+        qrot[hh * HD + j] = x.x;
+        qrot[hh * HD + j + HALF] = x.y;
+      }
+    } else if (hh == GQ && has_pos) {
       knew[j] = packHalf2x16(x);
       kc[(pos * p.n_kv + kvh) * HALF + j] = knew[j];
     }
   }
-  if (has_pos) {
+  if (KV_BITS > 0u) {
+    for (uint i = t; i < (1u << KV_BITS); i += 128u) cbs[i] = kvcb[i];
+    fwht_qrot(GQ, t);  // qrot = sqrt(HD) H q per head
+    if (has_pos) {  // the new key and value as records (the caches, and knew / vnew for this workgroup)
+      const uint rec = (pos * p.n_kv + kvh) * RW;
+      store_record(true, rec, t);
+      for (uint i = t; i < HD; i += 128u)
+        hvq[i] = qkv[q_dim + kv_dim + kvh * HD + i] + (HAS_BIAS != 0u ? bias[q_dim + kv_dim + kvh * HD + i] : 0.0);
+      store_record(false, rec, t);
+    }
+  } else if (has_pos) {
     for (uint i = t; i < HALF; i += 128u) {
       vec2 x = vec2(qkv[q_dim + kv_dim + kvh * HD + 2u * i], qkv[q_dim + kv_dim + kvh * HD + 2u * i + 1u]);
       if (HAS_BIAS != 0u) x += vec2(bias[q_dim + kv_dim + kvh * HD + 2u * i], bias[q_dim + kv_dim + kvh * HD + 2u * i + 1u]);
@@ -177,7 +272,20 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
     const uint key = start + t;
     float s[GQ];
     [[unroll]] for (uint g = 0u; g < GQ; ++g) s[g] = -1.0 / 0.0;
-    if (key < last) {
+    if (key < last && KV_BITS > 0u) {
+      const uint kb = (key * p.n_kv + kvh) * RW;
+      float d[GQ];
+      [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = 0.0;
+      for (uint w = 0u; w + 1u < RW; ++w) {
+        const uint word = key == pos ? knew[w] : kc[kb + w];
+        for (uint k = 0u; k < CPW; ++k) {
+          const float c = cbs[(word >> (k * KV_BITS)) & ((1u << KV_BITS) - 1u)];
+          [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = fma(qrot[g * HD + w * CPW + k], c, d[g]);
+        }
+      }
+      const float f = uintBitsToFloat(key == pos ? knew[RW - 1u] : kc[kb + RW - 1u]) / float(HD) * scale;
+      [[unroll]] for (uint g = 0u; g < GQ; ++g) s[g] = d[g] * f;
+    } else if (key < last) {
       const uint kb = (key * p.n_kv + kvh) * HALF;
       vec2 d[GQ];
       [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = vec2(0.0);
@@ -229,7 +337,20 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
     const uint nk = min(128u, last - start);
     [[unroll]] for (uint g = 0u; g < GQ; ++g)
       [[unroll]] for (uint w = 0u; w < VW; ++w) acc[g * VW + w] *= rescale[g];
-    if (slot < SLOTS) {
+    if (slot < SLOTS && KV_BITS > 0u) {  // dims 2 (col VW + w), + 1 of each value, rotated basis
+      const uint cmask = (1u << KV_BITS) - 1u;
+      for (uint i = slot; i < nk; i += SLOTS) {
+        const uint vb = ((start + i) * p.n_kv + kvh) * RW;
+        const bool is_new = start + i == pos;
+        const float vn = uintBitsToFloat(is_new ? vnew[RW - 1u] : vc[vb + RW - 1u]);
+        [[unroll]] for (uint w = 0u; w < VW; ++w) {
+          const uint d0 = 2u * (col * VW + w);
+          const uint word = is_new ? vnew[d0 / CPW] : vc[vb + d0 / CPW], sh = (d0 % CPW) * KV_BITS;
+          const vec2 vv = vec2(cbs[(word >> sh) & cmask], cbs[(word >> (sh + KV_BITS)) & cmask]) * vn;
+          [[unroll]] for (uint g = 0u; g < GQ; ++g) acc[g * VW + w] = fma(vec2(probs[g * 128u + i]), vv, acc[g * VW + w]);
+        }
+      }
+    } else if (slot < SLOTS) {
       const uint vstride = p.n_kv * HALF;  // words from one position to the next
       const uint vb = (start * p.n_kv + kvh) * HALF + col * VW;
       for (uint i0 = slot; i0 < nk; i0 += 4u * SLOTS) {  // four value rows in flight
@@ -278,9 +399,18 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       const uint g = idx / HALF, wd = idx % HALF;
       vec2 sum = vec2(0.0);
       for (uint sl = 0u; sl < SLOTS; ++sl) sum += vred[(sl * GQ + g) * HALF + wd];
-      const uint o = split * q_dim + (kvh * GQ + g) * HD + 2u * wd;
-      part[o] = sum.x / head_sh[g];
-      part[o + 1u] = sum.y / head_sh[g];
+      if (KV_BITS > 0u) {
+        qrot[g * HD + 2u * wd] = sum.x / head_sh[g];
+        qrot[g * HD + 2u * wd + 1u] = sum.y / head_sh[g];
+      } else {
+        const uint o = split * q_dim + (kvh * GQ + g) * HD + 2u * wd;
+        part[o] = sum.x / head_sh[g];
+        part[o + 1u] = sum.y / head_sh[g];
+      }
     }
+  }
+  if (KV_BITS > 0u) {  // back from the rotated basis: (sqrt(HD) H sum) / HD, the values' 1/sqrt(HD) included
+    fwht_qrot(GQ, t);
+    for (uint i = t; i < GQ * HD; i += 128u) part[split * q_dim + kvh * GQ * HD + i] = qrot[i] / float(HD);
   }
 }

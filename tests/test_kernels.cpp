@@ -1063,7 +1063,8 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
 // and norm, attention (one query per workgroup, the path this cache takes) computes in the
 // rotated basis; against the fp64 computation over what the CPU reference's codes stand for
 // (pq::quantize_vector). Head sizes 8..256, GQA, windows, biases, norms; prefill of all tokens,
-// and the last token alone after the others (a decode step reading the records already there).
+// and the last token alone after the others (a decode step reading the records already there),
+// through attention.comp and through the split decode attention (1, 3 and 16 splits).
 // Head sizes that are not powers of two are refused with an error that says so.
 TEST(Attention, PolarQuantCacheMatchesCpu) {
   for (const uint32_t bits : {8u, 4u})
@@ -1080,7 +1081,7 @@ TEST(Attention, PolarQuantCacheMatchesCpu) {
                  nb = context().upload_new(d.norm, "norm");
       const vk::BufferView bias = c.bias ? vk::BufferView(bb) : vk::BufferView(), nrm = c.norm ? vk::BufferView(nb) : vk::BufferView();
       EXPECT_EQ(kernels().attention_path(d.shape), "per-query");
-      EXPECT_FALSE(kernels().decode_attention_supported(d.shape));
+      EXPECT_TRUE(kernels().decode_attention_supported(d.shape));
       // All m tokens in one pass.
       vk::Buffer step = context().upload_new(std::vector<uint32_t>{0, 0, 0, 0}, "step"), out = poisoned(c.m * d.q_dim);
       auto cmd = context().commands();
@@ -1109,6 +1110,27 @@ TEST(Attention, PolarQuantCacheMatchesCpu) {
       c2.run();
       const std::vector<double> ref_last(ref.end() - d.q_dim, ref.end());
       EXPECT_LT(rel_error(read_floats(out2, d.q_dim), ref_last), bound) << describe(c) << " pq" << bits << " last token alone";
+      // The same last token through the split decode attention (which quantizes and stores it
+      // itself), merged by the output projection's preparation: the same records and output.
+      for (const uint32_t splits : {1u, 3u, 16u}) {
+        vk::Buffer kc3 = context().upload_new(d.kc, "kc"), vc3 = context().upload_new(d.vc, "vc");
+        vk::Buffer part = poisoned(splits * d.q_dim), ml = poisoned(splits * c.n_heads * 2);
+        vk::Buffer merged = poisoned(rotated_row_elems(d.q_dim, 64));
+        auto c3 = context().commands();
+        kernels().qkv_rope(c3, d.shape, first, qb, kc3, vc3, fb, bias, nrm, step, c.m - 1);
+        c3.barrier();
+        kernels().attention_decode(c3, d.shape, last, kc3, vc3, fb, bias, nrm, step2, part, ml, splits);
+        c3.barrier();
+        kernels().prepare(c3, part, merged, 1, static_cast<uint32_t>(d.q_dim), 64, Layout::row_major, false,
+                          Prologue{Prologue::merge, ml, 0.0f, splits, c.hd});
+        c3.run();
+        const auto got = read_floats(merged, d.q_dim);
+        EXPECT_LT(rel_error(got, ref_last), bound) << describe(c) << " pq" << bits << " split decode, " << splits << " splits";
+        EXPECT_EQ(context().download_all<uint32_t>(kc3), context().download_all<uint32_t>(kc2))
+            << describe(c) << " pq" << bits << ": the split decode stored other key records than qkv_rope";
+        EXPECT_EQ(context().download_all<uint32_t>(vc3), context().download_all<uint32_t>(vc2))
+            << describe(c) << " pq" << bits << ": the split decode stored other value records than qkv_rope";
+      }
     }
   AttnCase odd{4, 2, 12, 3, 0, 0, false, false};
   odd.kv_bits = 4;

@@ -628,13 +628,20 @@ void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferVie
 }
 
 bool Kernels::decode_attention_supported(const AttentionShape& a) const {
-  if (a.kv_bits) return false;  // fp16 caches only (a PolarQuant cache decodes through qkv_rope + attention)
+  if (a.kv_bits) {  // a PolarQuant cache: the shapes kv_words() accepts
+    try {
+      kv_words(a);
+    } catch (const Error&) {
+      return false;
+    }
+  }
   if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv || a.n_heads / a.n_kv > 16) return false;
   const size_t gq = a.n_heads / a.n_kv;  // shared memory of attention_decode.comp
   const size_t half = a.head_dim / 2, vw0 = gq <= 4 ? 4 : gq <= 8 ? 2 : 1;
   const size_t vw = half % vw0 == 0 ? vw0 : std::min<size_t>(half % 2 == 0 ? 2 : 1, vw0);
   const size_t slots = 128 / (half / vw);
-  const size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8 + half * 8;
+  size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8 + half * 8;
+  if (a.kv_bits) shared += (gq * a.head_dim + (size_t(1) << a.kv_bits) + a.head_dim) * 4;  // qrot, cbs, hvq
   return shared <= ctx_.info().max_shared_memory;
 }
 
@@ -647,8 +654,8 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
   if (splits == 0 || splits > 64) throw Error("attention_decode: 1..64 splits");
   const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
   check_view(qkv, q_dim + 2 * kv_dim, "q/k/v");
-  check_view(kcache, size_t(a.max_ctx) * kv_dim / 2, "k cache");
-  check_view(vcache, size_t(a.max_ctx) * kv_dim / 2, "v cache");
+  check_view(kcache, size_t(a.max_ctx) * a.n_kv * kv_words(a), "k cache");
+  check_view(vcache, size_t(a.max_ctx) * a.n_kv * kv_words(a), "v cache");
   check_view(inv_freq, a.head_dim / 2, "rope frequencies");
   check_view(part, size_t(splits) * q_dim, "attention partial outputs");
   check_view(ml, size_t(splits) * a.n_heads * 2, "attention (max, sum) pairs");
@@ -656,11 +663,13 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
   if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
   if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
   const auto& p = pipeline("attention_decode",
-                           {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, a.n_heads / a.n_kv}, {3, a.head_dim}},
-                           9, 20, 128);
+                           {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, a.n_heads / a.n_kv}, {3, a.head_dim},
+                            {4, a.kv_bits}},
+                           10, 20, 128);
   struct { uint32_t n_heads, n_kv, window, splits; float eps; } push{a.n_heads, a.n_kv, a.window, splits, a.eps};
   cmd.dispatch(p, {qkv, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
-                   has_norm ? norm : vk::BufferView(dummy_), step, part, ml},
+                   has_norm ? norm : vk::BufferView(dummy_), step, part, ml,
+                   a.kv_bits ? vk::BufferView(kv_codebook(a.kv_bits)) : vk::BufferView(dummy_)},
                push, a.n_kv, splits);
 }
 
