@@ -67,6 +67,7 @@ layout(std430, binding = 6) readonly buffer Step { uint pos; } step;
 layout(std430, binding = 7) writeonly buffer Part { float part[]; };
 layout(std430, binding = 8) writeonly buffer ML { float ml[]; };
 layout(std430, binding = 9) readonly buffer KVCB { float kvcb[]; };
+#include "pq_kv.glsl"
 layout(push_constant) uniform Push { uint n_heads, n_kv, window, splits; float eps; } p;
 
 shared vec2 qk[NQK * HALF];       // RoPE pairs (x_j, x_{j+hd/2}) of the query heads and the new key
@@ -138,21 +139,14 @@ void store_record(bool to_k, uint rec, uint t) {
   for (uint i = t; i < HD; i += 128u) ss[0] += hvq[i] * hvq[i];
   wg_reduce(ss, false);
   const float norm = max(sqrt(ss[0]), 1e-10);
-  const float stored = unpackHalf2x16(packHalf2x16(vec2(norm, 0.0))).x;
+  const float stored = pq_kv_stored_norm(norm);
   const float divisor = stored > 0.0 ? stored : norm;
   fwht_hvq(t);
-  const uint nc = 1u << KV_BITS;
   for (uint w = t; w + 1u < RW; w += 128u) {
     uint packed = 0u;
     for (uint k = 0u; k < CPW; ++k) {
       const float r = hvq[w * CPW + k] / divisor;
-      uint lo = 0u, hi = nc - 1u;
-      while (lo < hi) {
-        const uint mid = (lo + hi) / 2u;
-        if (kvcb[nc + mid] < r) lo = mid + 1u;
-        else hi = mid;
-      }
-      packed |= lo << (k * KV_BITS);
+      packed |= pq_kv_code(r) << (k * KV_BITS);
     }
     if (to_k) kc[rec + w] = knew[w] = packed;
     else vc[rec + w] = vnew[w] = packed;

@@ -42,6 +42,7 @@ layout(std430, binding = 5) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 6) readonly buffer Norm { float norm[]; };
 layout(std430, binding = 7) readonly buffer Step { uint step[]; };
 layout(std430, binding = 8) readonly buffer KVCB { float kvcb[]; };
+#include "pq_kv.glsl"
 layout(push_constant) uniform Push { uint n_heads, n_kv, hd, max_ctx; float eps; } p;
 
 shared float red[64];
@@ -68,7 +69,7 @@ void store_record(bool to_k, uint rec) {
   for (uint i = t; i < hd; i += 64u) ss += hv[i] * hv[i];
   const float norm = max(sqrt(wg_sum(ss)), 1e-10);
   // Codes against the stored (fp16-rounded) norm, as the CPU twin; the exact one if that is 0.
-  const float stored = unpackHalf2x16(packHalf2x16(vec2(norm, 0.0))).x;
+  const float stored = pq_kv_stored_norm(norm);
   const float divisor = stored > 0.0 ? stored : norm;
   for (uint h = 1u; h < hd; h <<= 1u) {  // unnormalized: hv becomes sqrt(hd) H x
     for (uint u = t; u < hd / 2u; u += 64u) {
@@ -79,18 +80,12 @@ void store_record(bool to_k, uint rec) {
     }
     barrier();
   }
-  const uint nc = 1u << KV_BITS, cpw = 32u / KV_BITS, words = hd / cpw;
+  const uint cpw = 32u / KV_BITS, words = hd / cpw;
   for (uint w = t; w < words; w += 64u) {
     uint packed = 0u;
     for (uint k = 0u; k < cpw; ++k) {
       const float r = hv[w * cpw + k] / divisor;
-      uint lo = 0u, hi = nc - 1u;  // the code: how many cell boundaries lie below r
-      while (lo < hi) {
-        const uint mid = (lo + hi) / 2u;
-        if (kvcb[nc + mid] < r) lo = mid + 1u;
-        else hi = mid;
-      }
-      packed |= lo << (k * KV_BITS);
+      packed |= pq_kv_code(r) << (k * KV_BITS);
     }
     if (to_k) kc[rec + w] = packed;
     else vc[rec + w] = packed;
