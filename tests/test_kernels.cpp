@@ -772,12 +772,12 @@ TEST(Gemm, CoopmatSwitchAndEnvironment) {
   EXPECT_EQ(KernelConfig{}.gemm_coopmat, Coopmat::automatic);  // verified on the H200
   Kernels k(context(), gemm_config(Coopmat::automatic));
   EXPECT_EQ(k.gemm_path(15), GemmPath::portable);  // below gemm_coopmat_min_m
-  EXPECT_EQ(k.gemm_coopmat_tile(4096, 16), 64u);
-  EXPECT_EQ(k.gemm_coopmat_tile(4096, 64), 64u);  // one 64-token tile holds them all
+  EXPECT_EQ(k.gemm_coopmat_tile(16), 64u);
+  EXPECT_EQ(k.gemm_coopmat_tile(64), 64u);  // one 64-token tile holds them all
   const bool fits128 = context().info().max_shared_memory >= 4 * 256 + 2 * (128 + 128) * 80;
-  EXPECT_EQ(k.gemm_coopmat_tile(4096, 65), fits128 ? 128u : 64u);
-  EXPECT_EQ(k.gemm_coopmat_tile(4096, 512), fits128 ? 128u : 64u);  // even with only 128 workgroups
-  EXPECT_EQ(k.gemm_coopmat_tile(151936, 2048), fits128 ? 128u : 64u);
+  EXPECT_EQ(k.gemm_coopmat_tile(65), fits128 ? 128u : 64u);
+  EXPECT_EQ(k.gemm_coopmat_tile(512), fits128 ? 128u : 64u);  // even where a matrix of 4096 rows gives only 128 workgroups
+  EXPECT_EQ(k.gemm_coopmat_tile(2048), fits128 ? 128u : 64u);
 }
 
 TEST(Copy, ShaderCopyEqualsSource) {

@@ -432,7 +432,7 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   if (path == GemmPath::portable) {
     p = &pipeline("pq_gemm", {{0, bits}, {1, block}}, 5, 32, 256);
   } else {
-    tile_m = gemm_coopmat_tile(w.rows, m);
+    tile_m = gemm_coopmat_tile(m);
     tile_n = kCoopmatTileN;
     // Codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
     const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
@@ -506,7 +506,7 @@ Kernels::GemmPath Kernels::gemm_path(uint32_t m, bool any_m) const {
   return (any_m || m >= cfg_.gemm_coopmat_min_m) && coopmat_unsupported_.empty() ? GemmPath::coopmat : GemmPath::portable;
 }
 
-uint32_t Kernels::gemm_coopmat_tile(size_t rows, uint32_t m) const {
+uint32_t Kernels::gemm_coopmat_tile(uint32_t m) const {
   const size_t shared = ctx_.info().max_shared_memory;
   if (cfg_.gemm_coopmat_tm) {
     if (coopmat_shared_bytes(8, cfg_.gemm_coopmat_tm) > shared)
@@ -519,7 +519,6 @@ uint32_t Kernels::gemm_coopmat_tile(size_t rows, uint32_t m) const {
   // workgroups, which measured no loss on the H200 even at 4096 rows x 512 tokens (128
   // workgroups: 12.8 against 23.0 ms for the 32 down projections of a 512-token pass,
   // bench/RESULTS.md), so every M above one 64-token tile takes them.
-  (void)rows;
   return m > 64 && coopmat_shared_bytes(8, 128) <= shared ? 128 : 64;
 }
 
@@ -586,20 +585,27 @@ void Kernels::embed_f16(vk::Commands& cmd, const DeviceF16Matrix& w, vk::BufferV
   }
 }
 
-size_t Kernels::kv_words(const AttentionShape& a) {
-  if (a.kv_bits == 0) return a.head_dim / 2;
-  if (a.kv_bits != 4 && a.kv_bits != 8) throw Error("KV cache: " + std::to_string(a.kv_bits) + "-bit PolarQuant codes (4 or 8)");
+std::string Kernels::kv_cache_unsupported(const AttentionShape& a) {
+  if (a.kv_bits == 0) return "";
+  if (a.kv_bits != 4 && a.kv_bits != 8) return "KV cache: " + std::to_string(a.kv_bits) + "-bit PolarQuant codes (4 or 8)";
   if (a.head_dim < 8 || a.head_dim > 256 || (a.head_dim & (a.head_dim - 1)))
-    throw Error("a PolarQuant KV cache needs a power-of-two head size from 8 to 256, not " + std::to_string(a.head_dim));
-  return size_t(a.head_dim) * a.kv_bits / 32 + 1;
+    return "a PolarQuant KV cache needs a power-of-two head size from 8 to 256, not " + std::to_string(a.head_dim);
+  return "";
 }
 
-const vk::Buffer& Kernels::kv_codebook(uint32_t bits) {
+size_t Kernels::kv_words(const AttentionShape& a) {
+  if (const std::string why = kv_cache_unsupported(a); !why.empty()) throw Error(why);
+  return a.kv_bits == 0 ? a.head_dim / 2 : size_t(a.head_dim) * a.kv_bits / 32 + 1;
+}
+
+vk::BufferView Kernels::kv_codebook(uint32_t bits) {
+  if (bits == 0) return dummy_;
   auto it = kv_codebooks_.find(bits);
   if (it != kv_codebooks_.end()) return it->second;
   const auto& c = pq::lloyd_max_centroids(static_cast<int>(bits));
+  const auto& mid = pq::lloyd_max_midpoints(static_cast<int>(bits));
   std::vector<float> v(c.begin(), c.end());
-  for (size_t k = 0; k + 1 < c.size(); ++k) v.push_back(static_cast<float>(0.5 * (c[k] + c[k + 1])));
+  v.insert(v.end(), mid.begin(), mid.end());
   return kv_codebooks_.emplace(bits, ctx_.upload_new(v, "KV cache codebook")).first->second;
 }
 
@@ -623,18 +629,12 @@ void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferVie
                            9, 20, 64);
   struct { uint32_t n_heads, n_kv, hd, max_ctx; float eps; } push{a.n_heads, a.n_kv, a.head_dim, a.max_ctx, a.eps};
   cmd.dispatch(p, {qkv, q_out, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
-                   has_norm ? norm : vk::BufferView(dummy_), step, a.kv_bits ? vk::BufferView(kv_codebook(a.kv_bits)) : vk::BufferView(dummy_)},
+                   has_norm ? norm : vk::BufferView(dummy_), step, kv_codebook(a.kv_bits)},
                push, a.n_heads + a.n_kv, m);
 }
 
 bool Kernels::decode_attention_supported(const AttentionShape& a) const {
-  if (a.kv_bits) {  // a PolarQuant cache: the shapes kv_words() accepts
-    try {
-      kv_words(a);
-    } catch (const Error&) {
-      return false;
-    }
-  }
+  if (!kv_cache_unsupported(a).empty()) return false;
   if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv || a.n_heads / a.n_kv > 16) return false;
   const size_t gq = a.n_heads / a.n_kv;  // shared memory of attention_decode.comp
   const size_t half = a.head_dim / 2, vw0 = gq <= 4 ? 4 : gq <= 8 ? 2 : 1;
@@ -669,7 +669,7 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
   struct { uint32_t n_heads, n_kv, window, splits; float eps; } push{a.n_heads, a.n_kv, a.window, splits, a.eps};
   cmd.dispatch(p, {qkv, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
                    has_norm ? norm : vk::BufferView(dummy_), step, part, ml,
-                   a.kv_bits ? vk::BufferView(kv_codebook(a.kv_bits)) : vk::BufferView(dummy_)},
+                   kv_codebook(a.kv_bits)},
                push, a.n_kv, splits);
 }
 
@@ -744,7 +744,7 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
   }
   const auto& p = pipeline("attention", {{0, per_row ? 1u : 0u}, {1, a.kv_bits}}, 6, 20, 128);
   struct { uint32_t n_heads, n_kv, hd, window, max_ctx; } push{a.n_heads, a.n_kv, a.head_dim, a.window, a.max_ctx};
-  cmd.dispatch(p, {q, kcache, vcache, out, step, a.kv_bits ? vk::BufferView(kv_codebook(a.kv_bits)) : vk::BufferView(dummy_)},
+  cmd.dispatch(p, {q, kcache, vcache, out, step, kv_codebook(a.kv_bits)},
                push, a.n_heads, m);
 }
 

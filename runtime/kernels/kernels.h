@@ -207,8 +207,8 @@ class Kernels {
   // Whether gemm() at m tokens runs a shader that can read fp16 activations (GemmOut::x_f16):
   // the tensor-core one and its emulation.
   bool gemm_takes_f16(uint32_t m, bool any_m = false) const { return gemm_path(m, any_m) != GemmPath::portable; }
-  // Tokens per workgroup of the cooperative-matrix GEMM for a matrix of `rows` and m tokens.
-  uint32_t gemm_coopmat_tile(size_t rows, uint32_t m) const;
+  // Tokens per workgroup of the cooperative-matrix GEMM for m tokens.
+  uint32_t gemm_coopmat_tile(uint32_t m) const;
 
   // Y [m][rows] = X W^T for the m tokens of a batched decode step (different sequences), each
   // code read once per config().batch_tokens tokens (pq_gemv_batch.comp); X as gemm() reads it.
@@ -244,8 +244,11 @@ class Kernels {
     // the rotated, normalized vector and its norm; head_dim a power of two from 8 to 256).
     uint32_t kv_bits = 0;
   };
+  // Why the shape cannot have its KV cache type (empty when it can): PolarQuant records need
+  // 4 or 8 bits and a power-of-two head size from 8 to 256.
+  static std::string kv_cache_unsupported(const AttentionShape& a);
   // Words the cache holds per position and KV head: head_dim / 2 (fp16), or the record's
-  // head_dim * kv_bits / 32 codes + 1 norm. Throws for a KV type the shape cannot have.
+  // head_dim * kv_bits / 32 codes + 1 norm. Throws where kv_cache_unsupported() says why.
   static size_t kv_words(const AttentionShape& a);
   // Where the m tokens of qkv_rope / attention are: one sequence at positions step[0] + i
   // (consecutive), or per_row (continuous batching): token i at position step[2i] of the sequence
@@ -313,7 +316,8 @@ class Kernels {
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
   std::optional<bool> unmasked_exact_;  // the probe's answer, once run
   std::map<uint32_t, vk::Buffer> kv_codebooks_;  // per width: Lloyd-Max centroids | cell boundaries
-  const vk::Buffer& kv_codebook(uint32_t bits);
+  // The shaders' KV codebook binding: the width's centroids | cell boundaries (fp16 cache: unused).
+  vk::BufferView kv_codebook(uint32_t bits);
   GemmPath last_gemm_ = GemmPath::portable;
   std::string coopmat_unsupported_;  // coopmat_gemm_unsupported(), found by the constructor
   uint32_t coopmat_subgroup_size() const;  // the required subgroup size of pq_gemm_coopmat (0: the driver's)

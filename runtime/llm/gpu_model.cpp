@@ -20,6 +20,18 @@ namespace {
 
 size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
 
+// Decode attention's context splits: at least 256 keys each at full length, 4 to 32 of them (at
+// short contexts many are empty and return at once).
+uint32_t decode_splits(int64_t context) { return static_cast<uint32_t>(std::clamp<int64_t>(context / 256, 4, 32)); }
+
+// The head geometry that decides a KV cache's record size (Kernels::kv_words).
+Kernels::AttentionShape kv_shape(const model::ModelConfig& c, const GpuOptions& opt) {
+  Kernels::AttentionShape a;
+  a.head_dim = static_cast<uint32_t>(c.head_dim);
+  a.kv_bits = static_cast<uint32_t>(opt.kv_bits);
+  return a;
+}
+
 vk::Buffer upload_vector(vk::Context& ctx, const model::PqmFile& f, const std::string& name) {
   return ctx.upload_new(f.read_floats(f.tensor(name)), name);
 }
@@ -211,11 +223,7 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   context_ = static_cast<int32_t>(opt.context > 0 ? std::min<int64_t>(opt.context, c.max_seq_len)
                                                   : std::min<int64_t>(c.max_seq_len, 8192));
   shape_.kv_bits = static_cast<uint32_t>(opt.kv_bits);
-  try {
-    Kernels::kv_words(Kernels::AttentionShape{1, 1, static_cast<uint32_t>(c.head_dim), 1, 0, 0.0f, shape_.kv_bits});
-  } catch (const vk::Error& e) {
-    throw ModelError(where + ": " + e.what());
-  }
+  if (const std::string why = Kernels::kv_cache_unsupported(kv_shape(c, opt)); !why.empty()) throw ModelError(where + ": " + why);
   // Refuse a context that cannot fit before allocating anything.
   const uint64_t available = device_memory_available(ctx.info());
   const MemoryPlan plan = memory_plan(c, src.bytes, opt, context_);
@@ -328,10 +336,9 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   hidden_ = ctx.buffer(size_t(c.hidden_dim) * 4, vk::MemoryKind::device, "mlp hidden (decode)");
   prep_rot_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "rotated input");
   prep_plain_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "prepared input");
-  // Decode attention: the context in splits of at least 256 keys at full length, 4 to 32 of
-  // them (at short contexts many are empty and return at once).
+  // Decode attention: the context in splits (decode_splits).
   if (kernels_.decode_attention_supported(shape_)) {
-    splits_ = static_cast<uint32_t>(std::clamp<int64_t>(context_ / 256, 4, 32));
+    splits_ = decode_splits(context_);
     att_parts_ = ctx.buffer(size_t(splits_) * q_dim * 4, vk::MemoryKind::device, "attention partial outputs");
     att_ml_ = ctx.buffer(size_t(splits_) * c.n_heads * 2 * 4, vk::MemoryKind::device, "attention (max, sum) pairs");
   }
@@ -377,12 +384,11 @@ MemoryPlan GpuModel::memory_plan(const model::ModelConfig& c, uint64_t weight_by
   p.weights = weight_bytes;
   const uint64_t slots = std::max<uint32_t>(1, opt.slots);
   const uint64_t kv_dim = uint64_t(c.n_kv_heads) * c.head_dim, q_dim = uint64_t(c.n_heads) * c.head_dim;
-  const uint64_t words = opt.kv_bits ? uint64_t(c.head_dim) * uint64_t(opt.kv_bits) / 32 + 1 : uint64_t(c.head_dim) / 2;
-  p.kv_cache = 2 * uint64_t(c.n_layers) * slots * uint64_t(context) * uint64_t(c.n_kv_heads) * words * 4;
+  p.kv_cache = 2 * uint64_t(c.n_layers) * slots * uint64_t(context) * uint64_t(c.n_kv_heads) * Kernels::kv_words(kv_shape(c, opt)) * 4;
   // The activation buffers of build(), for max_batch tokens per pass.
   const uint64_t M = std::max<uint64_t>({1, std::min<uint64_t>(opt.max_batch, uint64_t(context)), opt.slots});
   const uint64_t widest = round_up(std::max<uint64_t>({uint64_t(c.dim), uint64_t(c.hidden_dim), q_dim}), 1024);
-  const uint64_t splits = std::clamp<int64_t>(context / 256, 4, 32), vocab = uint64_t(c.vocab_size);
+  const uint64_t splits = decode_splits(context), vocab = uint64_t(c.vocab_size);
   p.activations = 4 * (M * c.dim + M * (q_dim + 2 * kv_dim) + 2 * M * q_dim + 3 * M * c.hidden_dim + c.hidden_dim +
                        2 * M * widest + splits * (q_dim + 2 * c.n_heads) + vocab);
   if (opt.slots > 0) p.activations += 4 * (2 * slots * vocab + 2 * slots) + 8 * M;

@@ -33,8 +33,8 @@ struct SyntheticWeights {
 struct GpuOptions {
   int32_t context = 0;      // KV-cache length; 0: the model's, at most 8192
   // The KV cache: 0 fp16; 8 or 4 PolarQuant codes of each rotated key and value head with one
-  // norm (--kv-type pq8 / pq4; Kernels::AttentionShape::kv_bits), read by the per-query attention
-  // kernel for prefill and decode alike (no split decode attention yet).
+  // norm (--kv-type pq8 / pq4; Kernels::AttentionShape::kv_bits), read by the split decode
+  // attention and, in prefill, by the per-query attention kernel.
   int kv_bits = 0;
   uint32_t max_batch = 128; // prompt tokens per prefill pass
   // Decode GEMVs that prepare their input themselves (RMSNorm, rotation: no kernel between

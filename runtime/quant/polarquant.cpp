@@ -264,17 +264,11 @@ uint16_t quantize_normalized_block(double* blk, int B, bool rotate,
 
 }  // namespace
 
-namespace {
-
-// The cell boundaries of lloyd_max_centroids(bits) (bits 1..8), computed once per width: the KV
-// cache quantizes every head of every token against them.
 const std::vector<double>& lloyd_max_midpoints(int bits) {
   static std::array<std::once_flag, 9> once;
   static std::array<std::vector<double>, 9> table;
   return cached(bits, [](int b) { return midpoints_of(lloyd_max_centroids(b)); }, once, table);
 }
-
-}  // namespace
 
 uint16_t quantize_vector(const float* x, int n, int bits, uint8_t* codes) {
   check_fwht_size(n);

@@ -31,6 +31,9 @@ void fwht_rows(const float* x, size_t rows, size_t cols, int B, float* out);
 // Lloyd-Max centroids for N(0,1) with 2^bits levels, ascending, symmetric about 0 (bits 1..8),
 // computed by the Lloyd-Max iteration on the Gaussian density (cached after the first call).
 const std::vector<double>& lloyd_max_centroids(int bits);
+// The cell boundaries of lloyd_max_centroids(bits) (the midpoints of neighbouring centroids),
+// computed once per width: the KV cache quantizes every head of every token against them.
+const std::vector<double>& lloyd_max_midpoints(int bits);
 // The MSE-optimal uniform (mid-rise) grid for N(0,1) with 2^bits levels: (k - (L-1)/2) * step.
 const std::vector<double>& gaussian_uniform_grid(int bits);
 
