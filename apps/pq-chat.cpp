@@ -19,6 +19,7 @@
 #include "chat/app.h"
 #include "device_choice.h"
 #include "sampler_options.h"
+#include "kv_type_option.h"
 
 #ifndef PQVK_DEFAULT_MODEL
 #define PQVK_DEFAULT_MODEL ""
@@ -43,9 +44,7 @@ int main(int argc, char** argv) {
   app.add_flag("--cpu", o.cpu, "Run the model on the CPU reference (the window still draws with Vulkan)");
   app.add_option("-t,--threads", o.threads, "CPU threads with --cpu (default: all)")->check(CLI::Range(0, 4096));
   std::string kv_type = "f16";
-  app.add_option("--kv-type", kv_type,
-                 "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated key and value head, one norm: about 1/2 and 1/4 of the memory; heads of 8..256, a power of two)")
-      ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
+  pqvk::apps::add_kv_type_option(app, kv_type);
   app.add_option("--script", o.script,
                  "Run the messages and commands of FILE (one per line; '\\' at the end continues a line), then exit");
   app.add_option("--transcript-out", o.transcript_out, "Write the session (prompts, replies, token ids, errors) as JSON");
@@ -71,7 +70,7 @@ int main(int argc, char** argv) {
     if (o.model.empty()) throw std::runtime_error("no model: pass -m MODEL.pqm");
     if (cli && !o.screenshot.empty()) throw std::runtime_error("--screenshot is for the window, not --cli");
     o.cpu = pqvk::apps::use_cpu(o.cpu, o.device, "pq-chat");
-    o.kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
+    o.kv_bits = pqvk::apps::kv_bits(kv_type);
     return cli ? pqvk::chat::run_cli(o) : pqvk::chat::run_gui(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pq-chat: error: %s\n", e.what());

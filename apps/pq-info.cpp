@@ -24,6 +24,7 @@
 #include "tokenize/chat.h"
 #include "vk/context.h"
 #include "vk/shader_registry.h"
+#include "kv_type_option.h"
 
 namespace {
 
@@ -279,7 +280,7 @@ int main(int argc, char** argv) {
   app.add_option("--parallel", fit_parallel, "With --fit: sequences, each with its own context (pq-server --parallel)")
       ->check(CLI::Range(1, 256));
   std::string fit_kv = "f16";
-  app.add_option("--kv-type", fit_kv, "With --fit: the KV cache, f16 (default), pq8 or pq4")->check(CLI::IsMember({"f16", "pq8", "pq4"}));
+  pqvk::apps::add_kv_type_option(app, fit_kv, "With --fit: ");
   ChatRender chat;
   std::string bos, eos;
   auto* tmpl_opt = app.add_option("--chat-template", chat.template_path,
@@ -310,7 +311,7 @@ int main(int argc, char** argv) {
   }
   if (!model.empty()) {
     try {
-      if (fit) return show_fit(model, device, fit_ctx, fit_parallel, fit_kv == "pq8" ? 8 : fit_kv == "pq4" ? 4 : 0, json);
+      if (fit) return show_fit(model, device, fit_ctx, fit_parallel, pqvk::apps::kv_bits(fit_kv), json);
       return show_model(model, !no_verify, json);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "pq-info: error: %s\n", e.what());

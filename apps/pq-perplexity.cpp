@@ -41,6 +41,7 @@
 #include "model/pqm.h"
 #include "tokenize/tokenizer.h"
 #include "vk/context.h"
+#include "kv_type_option.h"
 
 #ifndef PQVK_DEFAULT_MODEL
 #define PQVK_DEFAULT_MODEL ""
@@ -230,9 +231,7 @@ int main(int argc, char** argv) {
   app.add_option("--kl-divergence", kld_path, "Compare with the log-probabilities a --save-logits run wrote to FILE")
       ->excludes(save_opt);
   app.add_flag("--no-bos", no_bos, "Do not start the text / chunks with BOS");
-  app.add_option("--kv-type", kv_type,
-                 "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated key and value head, one norm: about 1/2 and 1/4 of the memory; heads of 8..256, a power of two)")
-      ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
+  pqvk::apps::add_kv_type_option(app, kv_type);
   app.add_flag("-q,--quiet", quiet, "No progress");
   CLI11_PARSE(app, argc, argv);
 
@@ -279,7 +278,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::llm::CpuModel> cpu_model;
     std::function<std::vector<float>(const std::vector<int32_t>&)> eval;
     std::string device_name;
-    const int kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
+    const int kv_bits = pqvk::apps::kv_bits(kv_type);
     const bool on_cpu = pqvk::apps::use_cpu(cpu, device, "pq-perplexity");
     if (on_cpu) {
       pqvk::llm::CpuOptions co;

@@ -27,6 +27,7 @@
 #include "tokenize/stop_filter.h"
 #include "tokenize/tokenizer.h"
 #include "vk/context.h"
+#include "kv_type_option.h"
 
 #ifndef PQVK_DEFAULT_MODEL
 #define PQVK_DEFAULT_MODEL ""
@@ -92,9 +93,7 @@ int main(int argc, char** argv) {
                  "device is a CPU implementation such as lavapipe, the CPU reference runs unless this is given)");
   app.add_flag("--cpu", cpu, "Run the CPU reference instead of the GPU");
   std::string kv_type = "f16";
-  app.add_option("--kv-type", kv_type,
-                 "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated key and value head, one norm: about 1/2 and 1/4 of the memory; heads of 8..256, a power of two)")
-      ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
+  pqvk::apps::add_kv_type_option(app, kv_type);
   app.add_option("-t,--threads", threads, "CPU threads with --cpu (default: all)");
   app.add_flag("--ids", print_ids, "Print generated token ids (one line, space-separated) instead of text");
   app.add_flag("--no-bos", no_bos, "Do not start the prompt with the BOS token");
@@ -147,7 +146,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<pqvk::vk::Context> vkctx;
     std::unique_ptr<pqvk::llm::GpuModel> gpu;
     std::unique_ptr<pqvk::llm::CpuModel> cpu_model;
-    const int kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
+    const int kv_bits = pqvk::apps::kv_bits(kv_type);
     if (pqvk::apps::use_cpu(cpu, device, "pq-run")) {
       pqvk::llm::CpuOptions co;
       co.threads = threads;

@@ -33,6 +33,7 @@
 #include "tokenize/chat.h"
 #include "tokenize/tokenizer.h"
 #include "vk/context.h"
+#include "kv_type_option.h"
 
 #ifndef PQVK_DEFAULT_MODEL
 #define PQVK_DEFAULT_MODEL ""
@@ -262,7 +263,7 @@ int main(int argc, char** argv) {
   app.add_option("--parallel", parallel, "Slots: requests generating at once (default 4)")->check(CLI::Range(1, 256));
   app.add_option("-c,--ctx-size", ctx_size, "Context per slot (default: the model's, at most 4096)")->check(CLI::Range(1, 1 << 24));
   std::string kv_type = "f16";
-  app.add_option("--kv-type", kv_type, "KV cache: f16 (default), or pq8 / pq4 (PolarQuant codes of each rotated key and value head, one norm: about 1/2 and 1/4 of the memory; heads of 8..256, a power of two)")->check(CLI::IsMember({"f16", "pq8", "pq4"}));
+  pqvk::apps::add_kv_type_option(app, kv_type);
   app.add_option("--api-key", api_key, "Require 'Authorization: Bearer KEY' (all endpoints but /health)");
   app.add_option("--queue", queue, "Requests that may wait for a slot (default 64; beyond: 503)")->check(CLI::Range(0, 1 << 16));
   app.add_option("-b,--batch", batch, "Prompt tokens per prefill step (default 256)")->check(CLI::Range(1, 8192));
@@ -301,7 +302,7 @@ int main(int argc, char** argv) {
     eo.context = ctx_size;
     eo.step_tokens = batch;
     eo.threads = threads;
-    eo.kv_bits = kv_type == "pq8" ? 8 : kv_type == "pq4" ? 4 : 0;
+    eo.kv_bits = pqvk::apps::kv_bits(kv_type);
     std::unique_ptr<pqvk::vk::Context> vkctx;
     std::unique_ptr<Engine> engine;
     if (pqvk::apps::use_cpu(cpu, device, "pq-server")) {

@@ -41,6 +41,7 @@
 #include "model/pqm.h"
 #include "quant/polarquant.h"
 #include "vk/context.h"
+#include "kv_type_option.h"
 
 namespace {
 
@@ -607,7 +608,7 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
   const int max_np = a.n_parallel.empty() ? 0 : *std::max_element(a.n_parallel.begin(), a.n_parallel.end());
   go.slots = static_cast<uint32_t>(max_np);
   go.batch_gemm_from = static_cast<uint32_t>(a.batch_gemm_from);
-  go.kv_bits = a.kv_type == "pq8" ? 8 : a.kv_type == "pq4" ? 4 : 0;
+  go.kv_bits = pqvk::apps::kv_bits(a.kv_type);
   const uint64_t before = ctx.allocated_bytes();
   const auto t0 = Clock::now();
   std::unique_ptr<pqvk::llm::GpuModel> m;
@@ -1003,8 +1004,7 @@ int main(int argc, char** argv) {
                  "(also -np, as llama.cpp) Continuous batching: also decode -n tokens in N sequences together (one "
                  "batched step per token), aggregate t/s, e.g. 1,8,32")
       ->delimiter(',');
-  app.add_option("--kv-type", ma.kv_type, "KV cache: f16 (default), pq8 or pq4 (PolarQuant codes of each rotated key and value head)")
-      ->check(CLI::IsMember({"f16", "pq8", "pq4"}));
+  pqvk::apps::add_kv_type_option(app, ma.kv_type);
   app.add_option("--batch-gemm-from", ma.batch_gemm_from,
                  "-np: decode steps of at least N sequences multiply through the tiled GEMM instead of the batched GEMV "
                  "(default 0: never; a comparison, pq-server never does this)")
