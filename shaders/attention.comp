@@ -31,6 +31,7 @@ layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, binding = 3) writeonly buffer O { float o[]; };
 layout(std430, binding = 4) readonly buffer Step { uint step[]; };
 layout(std430, binding = 5) readonly buffer KVCB { float kvcb[]; };
+#include "pq_kv.glsl"
 layout(push_constant) uniform Push { uint n_heads, n_kv, hd, window, max_ctx; } p;
 
 shared float qs[256];
@@ -38,19 +39,7 @@ shared float probs[128];
 shared float red[128];
 shared float cbs[KV_BITS > 0u ? 1u << KV_BITS : 1u];  // KV_BITS: the centroids
 
-// KV_BITS: qs[0..hd) times sqrt(hd) H (the unnormalized Walsh-Hadamard transform), in place.
-void fwht_qs(uint hd, uint t) {
-  for (uint h = 1u; h < hd; h <<= 1u) {
-    barrier();
-    for (uint u = t; u < hd / 2u; u += 128u) {
-      const uint i = (u / h) * 2u * h + (u % h);
-      const float a = qs[i], b = qs[i + h];
-      qs[i] = a + b;
-      qs[i + h] = a - b;
-    }
-  }
-  barrier();
-}
+PQ_KV_DEFINE_FWHT(fwht_qs, qs, 128u)  // KV_BITS: qs[0..hd) times sqrt(hd) H, in place
 
 float wg_max(float v) {
   v = subgroupMax(v);
@@ -81,12 +70,11 @@ void main() {
   const uint base = PER_ROW != 0u ? step[2u * m + 1u] * p.max_ctx : 0u;  // the sequence's first cached position
   const float scale = inversesqrt(float(hd));
   for (uint j = t; j < hd; j += 128u) qs[j] = q[(m * p.n_heads + h) * hd + j];
-  // PolarQuant records: W words per (position, KV head), cpw codes a word, the norm last.
-  const uint cpw = KV_BITS > 0u ? 32u / KV_BITS : 1u, W = KV_BITS > 0u ? hd / cpw + 1u : half_hd;
-  const uint cmask = (1u << KV_BITS) - 1u;
+  // PolarQuant records: W words per (position, KV head), KV_CPW codes a word, the norm last.
+  const uint W = KV_BITS > 0u ? hd / KV_CPW + 1u : half_hd;
   if (KV_BITS > 0u) {
     for (uint i = t; i < (1u << KV_BITS); i += 128u) cbs[i] = kvcb[i];
-    fwht_qs(hd, t);  // qs = sqrt(hd) H q
+    fwht_qs(1u, hd, t);  // qs = sqrt(hd) H q
   }
   barrier();
 
@@ -101,7 +89,7 @@ void main() {
       vec4 d = vec4(0.0);
       for (uint w = 0u; w + 1u < W; ++w) {
         const uint word = kc[kb + w];
-        for (uint k = 0u; k < cpw; ++k) d[k & 3u] = fma(qs[w * cpw + k], cbs[(word >> (k * KV_BITS)) & cmask], d[k & 3u]);
+        for (uint k = 0u; k < KV_CPW; ++k) d[k & 3u] = fma(qs[w * KV_CPW + k], cbs[(word >> (k * KV_BITS)) & KV_MASK], d[k & 3u]);
       }
       s = ((d.x + d.y) + (d.z + d.w)) * uintBitsToFloat(kc[kb + W - 1u]) / float(hd) * scale;
     } else if (key <= pos) {
@@ -133,8 +121,8 @@ void main() {
       for (uint i = 0u; i < n; ++i) {
         const uint vb = vb0 + i * vstride;
         const float pn = probs[i] * uintBitsToFloat(vc[vb + W - 1u]);
-        if (t < hd) acc0 = fma(pn, cbs[(vc[vb + t / cpw] >> ((t % cpw) * KV_BITS)) & cmask], acc0);
-        if (t + 128u < hd) acc1 = fma(pn, cbs[(vc[vb + (t + 128u) / cpw] >> (((t + 128u) % cpw) * KV_BITS)) & cmask], acc1);
+        if (t < hd) acc0 = fma(pn, cbs[(vc[vb + t / KV_CPW] >> ((t % KV_CPW) * KV_BITS)) & KV_MASK], acc0);
+        if (t + 128u < hd) acc1 = fma(pn, cbs[(vc[vb + (t + 128u) / KV_CPW] >> (((t + 128u) % KV_CPW) * KV_BITS)) & KV_MASK], acc1);
       }
       barrier();  // probs[] is rewritten by the next tile
       continue;
@@ -185,7 +173,7 @@ void main() {
   if (KV_BITS > 0u) {  // back from the rotated basis: H acc = (sqrt(hd) H acc) / sqrt(hd), and the values' 1 / sqrt(hd)
     if (t < hd) qs[t] = acc0;
     if (t + 128u < hd) qs[t + 128u] = acc1;
-    fwht_qs(hd, t);
+    fwht_qs(1u, hd, t);
     if (t < hd) o[ob + t] = qs[t] / (float(hd) * run_sum);
     if (t + 128u < hd) o[ob + t + 128u] = qs[t + 128u] / (float(hd) * run_sum);
     return;

@@ -43,8 +43,6 @@ layout(constant_id = 1) const uint HAS_NORM = 0u;
 layout(constant_id = 2) const uint GQ = 4u;
 layout(constant_id = 3) const uint HD = 128u;
 layout(constant_id = 4) const uint KV_BITS = 0u;
-const uint CPW = KV_BITS > 0u ? 32u / KV_BITS : 1u;        // codes a record word holds
-const uint RW = KV_BITS > 0u ? HD / CPW + 1u : HD / 2u;    // words a position and KV head take
 const uint HALF = HD / 2u;
 const uint NQK = GQ + 1u;                      // the query heads, then the new key
 const uint PAIRS_PER_T = (GQ * HALF + 127u) / 128u;  // (head, V word) pairs per invocation at the end
@@ -68,6 +66,7 @@ layout(std430, binding = 7) writeonly buffer Part { float part[]; };
 layout(std430, binding = 8) writeonly buffer ML { float ml[]; };
 layout(std430, binding = 9) readonly buffer KVCB { float kvcb[]; };
 #include "pq_kv.glsl"
+const uint RW = KV_BITS > 0u ? HD / KV_CPW + 1u : HD / 2u;  // words a position and KV head take
 layout(push_constant) uniform Push { uint n_heads, n_kv, window, splits; float eps; } p;
 
 shared vec2 qk[NQK * HALF];       // RoPE pairs (x_j, x_{j+hd/2}) of the query heads and the new key
@@ -86,31 +85,9 @@ shared float qrot[KV_BITS > 0u ? GQ * HD : 1u];
 shared float cbs[KV_BITS > 0u ? 1u << KV_BITS : 1u];
 shared float hvq[KV_BITS > 0u ? HD : 1u];
 
-// KV_BITS: `a` [GQ * HD] (qrot) or hvq's one vector (n_vec 1) times sqrt(HD) H, per HD-long vector.
-void fwht_qrot(uint n_vec, uint t) {
-  for (uint h = 1u; h < HD; h <<= 1u) {
-    barrier();
-    for (uint u = t; u < n_vec * HD / 2u; u += 128u) {
-      const uint v = u / (HD / 2u), w = u % (HD / 2u), i = v * HD + (w / h) * 2u * h + (w % h);
-      const float a = qrot[i], b = qrot[i + h];
-      qrot[i] = a + b;
-      qrot[i + h] = a - b;
-    }
-  }
-  barrier();
-}
-void fwht_hvq(uint t) {
-  for (uint h = 1u; h < HD; h <<= 1u) {
-    barrier();
-    for (uint u = t; u < HD / 2u; u += 128u) {
-      const uint i = (u / h) * 2u * h + (u % h);
-      const float a = hvq[i], b = hvq[i + h];
-      hvq[i] = a + b;
-      hvq[i + h] = a - b;
-    }
-  }
-  barrier();
-}
+PQ_KV_DEFINE_FWHT(fwht_qrot, qrot, 128u)  // KV_BITS: each head's vector times sqrt(HD) H
+PQ_KV_DEFINE_FWHT(fwht_hvq, hvq, 128u)
+PQ_KV_DEFINE_PACK(pack_hvq, hvq)
 
 // Max (is_max) or sum over the workgroup of one value per head.
 void wg_reduce(inout float vals[GQ], bool is_max) {
@@ -141,13 +118,9 @@ void store_record(bool to_k, uint rec, uint t) {
   const float norm = max(sqrt(ss[0]), 1e-10);
   const float stored = pq_kv_stored_norm(norm);
   const float divisor = stored > 0.0 ? stored : norm;
-  fwht_hvq(t);
+  fwht_hvq(1u, HD, t);
   for (uint w = t; w + 1u < RW; w += 128u) {
-    uint packed = 0u;
-    for (uint k = 0u; k < CPW; ++k) {
-      const float r = hvq[w * CPW + k] / divisor;
-      packed |= pq_kv_code(r) << (k * KV_BITS);
-    }
+    const uint packed = pack_hvq(w, divisor);
     if (to_k) kc[rec + w] = knew[w] = packed;
     else vc[rec + w] = vnew[w] = packed;
   }
@@ -237,7 +210,7 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
   }
   if (KV_BITS > 0u) {
     for (uint i = t; i < (1u << KV_BITS); i += 128u) cbs[i] = kvcb[i];
-    fwht_qrot(GQ, t);  // qrot = sqrt(HD) H q per head
+    fwht_qrot(GQ, HD, t);  // qrot = sqrt(HD) H q per head
     if (has_pos) {  // the new key and value as records (the caches, and knew / vnew for this workgroup)
       const uint rec = (pos * p.n_kv + kvh) * RW;
       store_record(true, rec, t);
@@ -272,9 +245,9 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = 0.0;
       for (uint w = 0u; w + 1u < RW; ++w) {
         const uint word = key == pos ? knew[w] : kc[kb + w];
-        for (uint k = 0u; k < CPW; ++k) {
-          const float c = cbs[(word >> (k * KV_BITS)) & ((1u << KV_BITS) - 1u)];
-          [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = fma(qrot[g * HD + w * CPW + k], c, d[g]);
+        for (uint k = 0u; k < KV_CPW; ++k) {
+          const float c = cbs[(word >> (k * KV_BITS)) & KV_MASK];
+          [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = fma(qrot[g * HD + w * KV_CPW + k], c, d[g]);
         }
       }
       const float f = uintBitsToFloat(key == pos ? knew[RW - 1u] : kc[kb + RW - 1u]) / float(HD) * scale;
@@ -332,15 +305,14 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
     [[unroll]] for (uint g = 0u; g < GQ; ++g)
       [[unroll]] for (uint w = 0u; w < VW; ++w) acc[g * VW + w] *= rescale[g];
     if (slot < SLOTS && KV_BITS > 0u) {  // dims 2 (col VW + w), + 1 of each value, rotated basis
-      const uint cmask = (1u << KV_BITS) - 1u;
       for (uint i = slot; i < nk; i += SLOTS) {
         const uint vb = ((start + i) * p.n_kv + kvh) * RW;
         const bool is_new = start + i == pos;
         const float vn = uintBitsToFloat(is_new ? vnew[RW - 1u] : vc[vb + RW - 1u]);
         [[unroll]] for (uint w = 0u; w < VW; ++w) {
           const uint d0 = 2u * (col * VW + w);
-          const uint word = is_new ? vnew[d0 / CPW] : vc[vb + d0 / CPW], sh = (d0 % CPW) * KV_BITS;
-          const vec2 vv = vec2(cbs[(word >> sh) & cmask], cbs[(word >> (sh + KV_BITS)) & cmask]) * vn;
+          const uint word = is_new ? vnew[d0 / KV_CPW] : vc[vb + d0 / KV_CPW], sh = (d0 % KV_CPW) * KV_BITS;
+          const vec2 vv = vec2(cbs[(word >> sh) & KV_MASK], cbs[(word >> (sh + KV_BITS)) & KV_MASK]) * vn;
           [[unroll]] for (uint g = 0u; g < GQ; ++g) acc[g * VW + w] = fma(vec2(probs[g * 128u + i]), vv, acc[g * VW + w]);
         }
       }
@@ -404,7 +376,7 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
     }
   }
   if (KV_BITS > 0u) {  // back from the rotated basis: (sqrt(HD) H sum) / HD, the values' 1/sqrt(HD) included
-    fwht_qrot(GQ, t);
+    fwht_qrot(GQ, HD, t);
     for (uint i = t; i < GQ * HD; i += 128u) part[split * q_dim + kvh * GQ * HD + i] = qrot[i] / float(HD);
   }
 }

@@ -47,6 +47,8 @@ layout(push_constant) uniform Push { uint n_heads, n_kv, hd, max_ctx; float eps;
 
 shared float red[64];
 shared float hv[256];  // KV_BITS: the head vector being quantized
+PQ_KV_DEFINE_FWHT(fwht_hv, hv, 64u)
+PQ_KV_DEFINE_PACK(pack_hv, hv)
 
 // Sum over the workgroup (64 invocations; any subgroup size).
 float wg_sum(float s) {
@@ -71,22 +73,10 @@ void store_record(bool to_k, uint rec) {
   // Codes against the stored (fp16-rounded) norm, as the CPU twin; the exact one if that is 0.
   const float stored = pq_kv_stored_norm(norm);
   const float divisor = stored > 0.0 ? stored : norm;
-  for (uint h = 1u; h < hd; h <<= 1u) {  // unnormalized: hv becomes sqrt(hd) H x
-    for (uint u = t; u < hd / 2u; u += 64u) {
-      const uint i = (u / h) * 2u * h + (u % h);
-      const float a = hv[i], b = hv[i + h];
-      hv[i] = a + b;
-      hv[i + h] = a - b;
-    }
-    barrier();
-  }
-  const uint cpw = 32u / KV_BITS, words = hd / cpw;
+  fwht_hv(1u, hd, t);  // hv becomes sqrt(hd) H x
+  const uint words = hd / KV_CPW;
   for (uint w = t; w < words; w += 64u) {
-    uint packed = 0u;
-    for (uint k = 0u; k < cpw; ++k) {
-      const float r = hv[w * cpw + k] / divisor;
-      packed |= pq_kv_code(r) << (k * KV_BITS);
-    }
+    const uint packed = pack_hv(w, divisor);
     if (to_k) kc[rec + w] = packed;
     else vc[rec + w] = packed;
   }

@@ -9,6 +9,9 @@
 #ifndef PQ_KV_GLSL
 #define PQ_KV_GLSL
 
+const uint KV_CPW = KV_BITS > 0u ? 32u / KV_BITS : 1u;  // codes a record word holds
+const uint KV_MASK = (1u << KV_BITS) - 1u;              // one code
+
 // The code of normalized coordinate r: how many cell boundaries lie below it (binary search).
 uint pq_kv_code(float r) {
   const uint nc = 1u << KV_BITS;
@@ -23,5 +26,33 @@ uint pq_kv_code(float r) {
 
 // The fp16 rounding of a head's norm, as the record stores it.
 float pq_kv_stored_norm(float norm) { return unpackHalf2x16(packHalf2x16(vec2(norm, 0.0))).x; }
+
+// Defines `void NAME(uint n_vec, uint hd, uint t)`: ARR[0 .. n_vec * hd), n_vec vectors of hd
+// values (a power of two), each times sqrt(hd) H in place (the unnormalized Walsh-Hadamard
+// transform), by the workgroup's NT invocations (t: this one's index). A barrier before every
+// stage and one at the end: call it in uniform control flow. (A macro: GLSL cannot pass a
+// shared array to a function.)
+#define PQ_KV_DEFINE_FWHT(NAME, ARR, NT)                                                  \
+  void NAME(uint n_vec, uint hd, uint t) {                                                \
+    for (uint h = 1u; h < hd; h <<= 1u) {                                                 \
+      barrier();                                                                          \
+      for (uint u = t; u < n_vec * hd / 2u; u += (NT)) {                                  \
+        const uint w = u % (hd / 2u), i = (u / (hd / 2u)) * hd + (w / h) * 2u * h + (w % h); \
+        const float a = ARR[i], b = ARR[i + h];                                           \
+        ARR[i] = a + b;                                                                   \
+        ARR[i + h] = a - b;                                                               \
+      }                                                                                   \
+    }                                                                                     \
+    barrier();                                                                            \
+  }
+
+// Defines `uint NAME(uint w, float divisor)`: record word w, the packed codes of
+// ARR[w KV_CPW ..] / divisor, where ARR holds sqrt(hd) H x and divisor is x's stored norm.
+#define PQ_KV_DEFINE_PACK(NAME, ARR)                                                      \
+  uint NAME(uint w, float divisor) {                                                      \
+    uint packed = 0u;                                                                     \
+    for (uint k = 0u; k < KV_CPW; ++k) packed |= pq_kv_code(ARR[w * KV_CPW + k] / divisor) << (k * KV_BITS); \
+    return packed;                                                                        \
+  }
 
 #endif
