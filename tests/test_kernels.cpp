@@ -1132,13 +1132,17 @@ TEST(Attention, PolarQuantCacheMatchesCpu) {
             << describe(c) << " pq" << bits << ": the split decode stored other value records than qkv_rope";
       }
     }
-  AttnCase odd{4, 2, 12, 3, 0, 0, false, false};
-  odd.kv_bits = 4;
-  Kernels::AttentionShape s{odd.n_heads, odd.n_kv, odd.hd, 512, 0, 1e-6f, 4};
+  Kernels::AttentionShape s{4, 2, 12, 512, 0, 1e-6f, 4};  // heads of 12
+  EXPECT_NE(Kernels::kv_cache_unsupported(s).find("power-of-two head size"), std::string::npos);
   EXPECT_THROW(Kernels::kv_words(s), vk::Error);
+  EXPECT_FALSE(kernels().decode_attention_supported(s));
   s.head_dim = 16;
   s.kv_bits = 5;
+  EXPECT_NE(Kernels::kv_cache_unsupported(s).find("4 or 8"), std::string::npos);
   EXPECT_THROW(Kernels::kv_words(s), vk::Error);
+  s.kv_bits = 4;
+  EXPECT_EQ(Kernels::kv_cache_unsupported(s), "");
+  EXPECT_EQ(Kernels::kv_words(s), 16u * 4 / 32 + 1);
 }
 
 // Continuous batching: tokens of several sequences, each in its own cache region (slot), at their

@@ -38,7 +38,6 @@
 namespace pqvk {
 namespace {
 
-
 using llm::CpuModel;
 using llm::CpuOptions;
 using llm::Sampler;
