@@ -305,15 +305,28 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
     [[unroll]] for (uint g = 0u; g < GQ; ++g)
       [[unroll]] for (uint w = 0u; w < VW; ++w) acc[g * VW + w] *= rescale[g];
     if (slot < SLOTS && KV_BITS > 0u) {  // dims 2 (col VW + w), + 1 of each value, rotated basis
-      for (uint i = slot; i < nk; i += SLOTS) {
-        const uint vb = ((start + i) * p.n_kv + kvh) * RW;
-        const bool is_new = start + i == pos;
-        const float vn = uintBitsToFloat(is_new ? vnew[RW - 1u] : vc[vb + RW - 1u]);
-        [[unroll]] for (uint w = 0u; w < VW; ++w) {
-          const uint d0 = 2u * (col * VW + w);
-          const uint word = is_new ? vnew[d0 / KV_CPW] : vc[vb + d0 / KV_CPW], sh = (d0 % KV_CPW) * KV_BITS;
-          const vec2 vv = vec2(cbs[(word >> sh) & KV_MASK], cbs[(word >> (sh + KV_BITS)) & KV_MASK]) * vn;
-          [[unroll]] for (uint g = 0u; g < GQ; ++g) acc[g * VW + w] = fma(vec2(probs[g * 128u + i]), vv, acc[g * VW + w]);
+      for (uint i0 = slot; i0 < nk; i0 += 4u * SLOTS) {  // four value records in flight
+        uint words[4][VW];
+        float vn[4];
+        [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+          const uint i = min(i0 + u * SLOTS, nk - 1u);
+          const uint vb = ((start + i) * p.n_kv + kvh) * RW;
+          const bool is_new = start + i == pos;
+          vn[u] = uintBitsToFloat(is_new ? vnew[RW - 1u] : vc[vb + RW - 1u]);
+          [[unroll]] for (uint w = 0u; w < VW; ++w) {
+            const uint wi = 2u * (col * VW + w) / KV_CPW;
+            words[u][w] = is_new ? vnew[wi] : vc[vb + wi];
+          }
+        }
+        [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+          const uint i = i0 + u * SLOTS;
+          if (i < nk) {
+            [[unroll]] for (uint w = 0u; w < VW; ++w) {
+              const uint sh = (2u * (col * VW + w) % KV_CPW) * KV_BITS;
+              const vec2 vv = vec2(cbs[(words[u][w] >> sh) & KV_MASK], cbs[(words[u][w] >> (sh + KV_BITS)) & KV_MASK]) * vn[u];
+              [[unroll]] for (uint g = 0u; g < GQ; ++g) acc[g * VW + w] = fma(vec2(probs[g * 128u + i]), vv, acc[g * VW + w]);
+            }
+          }
         }
       }
     } else if (slot < SLOTS) {

@@ -160,6 +160,11 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
     else if (v == "unmasked") cfg_.gemv_lookup = KernelConfig::GemvLookup::shuffle_unmasked;
     else throw Error("PQVK_GEMV_LOOKUP='" + v + "' is not table, shuffle or unmasked");
   }
+  if (const char* e = std::getenv("PQVK_GEMV_FOLD"); e && *e) {  // 0 / 1: folded preparations (benchmarks)
+    const std::string v = e;
+    if (v != "0" && v != "1") throw Error("PQVK_GEMV_FOLD='" + v + "' is not 0 or 1");
+    cfg_.gemv_fold = v == "1";
+  }
   if (const char* e = std::getenv("PQVK_GEMV_BATCH"); e && *e) {  // "WGxROWSxTOKENS": the batched GEMV's shape (benchmarks)
     unsigned wg = 0, rows = 0, tokens = 0;
     if (std::sscanf(e, "%ux%ux%u", &wg, &rows, &tokens) != 3)
@@ -301,6 +306,15 @@ void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   }
 }
 
+namespace {
+// Invocations of a GEMV workgroup: no more than chunks of a row (rounded up to 32), so that short
+// rows leave none idle; table lookups fill shared memory per workgroup: at least 128 share the fill.
+uint32_t gemv_workgroup(const KernelConfig& cfg, uint32_t nchunk, bool table) {
+  const uint32_t want = table ? std::max<uint32_t>(cfg.gemv_wg, 128) : cfg.gemv_wg;
+  return std::min<uint32_t>(want, static_cast<uint32_t>(round_up(nchunk, 32)));
+}
+}  // namespace
+
 void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y,
                    const GemvOp& op) {
   gemv_as(cmd, w, x, y, op, gemv_lookup(w.bits));
@@ -316,6 +330,21 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
                                            : w.cols), w.name + " gemv input");
   check_view(y, size_t(op.y_offset) + (swiglu ? w.rows / 2 : w.rows), w.name + " gemv output");
   if (op.prologue == GemvOp::rmsnorm) check_view(op.norm, w.cols, w.name + " rmsnorm weight");
+  if (op.prologue == GemvOp::prepared_rms) check_view(op.partials, w.cols_padded / w.block, w.name + " sums of squares");
+  const GemvOp::Fold& fold = op.fold;
+  const uint32_t nout = u32(swiglu ? w.rows / 2 : w.rows, "outputs");
+  if (fold.kind != GemvOp::Fold::none) {
+    if (!fold_supported(w, op.epilogue, fold.block))
+      throw Error(w.name + ": the GEMV cannot prepare a next input of blocks of " + std::to_string(fold.block));
+    if (op.y_offset != 0) throw Error(w.name + ": a GEMV that prepares the next input writes y from 0");
+    const size_t nb = (nout + fold.block - 1) / fold.block;
+    check_view(fold.next, rotated_row_elems(nout, static_cast<int>(fold.block), Layout::gemv_interleaved), w.name + " next input");
+    check_view(fold.counters, nb, w.name + " fold counters");
+    if (fold.kind == GemvOp::Fold::rmsnorm) {
+      check_view(fold.partials, nb, w.name + " sums of squares");
+      check_view(fold.norm, nout, w.name + " next rmsnorm weight");
+    }
+  }
   if (swiglu && (w.rows % 2 || cfg_.gemv_rows % 2))
     throw Error(w.name + ": the SwiGLU epilogue needs an even row count and rows per workgroup");
   const uint32_t bits = static_cast<uint32_t>(w.bits);
@@ -325,30 +354,44 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   while (rep_shift > 0 && (size_t(4) << (bits + rep_shift)) > gemv_table_budget(ctx_)) --rep_shift;
   if (cfg_.gemv_table_shift >= 0) rep_shift = std::min<uint32_t>(rep_shift, static_cast<uint32_t>(cfg_.gemv_table_shift));
   const uint32_t mode = lookup == L::table ? 0u : lookup == L::shuffle ? 1u : lookup == L::shuffle_unmasked ? 2u : 3u;
-  const uint32_t prologue =
-      op.prologue == GemvOp::prepared ? 0u : 4u | (w.rotated ? 1u : 0u) | (op.prologue == GemvOp::rmsnorm ? 2u : 0u);
+  const uint32_t prologue = op.prologue == GemvOp::prepared       ? 0u
+                            : op.prologue == GemvOp::prepared_rms ? 8u
+                                                                  : 4u | (w.rotated ? 1u : 0u) | (op.prologue == GemvOp::rmsnorm ? 2u : 0u);
   if ((prologue & 1u) && (w.block / 32 > static_cast<int>(cfg_.subgroup_size ? cfg_.subgroup_size : ctx_.info().subgroup_size)))
     throw Error(w.name + ": rotating blocks of " + std::to_string(w.block) + " inside the GEMV needs subgroups of at least " +
                 std::to_string(w.block / 32) + " invocations");
   const uint32_t epilogue = static_cast<uint32_t>(op.epilogue);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
-  // No more invocations than chunks of a row (rounded up to 32): short rows leave none idle.
-  // Table lookups fill shared memory per workgroup: at least 128 invocations share the fill.
-  const uint32_t want = lookup == L::table ? std::max<uint32_t>(cfg_.gemv_wg, 128) : cfg_.gemv_wg;
-  const uint32_t wg = std::min<uint32_t>(want, static_cast<uint32_t>(round_up(nchunk, 32)));
+  const uint32_t wg = gemv_workgroup(cfg_, nchunk, lookup == L::table);
+  const uint32_t fold_kind = fold.kind == GemvOp::Fold::rmsnorm ? 1u : fold.kind == GemvOp::Fold::plain ? 2u : 0u;
   const auto& p = pipeline("pq_gemv",
                            {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
-                            {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue}},
-                           6, 28, wg);
+                            {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue},
+                            {8, fold_kind}, {9, fold_kind ? fold.block : 128u}, {10, fold.rotate ? 1u : 0u}},
+                           10, 32, wg);
+  const auto or_dummy = [&](vk::BufferView v) { return v.buffer ? v : vk::BufferView(dummy_); };
   for (const auto& s : w.slices) {
     if (swiglu && (s.row0 % 2 || s.rows % 2)) throw Error(w.name + ": a slice splits a gate/up row pair");
-    struct { uint32_t rows, nchunk, nblocks, cols, y_offset, x_offset; float eps; } push{
+    struct { uint32_t rows, nchunk, nblocks, cols, y_offset, x_offset; float eps; uint32_t nout; } push{
         u32(s.rows, "rows"), nchunk, nblocks, u32(op.prologue == GemvOp::prepared ? w.cols_padded : w.cols, "cols"),
-        u32(op.y_offset + (swiglu ? s.row0 / 2 : s.row0), "row"), op.x_offset, op.eps};
+        u32(op.y_offset + (swiglu ? s.row0 / 2 : s.row0), "row"), op.x_offset, op.eps, nout};
     uint32_t gx, gy;
     grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
-    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x, y, op.norm.buffer ? op.norm : vk::BufferView(dummy_)}, push, gx, gy);
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x, y, or_dummy(op.norm), or_dummy(fold.counters), or_dummy(fold.next),
+                     or_dummy(op.prologue == GemvOp::prepared_rms ? op.partials : fold.partials), or_dummy(fold.norm)},
+                 push, gx, gy);
   }
+}
+
+bool Kernels::fold_supported(const DeviceQuantMatrix& w, GemvOp::Epilogue epilogue, uint32_t block) const {
+  const uint32_t outr = epilogue == GemvOp::swiglu ? cfg_.gemv_rows / 2 : cfg_.gemv_rows;
+  using L = KernelConfig::GemvLookup;
+  const bool table = cfg_.gemv_lookup == L::table || (cfg_.gemv_lookup != L::code && !shuffle_fits(w.bits));
+  const uint32_t wg = gemv_workgroup(cfg_, static_cast<uint32_t>(w.cols_padded / 32), table);
+  if (!cfg_.gemv_fold || outr == 0 || (block != 64 && block != 128 && block != 256) || block % outr || block / 4 > wg) return false;
+  for (const auto& s : w.slices)  // every workgroup's outputs inside one block
+    if ((epilogue == GemvOp::swiglu ? s.row0 / 2 : s.row0) % outr) return false;
+  return true;
 }
 
 bool Kernels::shuffle_fits(int bits) const {
@@ -651,7 +694,7 @@ void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::B
   if (!decode_attention_supported(a))
     throw Error("attention_decode: head size " + std::to_string(a.head_dim) + " or head counts " +
                 std::to_string(a.n_heads) + "/" + std::to_string(a.n_kv) + " unsupported");
-  if (splits == 0 || splits > 64) throw Error("attention_decode: 1..64 splits");
+  if (splits == 0 || splits > 128) throw Error("attention_decode: 1..128 splits");
   const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
   check_view(qkv, q_dim + 2 * kv_dim, "q/k/v");
   check_view(kcache, size_t(a.max_ctx) * a.n_kv * kv_words(a), "k cache");

@@ -85,6 +85,9 @@ struct KernelConfig {
   // at 14336x4096) because filling the copies costs more than the conflicts they avoid. Table
   // lookups run in workgroups of at least 128 invocations (q6 at 32x4: 50.8 us).
   int gemv_table_shift = 0;
+  // Decode GEMVs prepare the next matrix's input themselves (GemvOp::Fold: no RMSNorm / SwiGLU
+  // preparation kernels between matrices). PQVK_GEMV_FOLD=0 turns it off (benchmarks).
+  bool gemv_fold = true;
   // Which shader the quantized GEMM (Kernels::gemm, prefill) runs. `automatic`: the tensor-core
   // one (shaders/pq_gemm_coopmat.comp: VK_NV_cooperative_matrix, fp16 x fp16 products, fp32
   // sums) where the device can run it (Kernels::coopmat_gemm_unsupported()) and M >=
@@ -134,7 +137,9 @@ struct GemvOp {
   // [cols] row-major, the GEMV rotating it itself (rotated matrices), optionally after an
   // RMSNorm with weight `norm` (measured slower on the H200 than a separate fwht(): the
   // rotation is repeated in every workgroup, and raw rows are read uncoalesced).
-  enum Prologue { prepared, raw, rmsnorm } prologue = prepared;
+  // prepared_rms: prepared by a fold (below) without the RMSNorm's 1/rms, which the GEMV takes
+  // from the fold's per-block sums of squares (`partials` below; eps as for rmsnorm).
+  enum Prologue { prepared, raw, rmsnorm, prepared_rms } prologue = prepared;
   vk::BufferView norm;
   float eps = 1e-5f;
   // y = W x; y += W x (residual); or, on a matrix whose rows alternate gate and up
@@ -142,6 +147,20 @@ struct GemvOp {
   enum Epilogue { store, accumulate, swiglu } epilogue = store;
   uint32_t y_offset = 0;  // where row 0's result goes in y (swiglu: output 0), in floats
   uint32_t x_offset = 0;  // where x starts in its buffer, in floats (a multiple of 4)
+  vk::BufferView partials;  // prepared_rms: the fold's sums of squares, one per block
+  // After the epilogue, the next matrix's input prepared from y (all of it: y_offset 0), so that
+  // no preparation kernel runs in between (decode): the last workgroup to finish each block of
+  // `block` outputs writes that block, gemv-interleaved and rotated when `rotate`, to `next`:
+  //   rmsnorm: y * norm, the RMSNorm's 1/rms left to the next GEMV (prepared_rms), with the
+  //            block's sum of squares of y in partials[block index];
+  //   plain:   y (after a SwiGLU epilogue: the down projection's input).
+  // `counters` holds one zero per block and is left zero. fold_supported() says where it works.
+  struct Fold {
+    enum Kind { none, rmsnorm, plain } kind = none;
+    vk::BufferView next, counters, partials, norm;
+    uint32_t block = 128;
+    bool rotate = true;
+  } fold;
 };
 
 // Where a GEMM writes: Y [m][ldy] from column `col` (ldy 0: the matrix's rows), so that
@@ -180,6 +199,10 @@ class Kernels {
 
   // y = W x for one token (x as GemvOp says). y is fp32.
   void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op);
+  // Whether gemv() on w can fold the preparation of a next input of blocks of `block` (GemvOp::Fold)
+  // after the epilogue `epilogue`: whole blocks of outputs per workgroup and slice, a block no
+  // wider than four values per invocation.
+  bool fold_supported(const DeviceQuantMatrix& w, GemvOp::Epilogue epilogue, uint32_t block) const;
   void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y,
             bool accumulate = false) {
     gemv(cmd, w, x_rot, y, GemvOp{GemvOp::prepared, {}, 0.0f, accumulate ? GemvOp::accumulate : GemvOp::store, 0, 0});

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <stdexcept>
+#include <utility>
 
 #include "llm/cpu_model.h"
 #include "model/convert.h"
@@ -21,7 +23,9 @@ namespace {
 size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
 
 // Decode attention's context splits: at least 256 keys each at full length, 4 to 32 of them (at
-// short contexts many are empty and return at once).
+// short contexts many are empty and return at once, and the merge stops at the first empty one).
+// Up to 128 measured slower on the H200 at 16k-32k tokens: every split repeats the query's
+// preparation and its own reduction, and the merge reads them all (bench/RESULTS.md).
 uint32_t decode_splits(int64_t context) { return static_cast<uint32_t>(std::clamp<int64_t>(context / 256, 4, 32)); }
 
 // The head geometry that decides a KV cache's record size (Kernels::kv_words).
@@ -336,6 +340,11 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   hidden_ = ctx.buffer(size_t(c.hidden_dim) * 4, vk::MemoryKind::device, "mlp hidden (decode)");
   prep_rot_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "rotated input");
   prep_plain_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "prepared input");
+  for (int i = 0; i < 2; ++i) {
+    fold_in_[i] = ctx.buffer(widest * 4, vk::MemoryKind::device, "folded input");
+    fold_sums_[i] = ctx.buffer(widest / 64 * 4, vk::MemoryKind::device, "folded input's sums of squares");
+  }
+  fold_counters_ = ctx.upload_new(std::vector<uint32_t>(widest / 64, 0u), "fold counters");
   // Decode attention: the context in splits (decode_splits).
   if (kernels_.decode_attention_supported(shape_)) {
     splits_ = decode_splits(context_);
@@ -390,7 +399,7 @@ MemoryPlan GpuModel::memory_plan(const model::ModelConfig& c, uint64_t weight_by
   const uint64_t widest = round_up(std::max<uint64_t>({uint64_t(c.dim), uint64_t(c.hidden_dim), q_dim}), 1024);
   const uint64_t splits = decode_splits(context), vocab = uint64_t(c.vocab_size);
   p.activations = 4 * (M * c.dim + M * (q_dim + 2 * kv_dim) + 2 * M * q_dim + 3 * M * c.hidden_dim + c.hidden_dim +
-                       2 * M * widest + splits * (q_dim + 2 * c.n_heads) + vocab);
+                       2 * M * widest + splits * (q_dim + 2 * c.n_heads) + vocab + 2 * widest + 3 * (widest / 64));
   if (opt.slots > 0) p.activations += 4 * (2 * slots * vocab + 2 * slots) + 8 * M;
   return p;
 }
@@ -467,8 +476,57 @@ bool GpuModel::fused_gemv(const Linear& w, uint32_t m, const Prologue& pro) cons
          (!w.q->rotated || static_cast<uint32_t>(w.q->block) / 32 <= sg);
 }
 
+bool GpuModel::can_fold(const Linear& w, uint32_t m, bool swiglu, const Linear* next) const {
+  // One token's GEMV of a PolarQuant matrix into a PolarQuant matrix that a block of the
+  // GEMV's outputs can be prepared for (Kernels::fold_supported); not with fused_gemv, whose
+  // GEMVs prepare their own input.
+  return !fused_gemv_ && mat_mode_ == MatMode::automatic && m == 1 && w.q && next && next->q &&
+         kernels_.fold_supported(*w.q, swiglu ? Kernels::GemvOp::swiglu : Kernels::GemvOp::accumulate,
+                                 static_cast<uint32_t>(next->q->block));
+}
+
 void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::BufferView x, uint32_t cols, uint32_t m,
-                      const Prologue& pro, bool accumulate, uint32_t in_row0) {
+                      const Prologue& pro, bool accumulate, uint32_t in_row0, const Next& next) {
+  const Out& o0 = *outs.begin();
+  const std::optional<Folded> folded = std::exchange(folded_, std::nullopt);  // prepared by the previous GEMV
+  const bool fold = outs.size() == 1 && can_fold(*o0.w, m, o0.swiglu, next.w);
+  if (folded || fold || o0.swiglu) {
+    // One token's GEMV reading an input a fold prepared, or prepared here, and preparing the
+    // next matrix's input when it can.
+    if (outs.size() != 1 || !o0.w->q || m != 1 || o0.col != 0 || in_row0 != 0 || (folded && folded->rms != (pro.kind == Prologue::rmsnorm)))
+      throw std::logic_error("GpuModel::linear: a folded input or SwiGLU epilogue outside one token's GEMV");
+    const Linear& w = *o0.w;
+    Kernels::GemvOp op;
+    op.epilogue = o0.swiglu ? Kernels::GemvOp::swiglu : accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store;
+    vk::BufferView xin;
+    if (folded) {
+      xin = fold_in_[folded->pair];
+      op.prologue = folded->rms ? Kernels::GemvOp::prepared_rms : Kernels::GemvOp::prepared;
+      op.partials = fold_sums_[folded->pair];
+      op.eps = pro.eps;
+    } else {
+      const vk::Buffer& buf = w.rotated() ? prep_rot_ : prep_plain_;
+      kernels_.prepare(cmd, x, buf, 1, cols, static_cast<uint32_t>(w.block()), Layout::gemv_interleaved, w.rotated(), pro);
+      cmd.barrier();
+      mark(cmd, prologue_name(pro, w.rotated()));
+      xin = buf;
+    }
+    if (fold) {
+      const int pair = folded ? 1 - folded->pair : 0;  // never the buffer this GEMV reads
+      op.fold.kind = next.norm.buffer ? Kernels::GemvOp::Fold::rmsnorm : Kernels::GemvOp::Fold::plain;
+      op.fold.next = fold_in_[pair];
+      op.fold.counters = fold_counters_;
+      op.fold.partials = fold_sums_[pair];
+      op.fold.norm = next.norm;
+      op.fold.block = static_cast<uint32_t>(next.w->q->block);
+      op.fold.rotate = next.w->rotated();
+      folded_ = Folded{pair, op.fold.kind == Kernels::GemvOp::Fold::rmsnorm};
+    }
+    kernels_.gemv(cmd, *w.q, xin, o0.y, op);
+    cmd.barrier();
+    if (marks_) mark(cmd, std::string("gemv ") + matrix_kind(w) + (o0.swiglu ? " (swiglu)" : "") + (fold ? " (+next input)" : ""));
+    return;
+  }
   bool all_fused = (size_t(in_row0) * cols) % 4 == 0;  // the GEMV reads rows from 16-byte boundaries
   for (const Out& o : outs) all_fused = all_fused && fused_gemv(*o.w, m, pro);
   if (all_fused) {  // each GEMV prepares its input itself: no kernel in between
@@ -535,8 +593,10 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
                               att_ml_, splits_);
     cmd.barrier();
     mark(cmd, "attention (rope, kv store, split context)");
+    // The output projection prepares the MLP's input (RMSNorm, rotation) where it can.
+    const Next mlp = L.gate_up ? Next{&*L.gate_up, L.mlp_norm} : Next{};
     linear(cmd, {{&L.wo, x_}}, att_parts_, q_dim, m, Prologue{Prologue::merge, att_ml_, 0.0f, splits_, shape_.head_dim},
-           true);
+           true, 0, mlp);
     return;
   }
   const vk::Buffer& where = batched ? rows_ : step_;
@@ -553,9 +613,16 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
 // x += W_down (silu(W_gate h) * W_up h),  h = rmsnorm(x)
 // Gate and up joined with rows interleaved: one token's GEMV applies the SwiGLU itself; a GEMM
 // writes gate/up pairs that the down projection's preparation combines.
-void GpuModel::mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
+void GpuModel::mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m, const Next& next) {
   const auto dim = static_cast<uint32_t>(config_.dim), hid = static_cast<uint32_t>(config_.hidden_dim);
   const Prologue norm{Prologue::rmsnorm, L.mlp_norm, shape_.eps};
+  if (L.gate_up && can_fold(*L.gate_up, m, true, &L.down)) {
+    // One token: gate|up applies the SwiGLU and prepares the down projection's input, which
+    // prepares the next step's (the next layer's attention, or the logits).
+    linear(cmd, {{&*L.gate_up, hidden_, 0, 0, true}}, x_, dim, m, norm, false, 0, Next{&L.down, {}});
+    linear(cmd, {{&L.down, x_}}, hidden_, hid, m, Prologue{}, true, 0, next);
+    return;
+  }
   if (L.gate_up && fused_gemv(*L.gate_up, m, norm) && fused_gemv(L.down, m, Prologue{})) {
     Kernels::GemvOp op;
     op.prologue = Kernels::GemvOp::rmsnorm;
@@ -596,13 +663,16 @@ void GpuModel::logits_all(vk::Commands& cmd, uint32_t m) {
 
 // The whole forward pass of m tokens (ids in tokens_, first position in step_).
 void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax) {
+  folded_.reset();
   embed(cmd, m);
-  for (const auto& L : layers_) {
-    attention_block(cmd, *L, m);
-    mlp_block(cmd, *L, m);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    attention_block(cmd, *layers_[i], m);
+    mlp_block(cmd, *layers_[i], m, i + 1 < layers_.size() ? next_of(*layers_[i + 1]) : Next{&head(), final_norm_});
   }
   logits(cmd, m, argmax);
 }
+
+GpuModel::Next GpuModel::next_of(const Layer& L) const { return L.qkv ? Next{&*L.qkv, L.attn_norm} : Next{}; }
 
 // A continuous-batching step of m tokens (ids in tokens_, (pos, slot) pairs in rows_): the last
 // `outs` of them have logits (the batched GEMV's LM head) and an arg max; the last `logits_rows`
@@ -620,7 +690,7 @@ void GpuModel::record_batch(vk::Commands& cmd, BatchKind kind, uint32_t m, uint3
   mat_mode_ = kind == BatchKind::prefill || (batch_gemm_from_ > 0 && m >= batch_gemm_from_) ? MatMode::gemm : MatMode::batch_gemv;
   for (const auto& L : layers_) {
     attention_block(cmd, *L, m);
-    mlp_block(cmd, *L, m);
+    mlp_block(cmd, *L, m, Next{});
   }
   if (outs == 0) return;
   mat_mode_ = MatMode::batch_gemv;
@@ -847,7 +917,7 @@ std::vector<float> GpuModel::prefill_all(std::span<const int32_t> tokens, int32_
     embed(cmd, m);
     for (const auto& L : layers_) {
       attention_block(cmd, *L, m);
-      mlp_block(cmd, *L, m);
+      mlp_block(cmd, *L, m, Next{});
     }
     logits_all(cmd, m);
     cmd.run();

@@ -205,8 +205,15 @@ class GpuModel {
   void run_decode(int32_t token, int32_t pos, bool argmax);
   void record_step(vk::Commands& cmd, uint32_t m, bool argmax);
   void embed(vk::Commands& cmd, uint32_t m);
+  // The matrix multiplied right after a step and the RMSNorm weight in front of it (none: no
+  // norm), so that one token's GEMV can prepare its input (GemvOp::Fold); w null: unknown.
+  struct Next {
+    const Linear* w;  // (no default member initializers: {} in a default argument inside the class)
+    vk::BufferView norm;
+  };
+  Next next_of(const Layer& L) const;
   void attention_block(vk::Commands& cmd, const Layer& L, uint32_t m);
-  void mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m);
+  void mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m, const Next& next);
   void logits(vk::Commands& cmd, uint32_t m, bool argmax);
   void logits_all(vk::Commands& cmd, uint32_t m);
   // One output of a linear step: a matrix, where its result goes (columns from `col` of rows
@@ -215,13 +222,24 @@ class GpuModel {
     const Linear* w;
     vk::BufferView y;
     uint32_t col = 0, ld = 0;
+    bool swiglu = false;  // one token, gate and up rows interleaved: y = silu(gate) * up (GemvOp::swiglu)
   };
   // y_i = W_i prologue(x) (or +=) for m rows of x of `cols`: for one token of PolarQuant matrices
   // the GEMV applies the prologue itself (fused_gemv()); otherwise x is prepared once (prologue,
   // rotation) for every matrix, then multiplied.
+  // With `next` (one token, one PolarQuant matrix), the GEMV also prepares next's input
+  // (can_fold()), which the following linear() call then reads without a preparation kernel.
   void linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::BufferView x, uint32_t cols, uint32_t m,
-              const Prologue& pro, bool accumulate, uint32_t in_row0 = 0);
+              const Prologue& pro, bool accumulate, uint32_t in_row0 = 0, const Next& next = {});
   bool fused_gemv(const Linear& w, uint32_t m, const Prologue& pro) const;
+  bool can_fold(const Linear& w, uint32_t m, bool swiglu, const Linear* next) const;
+  // An input the previous GEMV prepared (fold): buffer pair `pair` of fold_in_ / fold_sums_, with
+  // the RMSNorm's 1/rms still to apply when rms.
+  struct Folded {
+    int pair = 0;
+    bool rms = false;
+  };
+  std::optional<Folded> folded_;
 
   vk::Context& ctx_;
   Kernels kernels_;
@@ -244,6 +262,9 @@ class GpuModel {
   bool fused_gemv_ = true;           // GpuOptions::fused_gemv, resolved
   uint32_t splits_ = 0;              // decode attention's context splits (0: the prefill kernels)
   vk::Buffer att_parts_, att_ml_;    // its partial outputs and (max, sum) pairs
+  // Folded preparations (Kernels::GemvOp::Fold): two prepared inputs with their per-block sums
+  // of squares, one written while the other is read; the per-block counters (zero between uses).
+  vk::Buffer fold_in_[2], fold_sums_[2], fold_counters_;
 
   std::unique_ptr<vk::Commands> decode_, decode_argmax_;
 
