@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <new>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -114,6 +115,13 @@ void rope(float* heads, int64_t n_heads, int64_t head_dim, const float* cos_j, c
 
 float round_to_f16(float v) { return pq::f16_to_f32(pq::f32_to_f16(v)); }
 
+// CpuOptions::kv_noise: x[i] *= 1 + noise * u_i, u_i uniform in [-1, 1) from a generator seeded
+// with `seed` (std::mt19937_64, whose sequence the standard fixes: the same noise everywhere).
+void perturb(float* x, int64_t n, float noise, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  for (int64_t i = 0; i < n; ++i) x[i] *= 1.0f + noise * static_cast<float>(static_cast<double>(rng() >> 11) * 0x1p-52 - 1.0);
+}
+
 // Appends k and v at pos: as they are, rounded to fp16, or (kv_bits > 0) as the PolarQuant
 // codes of each head_dim-long head stand for them.
 void store_kv(float* key_cache, float* value_cache, const float* k, const float* v, int32_t pos, int64_t kv_dim,
@@ -201,6 +209,8 @@ CpuModel::CpuModel(const model::PqmFile& file, CpuOptions options) : config_(fil
   if (options.kv_bits > 0 && (c.head_dim < 2 || c.head_dim > 1024 || (c.head_dim & (c.head_dim - 1))))
     throw std::invalid_argument(file.path() + ": a PolarQuant KV cache needs a power-of-two head size (2..1024), the model has " +
                                 std::to_string(c.head_dim));
+  if (!(options.kv_noise >= 0.0f && options.kv_noise <= 0.1f))
+    throw std::invalid_argument("CpuOptions: kv_noise must be in [0, 0.1], got " + std::to_string(options.kv_noise));
   inv_freq_ = rope_inverse_frequencies(c);
 
   w_.layers.resize(static_cast<size_t>(c.n_layers));
@@ -357,6 +367,11 @@ std::span<const float> CpuModel::forward(int32_t token, int32_t pos) {
     }
     rope(s.q.data(), c.n_heads, hd, s.cos.data(), s.sin.data());
     rope(s.k.data(), c.n_kv_heads, hd, s.cos.data(), s.sin.data());
+    if (options_.kv_noise > 0.0f) {
+      const auto seed = 2 * (static_cast<uint64_t>(layer) * static_cast<uint64_t>(c.max_seq_len) + static_cast<uint64_t>(pos));
+      perturb(s.k.data(), kv_dim, options_.kv_noise, seed);
+      perturb(s.v.data(), kv_dim, options_.kv_noise, seed + 1);
+    }
     store_kv(key_cache, value_cache, s.k.data(), s.v.data(), pos, kv_dim, hd, options_.kv_fp16, options_.kv_bits);
     attention(s.att.data(), s.q.data(), key_cache, value_cache, s.scores.data(), first, pos, c);
     matmul(s.proj.data(), s.att.data(), w.wo.data(), dim, q_dim, par);

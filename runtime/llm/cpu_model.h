@@ -46,6 +46,11 @@ struct CpuOptions {
   // for (the attention itself is unchanged: the rotation is orthonormal, so q . k and the
   // weighted sum of values are the same in either basis). Needs a power-of-two head size.
   int kv_bits = 0;
+  // Tests only: every key and value, before the cache stores it, times 1 + kv_noise * u with u
+  // uniform in [-1, 1), fixed per (layer, position, element): rounding noise like another
+  // implementation's, to measure how far the KV cache lets the logits move under it
+  // (tests/test_decoder.cpp). 0: off; at most 0.1.
+  float kv_noise = 0.0f;
   // Threads for the matrix-vector products (rows split evenly): 0 = every hardware thread,
   // 1 = none. The result does not depend on the thread count (each row is summed by one thread).
   int threads = 0;

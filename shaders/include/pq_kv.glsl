@@ -24,8 +24,17 @@ uint pq_kv_code(float r) {
   return lo;
 }
 
-// The fp16 rounding of a head's norm, as the record stores it.
-float pq_kv_stored_norm(float norm) { return unpackHalf2x16(packHalf2x16(vec2(norm, 0.0))).x; }
+// The fp16 rounding of a head's norm (> 0), as the record stores it and the CPU twin rounds it:
+// to nearest even, saturated at the largest fp16 (65504) rather than infinite. By integer and
+// exact float operations: packHalf2x16 does not saturate, its rounding is not specified, and a
+// compiler may fold unpackHalf2x16(packHalf2x16(x)) to x (the H200's did, it seems: the GPU
+// decoder's errors against the CPU there were what lavapipe gives with the rounding left out).
+float pq_kv_stored_norm(float norm) {
+  const float n = min(norm, 65504.0);
+  if (n < 6.103515625e-5) return roundEven(n * 16777216.0) / 16777216.0;  // below 2^-14: multiples of 2^-24
+  const uint b = floatBitsToUint(n);  // 10 of the 23 mantissa bits kept, the 13 others rounded
+  return uintBitsToFloat((b + 0xfffu + ((b >> 13u) & 1u)) & ~0x1fffu);
+}
 
 // Defines `void NAME(uint n_vec, uint hd, uint t)`: ARR[0 .. n_vec * hd), n_vec vectors of hd
 // values (a power of two), each times sqrt(hd) H in place (the unnormalized Walsh-Hadamard
