@@ -9,7 +9,8 @@
 // (merging in the last workgroup of each KV head to finish, with an atomic counter, measured
 // 7-10 us slower per layer on the H200: bench/RESULTS.md).
 // Keys are [lo, pos] (lo > 0 with a sliding window), cut into min(splits, ceil(n / 64)) ranges
-// of equal length; the other splits, empty, write l = 0 and are skipped by the merge. The split
+// of equal length; the other splits, empty, write (max, sum) = (-inf, 0), which the merge skips
+// (a max of 0 would underflow every e^(m_s - max) at very negative scores). The split
 // that holds pos reads the new key and value from shared memory, not back from the caches.
 // One workgroup serves the GQ = n_heads / n_kv query heads of one KV head, so each key and
 // value is read once for all of them.
@@ -141,9 +142,9 @@ void main() {
   const uint len = (n + used - 1u) / used;
   const uint first = lo + split * len;
   const uint last = split < used ? min(first + len, pos + 1u) : first;  // exclusive
-  if (first >= last) {  // no key in this split (short contexts): l = 0
+  if (first >= last) {  // no key in this split (short contexts): (-inf, 0), nothing for the merge
     if (t < GQ) {
-      ml[(split * p.n_heads + kvh * GQ + t) * 2u] = 0.0;
+      ml[(split * p.n_heads + kvh * GQ + t) * 2u] = -1.0 / 0.0;
       ml[(split * p.n_heads + kvh * GQ + t) * 2u + 1u] = 0.0;
     }
   } else {

@@ -9,8 +9,8 @@
 // MODE 4 reads attention_decode.comp's results for S splits of the context, for head
 // h = c / HD and dimension c % HD of column c: x = [S][rows][cols] partial outputs (each already
 // divided by its own softmax sum), x2 = [S][rows][n_heads][2] (max, sum) pairs, and forms
-// sum_s e^(m_s - m) l_s x_s / sum_s e^(m_s - m) l_s with m = max_s m_s (splits with l_s = 0
-// hold no key, always the last ones (attention_decode.comp), end the merge).
+// sum_s e^(m_s - m) l_s x_s / sum_s e^(m_s - m) l_s with m = max_s m_s (splits that hold no
+// key come as (m_s, l_s) = (-inf, 0) and are skipped).
 //   out[r][b*B + j] = ROTATE ? (H_B v)[j] : v[j]   (orthonormal Sylvester Walsh-Hadamard)
 // Buffers: 0 x [rows][cols] fp32 (row r read at (in_row0 + r) * cols); 1 out fp32, row r at
 //          r * out_stride, row-major or gemv-interleaved fp32, or row-major fp16 (OUT_LAYOUT; kernels.h); 2 w [cols]
@@ -74,23 +74,21 @@ float inv_rms(uint row, uint lt) {
 }
 
 // Column c of row r merged over the attention splits (MODE 4).
-// The splits that hold keys come first (attention_decode.comp): the merge stops at the first
-// empty one, so short contexts in a long cache do not pay for every split.
+// Column c of row r merged over the attention splits (MODE 4). Splits without keys come as
+// (-inf, 0): they change neither the max nor the sums.
 float merge_splits(uint r, uint c) {
   const uint nh = p.cols / HD, h = c / HD;
   float m = -1.0 / 0.0;
-  uint used = 0u;
-  for (; used < p.splits; ++used) {
-    const uint ml = ((used * p.rows + r) * nh + h) * 2u;
-    if (!(x2[ml + 1u] > 0.0)) break;
-    m = max(m, x2[ml]);
-  }
+  for (uint s = 0u; s < p.splits; ++s) m = max(m, x2[((s * p.rows + r) * nh + h) * 2u]);
   float num = 0.0, den = 0.0;
-  for (uint s = 0u; s < used; ++s) {
+  for (uint s = 0u; s < p.splits; ++s) {
     const uint ml = ((s * p.rows + r) * nh + h) * 2u;
-    const float wgt = exp(x2[ml] - m) * x2[ml + 1u];
-    num = fma(wgt, x[(s * p.rows + r) * p.cols + c], num);
-    den += wgt;
+    const float l = x2[ml + 1u];
+    if (l > 0.0) {
+      const float wgt = exp(x2[ml] - m) * l;
+      num = fma(wgt, x[(s * p.rows + r) * p.cols + c], num);
+      den += wgt;
+    }
   }
   return num / den;
 }

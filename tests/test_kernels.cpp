@@ -199,6 +199,29 @@ TEST(Dequant, Fp16Output) {
   EXPECT_LT(rel_error(got, ref), 1e-3);  // fp16 rounding: 2^-11 relative per element
 }
 
+// The merge of split attention (Prologue::merge) with scores far below zero and an empty split
+// as attention_decode writes it, (-inf, 0): it must count for nothing (a max of 0 would make
+// every e^(m_s - max) underflow and the output 0 / 0); and attention_decode writes that pair.
+TEST(Prepare, MergeIgnoresEmptySplitsAtVeryNegativeScores) {
+  const uint32_t hd = 8, heads = 2, cols = hd * heads, splits = 3;
+  const auto part = random_vector(splits * cols, 61);
+  std::vector<float> ml = {-200.0f, 2.0f, -150.0f, 1.0f,   // split 0: (max, sum) of heads 0, 1
+                           -201.0f, 1.0f, -149.0f, 3.0f,   // split 1
+                           -INFINITY, 0.0f, -INFINITY, 0.0f};  // split 2: no key
+  vk::Buffer pb = context().upload_new(part, "parts"), mb = context().upload_new(ml, "ml"), out = poisoned(64);
+  auto cmd = context().commands();
+  kernels().prepare(cmd, pb, out, 1, cols, 64, Layout::row_major, false, Prologue{Prologue::merge, mb, 0.0f, splits, hd});
+  cmd.run();
+  std::vector<double> want(cols);
+  for (uint32_t c = 0; c < cols; ++c) {
+    const uint32_t h = c / hd;
+    const double m0 = ml[2 * h], l0 = ml[2 * h + 1], m1 = ml[4 + 2 * h], l1 = ml[4 + 2 * h + 1], m = std::max(m0, m1);
+    const double w0 = std::exp(m0 - m) * l0, w1 = std::exp(m1 - m) * l1;
+    want[c] = (w0 * part[c] + w1 * part[cols + c]) / (w0 + w1);
+  }
+  EXPECT_LT(rel_error(read_floats(out, cols), want), 1e-6);
+}
+
 // y = W x on the GPU against the fp64 twin, through `k` (any lookup, any workgroup shape: fp32
 // arithmetic throughout). prepared: the input rotated by fwht() first (gemv-interleaved); else the GEMV's own
 // prologue rotates it (and, with `norm`, applies the RMSNorm first).
@@ -1533,6 +1556,15 @@ TEST(Attention, SplitDecodeMatchesCpu) {
       std::vector<float> g;
       for (size_t e = 0; e < ref_rot.size(); ++e) g.push_back(got_rot[gemv_interleaved_index(e)]);
       EXPECT_LT(rel_error(g, ref_rot), 1e-4) << what << " (rotated)";
+      // Splits past the used ones (at least 64 keys each) hold no key: (max, sum) = (-inf, 0).
+      const uint32_t n = c.pos0 + 1 - (c.window > 0 && c.pos0 + 1 > c.window ? c.pos0 + 1 - c.window : 0);
+      const uint32_t used = std::min(splits, (n + 63) / 64);
+      const auto mls = read_floats(ml, splits * c.n_heads * 2);
+      for (uint32_t sp = used; sp < splits; ++sp)
+        for (uint32_t h = 0; h < c.n_heads; ++h) {
+          const size_t at = (size_t(sp) * c.n_heads + h) * 2;
+          EXPECT_TRUE(std::isinf(mls[at]) && mls[at] < 0 && mls[at + 1] == 0.0f) << what << " empty split " << sp;
+        }
       // The appended key (RoPE pairs) and value, fp16.
       const auto kc_after = context().download_all<uint32_t>(kcb), vc_after = context().download_all<uint32_t>(vcb);
       std::vector<float> gk, gv;

@@ -23,9 +23,9 @@ namespace {
 size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
 
 // Decode attention's context splits: at least 256 keys each at full length, 4 to 32 of them (at
-// short contexts many are empty and return at once, and the merge stops at the first empty one).
-// Up to 128 measured slower on the H200 at 16k-32k tokens: every split repeats the query's
-// preparation and its own reduction, and the merge reads them all (bench/RESULTS.md).
+// short contexts many are empty and return at once). Up to 128 measured slower on the H200 at
+// 16k-32k tokens: every split repeats the query's preparation and its own reduction, and the
+// merge reads them all (bench/RESULTS.md).
 uint32_t decode_splits(int64_t context) { return static_cast<uint32_t>(std::clamp<int64_t>(context / 256, 4, 32)); }
 
 // The head geometry that decides a KV cache's record size (Kernels::kv_words).
