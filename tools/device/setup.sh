@@ -10,3 +10,25 @@ if [ -f "$B/lib.tar.xz" ]; then mkdir -p /tmp/pqvk-lib && tar -C /tmp/pqvk-lib -
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv > "$OUT/nvidia-smi.txt" 2>&1 || true
+
+# The GPU tests matching $1 with the validation layer on, at most $2 seconds; their output in
+# $OUT/gpu-tests.txt, the summary on stdout.
+gpu_tests() {
+  mkdir -p /work && ln -sfn "$PWD" /work/main  # the tests' data paths, compiled in
+  PQVK_VALIDATION=1 timeout "$2" $B/pqvk_tests --gtest_filter="$1" > "$OUT/gpu-tests.txt" 2>&1
+  echo "tests rc=$?"; grep -E "^\[  (PASSED|FAILED)|FAILED|testing on" "$OUT/gpu-tests.txt" | head -20
+}
+
+# Decode after long prompts: tg128 of synthetic llama3-8b q5 for each "KV_TYPE:DEPTHS" of $1
+# (e.g. "f16:16384,32768 pq4:16384"), each run at most $2 seconds; outputs $OUT/kv-TYPE.*.
+kv_depth_runs() {
+  for spec in $1; do
+    local kv=${spec%%:*} d=${spec#*:}
+    timeout "$2" $B/vk-bench --synthetic llama3-8b --bits 5 -p 0 -n 128 -d "$d" -r 3 --kv-type "$kv" \
+      --json "$OUT/kv-$kv.json" > "$OUT/kv-$kv.md" 2> "$OUT/kv-$kv.err"
+    echo "kv $kv rc=$?: $(grep -o 'tg128 @ d[0-9]*: [0-9.]* +- [0-9.]*' "$OUT/kv-$kv.err" | tr '\n' ' ')"
+  done | tee "$OUT/kv-summary.txt"
+}
+
+# Everything under $OUT in one archive (the device tool brings back a limited number of files).
+pack_out() { tar -C "$OUT" -cJf /tmp/out.tar.xz . && rm -rf "${OUT:?}"/* && mv /tmp/out.tar.xz "$OUT/"; }
