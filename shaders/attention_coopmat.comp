@@ -7,7 +7,12 @@
 // probabilities are rounded to fp16 once (keys and values are fp16 in the cache already).
 // Buffers: 0 q [M][n_heads*hd] fp32 (after qkv_rope); 1 kcache; 2 vcache (qkv_rope.comp's
 //          layout: key word j holds dims j and j + hd/2, value word j dims 2j and 2j + 1);
-//          3 out [M][n_heads*hd] fp32; 4 step: uint pos0 at [0].
+//          3 out [M][n_heads*hd] fp32; 4 step: uint pos0 at [0]; 5 (KV_BITS) the PolarQuant
+//          centroids (include/pq_kv.glsl).
+// KV_BITS > 0, the PolarQuant KV cache (qkv_rope.comp's records): keys and values are decoded
+//          into the tiles in the rotated basis, (H k)_i = centroid(code_i) * norm / sqrt(hd), so q
+//          must come rotated (H q per head) and out leaves rotated (H o per head): Kernels::attention
+//          rotates both with fwht.comp (hd 64 or 128).
 // Workgroup: 128 invocations as 4 subgroups of 32 (Kernels::attention takes this shader only
 //          where subgroups are 32 wide), BQ = 64 queries of one head; subgroup g owns queries
 //          16 g .. 16 g + 15. The queries are stored once as fp16 rows in shared memory in the
@@ -23,7 +28,7 @@
 //          Shared memory (rows of 128 halves + 16 bytes of padding): 30.75 KiB at BK = 16
 //          (within the 32 KiB every Vulkan device has), 43.25 KiB at BK = 32.
 // Dispatch: (n_heads, ceil(M / 64)).
-// Specialization: 0 BK (keys per tile, 16 or 32). hd <= 128.
+// Specialization: 0 BK (keys per tile, 16 or 32), 1 KV_BITS (0: fp16 cache; 4 or 8). hd <= 128.
 // The body is include/attention_coopmat.glsl, written in the operations defined here;
 // attention_coopmat_emulated.comp runs it with scalar stand-ins for them on any device.
 #extension GL_EXT_control_flow_attributes : require

@@ -749,10 +749,12 @@ std::string Kernels::attention_coopmat_unsupported() const {
 
 std::string Kernels::attention_path(const AttentionShape& a) const {
   using A = KernelConfig::AttentionCoopmat;
-  if (a.kv_bits) return "per-query";  // the only one that reads PolarQuant records so far
-  if (a.head_dim <= 128 && cfg_.attention_coopmat == A::emulated) return "coopmat-emulated";
-  if (a.head_dim <= 128 && cfg_.attention_coopmat == A::automatic && attention_coopmat_unsupported().empty()) return "coopmat";
-  return attention_tiled_supported(a) ? "tiled" : "per-query";
+  // PolarQuant records: the tensor-core shader for heads that fwht() rotates (64, 128), else
+  // the per-query one; the tiled one does not read them.
+  const bool coopmat_hd = a.kv_bits ? a.head_dim == 64 || a.head_dim == 128 : a.head_dim <= 128;
+  if (coopmat_hd && cfg_.attention_coopmat == A::emulated) return "coopmat-emulated";
+  if (coopmat_hd && cfg_.attention_coopmat == A::automatic && attention_coopmat_unsupported().empty()) return "coopmat";
+  return !a.kv_bits && attention_tiled_supported(a) ? "tiled" : "per-query";
 }
 
 void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
@@ -772,10 +774,21 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
   if (path == "coopmat" || path == "coopmat-emulated") {
     const bool real = path == "coopmat";
     const uint32_t bk = attention_coopmat_bk(ctx_.info());
-    const auto& p = real ? pipeline("attention_coopmat", {{0, bk}}, 5, 20, 128, coopmat_subgroup_size())
-                         : pipeline("attention_coopmat_emulated", {{0, bk}}, 5, 20, 128);
+    const auto& p = real ? pipeline("attention_coopmat", {{0, bk}, {1, a.kv_bits}}, 6, 20, 128, coopmat_subgroup_size())
+                         : pipeline("attention_coopmat_emulated", {{0, bk}, {1, a.kv_bits}}, 6, 20, 128);
     struct { uint32_t n_heads, n_kv, hd, window, m; } push{a.n_heads, a.n_kv, a.head_dim, a.window, m};
-    cmd.dispatch(p, {q, kcache, vcache, out, step}, push, a.n_heads, (m + 63) / 64);
+    if (!a.kv_bits) {
+      cmd.dispatch(p, {q, kcache, vcache, out, step, dummy_}, push, a.n_heads, (m + 63) / 64);
+      return;
+    }
+    // PolarQuant records are read in the rotated basis: H q per head into out, the attention
+    // from there into q (its rotated output), H of that per head into out.
+    const auto hd = a.head_dim, cols = static_cast<uint32_t>(q_dim);
+    fwht(cmd, q, out, m, cols, hd);
+    cmd.barrier();
+    cmd.dispatch(p, {out, kcache, vcache, q, step, kv_codebook(a.kv_bits)}, push, a.n_heads, (m + 63) / 64);
+    cmd.barrier();
+    fwht(cmd, q, out, m, cols, hd);
     return;
   }
   if (path == "tiled") {

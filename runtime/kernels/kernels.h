@@ -296,8 +296,10 @@ class Kernels {
                         vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits);
   bool decode_attention_supported(const AttentionShape& a) const;
   // out [m][n_heads * head_dim] = causal attention of q over the caches, each token over its own
-  // sequence's positions up to its own. Consecutive positions: KernelConfig::attention_tiled
-  // chooses the shader (both compute the same); per_row (continuous batching): attention.comp.
+  // sequence's positions up to its own. Consecutive positions: attention_path() names the shader
+  // (all compute the same); per_row (continuous batching): attention.comp. With a PolarQuant
+  // cache on the tensor-core path this records three dispatches with barriers between them
+  // (q rotated, attention, output rotated back) and overwrites q.
   void attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferView q, vk::BufferView kcache,
                  vk::BufferView vcache, vk::BufferView out, vk::BufferView step, uint32_t m,
                  Positions positions = Positions::consecutive);
@@ -308,7 +310,8 @@ class Kernels {
   // with a 16x16x16 fp16 shape, fp16, the memory model, subgroups of 32, 31 KiB of shared memory (43 KiB for 32-key tiles, taken where they fit).
   std::string attention_coopmat_unsupported() const;
   // The shader attention() takes for consecutive positions with this shape: "coopmat",
-  // "coopmat-emulated", "tiled" or "per-query".
+  // "coopmat-emulated", "tiled" or "per-query". A PolarQuant cache (kv_bits) takes the
+  // tensor-core shader for heads of 64 or 128, else the per-query one.
   std::string attention_path(const AttentionShape& a) const;
   // out[r] = tokens[r] = argmax(x[r][0..n)) (lowest index among equals) for each of `rows` rows of
   // x of `ldx` floats (0: n), in two passes; at most kArgmaxRows rows.

@@ -15,6 +15,7 @@
 
 layout(local_size_x = 128) in;
 layout(constant_id = 0) const uint BK = 16u;  // keys per tile: 16 or 32
+layout(constant_id = 1) const uint KV_BITS = 0u;  // 0: fp16 cache; 4, 8: PolarQuant records
 const uint BQ = 64u;    // queries per workgroup (16 per subgroup)
 const uint LDH = 17u;   // row stride of H in uvec4: 128 halves + one uvec4 of padding
 const uint LDF = BK / 4u + 1u;  // row stride of F in uvec4: BK floats + padding
@@ -25,7 +26,16 @@ layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
 layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, binding = 3) writeonly buffer O { float o[]; };
 layout(std430, binding = 4) readonly buffer Step { uint pos0; } step;
+layout(std430, binding = 5) readonly buffer KVCB { float kvcb[]; };
 layout(push_constant) uniform Push { uint n_heads, n_kv, hd, window, m; } p;
+#include "pq_kv.glsl"
+
+// KV_BITS: the rotated-basis values of dims i0 and i1 of the record at word rb of a cache (rw
+// words a record), as an fp16 pair: centroid(code) * norm / sqrt(hd).
+#define PQ_RECORD_PAIR(CACHE, rb, rw, i0, i1, inv_sqrt_hd)                                          \
+  packHalf2x16(vec2(kvcb[(CACHE[(rb) + (i0) / KV_CPW] >> (((i0) % KV_CPW) * KV_BITS)) & KV_MASK],     \
+                    kvcb[(CACHE[(rb) + (i1) / KV_CPW] >> (((i1) % KV_CPW) * KV_BITS)) & KV_MASK]) *  \
+               (uintBitsToFloat(CACHE[(rb) + (rw) - 1u]) * (inv_sqrt_hd)))
 
 shared uvec4 H[(BQ + 2u * BK) * LDH];  // fp16 rows: queries, keys, values
 shared uvec4 F[4u * 16u * LDF];        // per subgroup: scores (fp32), then probabilities (fp16), then output
@@ -82,9 +92,15 @@ void main() {
         const uint kj = i / hw, j = i % hw, key = start + kj;
         uint kw = 0u, vw = 0u;
         if (key <= p_last && j < half_hd) {
-          const uint w = (key * p.n_kv + kvh) * half_hd + j;
-          kw = kc[w];
-          if (pass == 1u) vw = vc[w];
+          if (KV_BITS == 0u) {
+            const uint w = (key * p.n_kv + kvh) * half_hd + j;
+            kw = kc[w];
+            if (pass == 1u) vw = vc[w];
+          } else {  // key word j: dims j, j + hd/2 (the queries' order); value word j: dims 2j, 2j + 1
+            const uint rw = hd / KV_CPW + 1u, rb = (key * p.n_kv + kvh) * rw;
+            kw = PQ_RECORD_PAIR(kc, rb, rw, j, j + half_hd, scale);
+            if (pass == 1u) vw = PQ_RECORD_PAIR(vc, rb, rw, 2u * j, 2u * j + 1u, scale);
+          }
         }
         H[(KROW + kj) * LDH + (j >> 2u)][j & 3u] = kw;
         if (pass == 1u) H[(VROW + kj) * LDH + (j >> 2u)][j & 3u] = vw;
