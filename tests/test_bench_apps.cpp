@@ -84,16 +84,21 @@ TEST(VkBench, BundledModelJsonCsvAndBreakdown) {
   for (const json& k : bd["kernels"]) sum += k["us"].get<double>();
   EXPECT_GT(sum, 0.0);
   // q|k|v and gate|up joined into one matrix each; attention split over the context, merged in
-  // the output projection's preparation: 9 dispatches a layer, 5 more per token.
-  for (const char* k : {"gemv attn.qkv", "gemv attn.o", "gemv mlp.gate_up", "gemv mlp.down",
-                        "attention (rope, kv store, split context)", "attention merge+fwht", "swiglu+fwht"}) {
+  // the output projection's preparation; the o, gate|up and down GEMVs prepare the next one's
+  // input (GemvOp::Fold): 6 dispatches a layer, 5 more per token (embedding, the first layer's
+  // RMSNorm, LM head, two-pass argmax).
+  for (const char* k : {"gemv attn.qkv", "gemv attn.o (+next input)", "gemv mlp.gate_up (swiglu) (+next input)",
+                        "gemv mlp.down (+next input)", "attention (rope, kv store, split context)", "attention merge+fwht"}) {
     const json* e = find_kernel(bd, k);
     ASSERT_NE(e, nullptr) << k;
     EXPECT_EQ((*e)["calls"], 6) << k;
   }
+  EXPECT_EQ(find_kernel(bd, "swiglu+fwht"), nullptr);
+  ASSERT_NE(find_kernel(bd, "rmsnorm+fwht"), nullptr);
+  EXPECT_EQ((*find_kernel(bd, "rmsnorm+fwht"))["calls"], 1);
   ASSERT_NE(find_kernel(bd, "gemv lm_head"), nullptr);
-  EXPECT_EQ(bd["dispatches"], 6 * 9 + 5);
-  EXPECT_EQ(bd["barriers"], 6 * 9 + 5);
+  EXPECT_EQ(bd["dispatches"], 6 * 6 + 5);
+  EXPECT_EQ(bd["barriers"], 6 * 6 + 5);
   EXPECT_EQ((*find_kernel(bd, "argmax"))["calls"], 1);
   EXPECT_EQ(m["breakdown_prefill"]["tokens"], 16);
   ASSERT_NE(find_kernel(m["breakdown_prefill"], "gemm mlp.down"), nullptr);
