@@ -419,7 +419,7 @@ TEST(Gemv, FoldPreparesTheNextInput) {
     cmd.barrier();
     GemvOp op;
     op.epilogue = GemvOp::accumulate;
-    op.fold = {GemvOp::Fold::rmsnorm, next, counters, sums, gb, f.block, true};
+    op.fold = {GemvOp::Fold::rms_norm, next, counters, sums, gb, f.block, true};
     k.gemv(cmd, d1, xr, y, op);
     cmd.barrier();
     GemvOp op2;
@@ -510,7 +510,7 @@ TEST(Gemv, FoldAfterSwiglu) {
   EXPECT_FALSE(wide.fold_supported(dd, GemvOp::accumulate, 256));
   GemvOp bad;
   bad.epilogue = GemvOp::accumulate;
-  bad.fold = {GemvOp::Fold::rmsnorm, next, counters, z, z, 64, true};
+  bad.fold = {GemvOp::Fold::rms_norm, next, counters, z, z, 64, true};
   auto cmd = three.context().commands();
   EXPECT_THROW(three.gemv(cmd, dd, next, z, bad), vk::Error);
 }

@@ -340,7 +340,7 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
     const size_t nb = (nout + fold.block - 1) / fold.block;
     check_view(fold.next, rotated_row_elems(nout, static_cast<int>(fold.block), Layout::gemv_interleaved), w.name + " next input");
     check_view(fold.counters, nb, w.name + " fold counters");
-    if (fold.kind == GemvOp::Fold::rmsnorm) {
+    if (fold.kind == GemvOp::Fold::rms_norm) {
       check_view(fold.partials, nb, w.name + " sums of squares");
       check_view(fold.norm, nout, w.name + " next rmsnorm weight");
     }
@@ -363,7 +363,7 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   const uint32_t epilogue = static_cast<uint32_t>(op.epilogue);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   const uint32_t wg = gemv_workgroup(cfg_, nchunk, lookup == L::table);
-  const uint32_t fold_kind = fold.kind == GemvOp::Fold::rmsnorm ? 1u : fold.kind == GemvOp::Fold::plain ? 2u : 0u;
+  const uint32_t fold_kind = fold.kind == GemvOp::Fold::rms_norm ? 1u : fold.kind == GemvOp::Fold::plain ? 2u : 0u;
   const auto& p = pipeline("pq_gemv",
                            {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
                             {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue},

@@ -151,12 +151,12 @@ struct GemvOp {
   // After the epilogue, the next matrix's input prepared from y (all of it: y_offset 0), so that
   // no preparation kernel runs in between (decode): the last workgroup to finish each block of
   // `block` outputs writes that block, gemv-interleaved and rotated when `rotate`, to `next`:
-  //   rmsnorm: y * norm, the RMSNorm's 1/rms left to the next GEMV (prepared_rms), with the
+  //   rms_norm: y * norm, the RMSNorm's 1/rms left to the next GEMV (prepared_rms), with the
   //            block's sum of squares of y in partials[block index];
   //   plain:   y (after a SwiGLU epilogue: the down projection's input).
   // `counters` holds one zero per block and is left zero. fold_supported() says where it works.
   struct Fold {
-    enum Kind { none, rmsnorm, plain } kind = none;
+    enum Kind { none, rms_norm, plain } kind = none;
     vk::BufferView next, counters, partials, norm;
     uint32_t block = 128;
     bool rotate = true;

@@ -513,14 +513,14 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
     }
     if (fold) {
       const int pair = folded ? 1 - folded->pair : 0;  // never the buffer this GEMV reads
-      op.fold.kind = next.norm.buffer ? Kernels::GemvOp::Fold::rmsnorm : Kernels::GemvOp::Fold::plain;
+      op.fold.kind = next.norm.buffer ? Kernels::GemvOp::Fold::rms_norm : Kernels::GemvOp::Fold::plain;
       op.fold.next = fold_in_[pair];
       op.fold.counters = fold_counters_;
       op.fold.partials = fold_sums_[pair];
       op.fold.norm = next.norm;
       op.fold.block = static_cast<uint32_t>(next.w->q->block);
       op.fold.rotate = next.w->rotated();
-      folded_ = Folded{pair, op.fold.kind == Kernels::GemvOp::Fold::rmsnorm};
+      folded_ = Folded{pair, op.fold.kind == Kernels::GemvOp::Fold::rms_norm};
     }
     kernels_.gemv(cmd, *w.q, xin, o0.y, op);
     cmd.barrier();
