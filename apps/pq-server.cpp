@@ -9,6 +9,10 @@
 // runs them on the engine (server/engine.h) in up to --parallel slots; a full queue is a 503 with
 // Retry-After. SIGTERM (or SIGINT): the listening socket closes, what is queued and running
 // finishes (cancelled after --shutdown-grace seconds), then the process exits with status 0.
+// A burst of connections (64 clients at once in tests/server/test_load.py) overflows
+// cpp-httplib's default listen backlog of 5, and Linux then answers some of them with a reset
+// (SYN cookies: "Connection reset by peer" on the client). 511 is nginx's default.
+#define CPPHTTPLIB_LISTEN_BACKLOG 511
 #include <httplib.h>
 #include <signal.h>
 #include <sys/socket.h>
