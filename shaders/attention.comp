@@ -89,7 +89,7 @@ void main() {
       vec4 d = vec4(0.0);
       for (uint w = 0u; w + 1u < W; ++w) {
         const uint word = kc[kb + w];
-        for (uint k = 0u; k < KV_CPW; ++k) d[k & 3u] = fma(qs[w * KV_CPW + k], cbs[(word >> (k * KV_BITS)) & KV_MASK], d[k & 3u]);
+        for (uint k = 0u; k < KV_CPW; ++k) d[k & 3u] = fma(qs[w * KV_CPW + k], cbs[pq_kv_code_in(word, k)], d[k & 3u]);
       }
       s = ((d.x + d.y) + (d.z + d.w)) * uintBitsToFloat(kc[kb + W - 1u]) / float(hd) * scale;
     } else if (key <= pos) {
@@ -121,8 +121,8 @@ void main() {
       for (uint i = 0u; i < n; ++i) {
         const uint vb = vb0 + i * vstride;
         const float pn = probs[i] * uintBitsToFloat(vc[vb + W - 1u]);
-        if (t < hd) acc0 = fma(pn, cbs[(vc[vb + t / KV_CPW] >> ((t % KV_CPW) * KV_BITS)) & KV_MASK], acc0);
-        if (t + 128u < hd) acc1 = fma(pn, cbs[(vc[vb + (t + 128u) / KV_CPW] >> (((t + 128u) % KV_CPW) * KV_BITS)) & KV_MASK], acc1);
+        if (t < hd) acc0 = fma(pn, cbs[pq_kv_code_in(vc[vb + t / KV_CPW], t)], acc0);
+        if (t + 128u < hd) acc1 = fma(pn, cbs[pq_kv_code_in(vc[vb + (t + 128u) / KV_CPW], t + 128u)], acc1);
       }
       barrier();  // probs[] is rewritten by the next tile
       continue;

@@ -247,7 +247,7 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       for (uint w = 0u; w + 1u < RW; ++w) {
         const uint word = key == pos ? knew[w] : kc[kb + w];
         for (uint k = 0u; k < KV_CPW; ++k) {
-          const float c = cbs[(word >> (k * KV_BITS)) & KV_MASK];
+          const float c = cbs[pq_kv_code_in(word, k)];
           [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = fma(qrot[g * HD + w * KV_CPW + k], c, d[g]);
         }
       }
@@ -323,8 +323,8 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
           const uint i = i0 + u * SLOTS;
           if (i < nk) {
             [[unroll]] for (uint w = 0u; w < VW; ++w) {
-              const uint sh = (2u * (col * VW + w) % KV_CPW) * KV_BITS;
-              const vec2 vv = vec2(cbs[(words[u][w] >> sh) & KV_MASK], cbs[(words[u][w] >> (sh + KV_BITS)) & KV_MASK]) * vn[u];
+              const uint d0 = 2u * (col * VW + w);
+              const vec2 vv = vec2(cbs[pq_kv_code_in(words[u][w], d0)], cbs[pq_kv_code_in(words[u][w], d0 + 1u)]) * vn[u];
               [[unroll]] for (uint g = 0u; g < GQ; ++g) acc[g * VW + w] = fma(vec2(probs[g * 128u + i]), vv, acc[g * VW + w]);
             }
           }

@@ -73,7 +73,6 @@ float inv_rms(uint row, uint lt) {
   return inversesqrt(total / float(p.cols) + p.eps);
 }
 
-// Column c of row r merged over the attention splits (MODE 4).
 // Column c of row r merged over the attention splits (MODE 4). Splits without keys come as
 // (-inf, 0): they change neither the max nor the sums.
 float merge_splits(uint r, uint c) {

@@ -513,6 +513,14 @@ TEST(Gemv, FoldAfterSwiglu) {
   bad.fold = {GemvOp::Fold::rms_norm, next, counters, z, z, 64, true};
   auto cmd = three.context().commands();
   EXPECT_THROW(three.gemv(cmd, dd, next, z, bad), vk::Error);
+  // The sums of squares have one binding: a GEMV may read them or write them, not both.
+  GemvOp both;
+  both.prologue = GemvOp::prepared_rms;
+  both.partials = z;
+  both.epilogue = GemvOp::accumulate;
+  both.fold = {GemvOp::Fold::rms_norm, next, counters, z, z, 64, true};
+  ASSERT_TRUE(kernels().fold_supported(dd, GemvOp::accumulate, 64));
+  EXPECT_THROW(kernels().gemv(cmd, dd, next, z, both), vk::Error);
 }
 
 TEST(Gemv, SplitAcrossSlices) {

@@ -337,6 +337,9 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
     if (!fold_supported(w, op.epilogue, fold.block))
       throw Error(w.name + ": the GEMV cannot prepare a next input of blocks of " + std::to_string(fold.block));
     if (op.y_offset != 0) throw Error(w.name + ": a GEMV that prepares the next input writes y from 0");
+    // The shader has one binding for the sums of squares: read (prepared_rms) or written (rms_norm).
+    if (op.prologue == GemvOp::prepared_rms && fold.kind == GemvOp::Fold::rms_norm)
+      throw Error(w.name + ": a GEMV cannot both read and write sums of squares (prepared_rms and Fold::rms_norm)");
     const size_t nb = (nout + fold.block - 1) / fold.block;
     check_view(fold.next, rotated_row_elems(nout, static_cast<int>(fold.block), Layout::gemv_interleaved), w.name + " next input");
     check_view(fold.counters, nb, w.name + " fold counters");
@@ -385,9 +388,7 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
 
 bool Kernels::fold_supported(const DeviceQuantMatrix& w, GemvOp::Epilogue epilogue, uint32_t block) const {
   const uint32_t outr = epilogue == GemvOp::swiglu ? cfg_.gemv_rows / 2 : cfg_.gemv_rows;
-  using L = KernelConfig::GemvLookup;
-  const bool table = cfg_.gemv_lookup == L::table || (cfg_.gemv_lookup != L::code && !shuffle_fits(w.bits));
-  const uint32_t wg = gemv_workgroup(cfg_, static_cast<uint32_t>(w.cols_padded / 32), table);
+  const uint32_t wg = gemv_workgroup(cfg_, static_cast<uint32_t>(w.cols_padded / 32), gemv_table(w.bits));
   if (!cfg_.gemv_fold || outr == 0 || (block != 64 && block != 128 && block != 256) || block % outr || block / 4 > wg) return false;
   for (const auto& s : w.slices)  // every workgroup's outputs inside one block
     if ((epilogue == GemvOp::swiglu ? s.row0 / 2 : s.row0) % outr) return false;
@@ -400,18 +401,18 @@ bool Kernels::shuffle_fits(int bits) const {
   return ctx_.info().subgroup_shuffle && bits >= 1 && (1u << bits) <= sg;
 }
 
+bool Kernels::gemv_table(int bits) const {
+  // The table where asked for, and where a shuffle is asked for (or left to automatic) but the
+  // codebook does not fit in a subgroup; `code` is no lookup at all.
+  using L = KernelConfig::GemvLookup;
+  return cfg_.gemv_lookup == L::table || (cfg_.gemv_lookup != L::code && !shuffle_fits(bits));
+}
+
 KernelConfig::GemvLookup Kernels::gemv_lookup(int bits) {
   using L = KernelConfig::GemvLookup;
-  switch (cfg_.gemv_lookup) {
-    case L::automatic:
-      if (!shuffle_fits(bits)) return L::table;
-      return unmasked_shuffle_exact() ? L::shuffle_unmasked : L::shuffle;
-    case L::shuffle:
-    case L::shuffle_unmasked:
-      return shuffle_fits(bits) ? cfg_.gemv_lookup : L::table;
-    default:
-      return cfg_.gemv_lookup;
-  }
+  if (gemv_table(bits)) return L::table;
+  if (cfg_.gemv_lookup == L::automatic) return unmasked_shuffle_exact() ? L::shuffle_unmasked : L::shuffle;
+  return cfg_.gemv_lookup;
 }
 
 bool Kernels::unmasked_shuffle_exact() {

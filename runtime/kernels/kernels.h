@@ -350,6 +350,8 @@ class Kernels {
   void gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op,
                KernelConfig::GemvLookup lookup);
   bool shuffle_fits(int bits) const;
+  // Whether gemv_lookup(bits) is the shared table (known without the probe).
+  bool gemv_table(int bits) const;
 };
 
 // CPU helpers matching the GPU layouts (used by the tests and the CPU reference).

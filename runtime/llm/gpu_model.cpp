@@ -340,10 +340,8 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   hidden_ = ctx.buffer(size_t(c.hidden_dim) * 4, vk::MemoryKind::device, "mlp hidden (decode)");
   prep_rot_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "rotated input");
   prep_plain_ = ctx.buffer(M * widest * 4, vk::MemoryKind::device, "prepared input");
-  for (int i = 0; i < 2; ++i) {
-    fold_in_[i] = ctx.buffer(widest * 4, vk::MemoryKind::device, "folded input");
-    fold_sums_[i] = ctx.buffer(widest / 64 * 4, vk::MemoryKind::device, "folded input's sums of squares");
-  }
+  for (auto& b : fold_in_) b = ctx.buffer(widest * 4, vk::MemoryKind::device, "folded input");
+  fold_sums_ = ctx.buffer(widest / 64 * 4, vk::MemoryKind::device, "folded input's sums of squares");
   fold_counters_ = ctx.upload_new(std::vector<uint32_t>(widest / 64, 0u), "fold counters");
   // Decode attention: the context in splits (decode_splits).
   if (kernels_.decode_attention_supported(shape_)) {
@@ -399,7 +397,7 @@ MemoryPlan GpuModel::memory_plan(const model::ModelConfig& c, uint64_t weight_by
   const uint64_t widest = round_up(std::max<uint64_t>({uint64_t(c.dim), uint64_t(c.hidden_dim), q_dim}), 1024);
   const uint64_t splits = decode_splits(context), vocab = uint64_t(c.vocab_size);
   p.activations = 4 * (M * c.dim + M * (q_dim + 2 * kv_dim) + 2 * M * q_dim + 3 * M * c.hidden_dim + c.hidden_dim +
-                       2 * M * widest + splits * (q_dim + 2 * c.n_heads) + vocab + 2 * widest + 3 * (widest / 64));
+                       2 * M * widest + splits * (q_dim + 2 * c.n_heads) + vocab + 2 * widest + 2 * (widest / 64));
   if (opt.slots > 0) p.activations += 4 * (2 * slots * vocab + 2 * slots) + 8 * M;
   return p;
 }
@@ -476,6 +474,15 @@ bool GpuModel::fused_gemv(const Linear& w, uint32_t m, const Prologue& pro) cons
          (!w.q->rotated || static_cast<uint32_t>(w.q->block) / 32 <= sg);
 }
 
+const vk::Buffer& GpuModel::prepare_input(vk::Commands& cmd, vk::BufferView x, uint32_t m, uint32_t cols,
+                                          const Linear& first, Layout layout, const Prologue& pro, uint32_t in_row0) {
+  const vk::Buffer& in = first.rotated() ? prep_rot_ : prep_plain_;
+  kernels_.prepare(cmd, x, in, m, cols, static_cast<uint32_t>(first.block()), layout, first.rotated(), pro, in_row0);
+  cmd.barrier();
+  mark(cmd, prologue_name(pro, first.rotated()));
+  return in;
+}
+
 bool GpuModel::can_fold(const Linear& w, uint32_t m, bool swiglu, const Linear* next) const {
   // One token's GEMV of a PolarQuant matrix into a PolarQuant matrix that a block of the
   // GEMV's outputs can be prepared for (Kernels::fold_supported); not with fused_gemv, whose
@@ -502,21 +509,17 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
     if (folded) {
       xin = fold_in_[folded->pair];
       op.prologue = folded->rms ? Kernels::GemvOp::prepared_rms : Kernels::GemvOp::prepared;
-      op.partials = fold_sums_[folded->pair];
+      op.partials = fold_sums_;
       op.eps = pro.eps;
     } else {
-      const vk::Buffer& buf = w.rotated() ? prep_rot_ : prep_plain_;
-      kernels_.prepare(cmd, x, buf, 1, cols, static_cast<uint32_t>(w.block()), Layout::gemv_interleaved, w.rotated(), pro);
-      cmd.barrier();
-      mark(cmd, prologue_name(pro, w.rotated()));
-      xin = buf;
+      xin = prepare_input(cmd, x, 1, cols, w, Layout::gemv_interleaved, pro, 0);
     }
     if (fold) {
       const int pair = folded ? 1 - folded->pair : 0;  // never the buffer this GEMV reads
       op.fold.kind = next.norm.buffer ? Kernels::GemvOp::Fold::rms_norm : Kernels::GemvOp::Fold::plain;
       op.fold.next = fold_in_[pair];
       op.fold.counters = fold_counters_;
-      op.fold.partials = fold_sums_[pair];
+      op.fold.partials = fold_sums_;
       op.fold.norm = next.norm;
       op.fold.block = static_cast<uint32_t>(next.w->q->block);
       op.fold.rotate = next.w->rotated();
@@ -546,16 +549,13 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
   }
   const Linear& first = *outs.begin()->w;
   const bool gemv = mat_mode_ == MatMode::automatic && m == 1, batch = mat_mode_ == MatMode::batch_gemv;
-  const vk::Buffer& in = first.rotated() ? prep_rot_ : prep_plain_;
   // Continuous batching's prefill steps: one GEMM shader whatever the step's size (GemmOut::any_m).
   const bool any_m = mat_mode_ == MatMode::gemm;
   // The tensor-core GEMM reads fp16 activations: half the bytes, no conversion in each tile.
   bool f16_in = !gemv && !batch && kernels_.gemm_takes_f16(m, any_m);
   for (const Out& o : outs) f16_in = f16_in && o.w->q;
   const Layout layout = gemv && !first.fp16() ? Layout::gemv_interleaved : f16_in ? Layout::row_major_f16 : Layout::row_major;
-  kernels_.prepare(cmd, x, in, m, cols, static_cast<uint32_t>(first.block()), layout, first.rotated(), pro, in_row0);
-  cmd.barrier();
-  mark(cmd, prologue_name(pro, first.rotated()));
+  const vk::Buffer& in = prepare_input(cmd, x, m, cols, first, layout, pro, in_row0);
   for (const Out& o : outs) {
     const Linear& w = *o.w;
     if (w.q) {

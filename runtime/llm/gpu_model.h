@@ -34,7 +34,8 @@ struct GpuOptions {
   int32_t context = 0;      // KV-cache length; 0: the model's, at most 8192
   // The KV cache: 0 fp16; 8 or 4 PolarQuant codes of each rotated key and value head with one
   // norm (--kv-type pq8 / pq4; Kernels::AttentionShape::kv_bits), read by the split decode
-  // attention and, in prefill, by the per-query attention kernel.
+  // attention and, in prefill, by the tensor-core attention (heads of 64, 128) or the per-query
+  // kernel (Kernels::attention_path).
   int kv_bits = 0;
   uint32_t max_batch = 128; // prompt tokens per prefill pass
   // Decode GEMVs that prepare their input themselves (RMSNorm, rotation: no kernel between
@@ -232,9 +233,13 @@ class GpuModel {
   void linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::BufferView x, uint32_t cols, uint32_t m,
               const Prologue& pro, bool accumulate, uint32_t in_row0 = 0, const Next& next = {});
   bool fused_gemv(const Linear& w, uint32_t m, const Prologue& pro) const;
+  // x prepared for `first` (prologue, rotation when it is rotated) in `layout`, m rows from
+  // in_row0, into prep_rot_ or prep_plain_ (which it returns), with its barrier and mark.
+  const vk::Buffer& prepare_input(vk::Commands& cmd, vk::BufferView x, uint32_t m, uint32_t cols, const Linear& first,
+                                  Layout layout, const Prologue& pro, uint32_t in_row0);
   bool can_fold(const Linear& w, uint32_t m, bool swiglu, const Linear* next) const;
-  // An input the previous GEMV prepared (fold): buffer pair `pair` of fold_in_ / fold_sums_, with
-  // the RMSNorm's 1/rms still to apply when rms.
+  // An input the previous GEMV prepared (fold): fold_in_[pair], with the RMSNorm's 1/rms still
+  // to apply (from fold_sums_) when rms.
   struct Folded {
     int pair = 0;
     bool rms = false;
@@ -262,9 +267,10 @@ class GpuModel {
   bool fused_gemv_ = true;           // GpuOptions::fused_gemv, resolved
   uint32_t splits_ = 0;              // decode attention's context splits (0: the prefill kernels)
   vk::Buffer att_parts_, att_ml_;    // its partial outputs and (max, sum) pairs
-  // Folded preparations (Kernels::GemvOp::Fold): two prepared inputs with their per-block sums
-  // of squares, one written while the other is read; the per-block counters (zero between uses).
-  vk::Buffer fold_in_[2], fold_sums_[2], fold_counters_;
+  // Folded preparations (Kernels::GemvOp::Fold): two prepared inputs, one written while the other
+  // is read; the per-block sums of squares (no GEMV reads and writes them: Kernels::gemv refuses);
+  // the per-block counters (zero between uses).
+  vk::Buffer fold_in_[2], fold_sums_, fold_counters_;
 
   std::unique_ptr<vk::Commands> decode_, decode_argmax_;
 

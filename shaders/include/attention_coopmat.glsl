@@ -32,9 +32,9 @@ layout(push_constant) uniform Push { uint n_heads, n_kv, hd, window, m; } p;
 
 // KV_BITS: the rotated-basis values of dims i0 and i1 of the record at word rb of a cache (rw
 // words a record), as an fp16 pair: centroid(code) * norm / sqrt(hd).
-#define PQ_RECORD_PAIR(CACHE, rb, rw, i0, i1, inv_sqrt_hd)                                          \
-  packHalf2x16(vec2(kvcb[(CACHE[(rb) + (i0) / KV_CPW] >> (((i0) % KV_CPW) * KV_BITS)) & KV_MASK],     \
-                    kvcb[(CACHE[(rb) + (i1) / KV_CPW] >> (((i1) % KV_CPW) * KV_BITS)) & KV_MASK]) *  \
+#define PQ_RECORD_PAIR(CACHE, rb, rw, i0, i1, inv_sqrt_hd)                                       \
+  packHalf2x16(vec2(kvcb[pq_kv_code_in(CACHE[(rb) + (i0) / KV_CPW], i0)],                          \
+                    kvcb[pq_kv_code_in(CACHE[(rb) + (i1) / KV_CPW], i1)]) *                        \
                (uintBitsToFloat(CACHE[(rb) + (rw) - 1u]) * (inv_sqrt_hd)))
 
 shared uvec4 H[(BQ + 2u * BK) * LDH];  // fp16 rows: queries, keys, values

@@ -1,5 +1,5 @@
 // Shared GLSL for the PolarQuant KV cache (qkv_rope.comp and attention_decode.comp write its
-// records, attention.comp and attention_decode.comp read them): a key or value head of hd values
+// records, attention.comp, attention_decode.comp and include/attention_coopmat.glsl read them): a key or value head of hd values
 // is stored as hd * KV_BITS / 32 words of codes (code i at bits i * KV_BITS of the little-endian
 // stream; KV_BITS is 4 or 8, so no code straddles a word), then its fp16-rounded norm n as a
 // float. Code i is the Lloyd-Max cell of r_i = sqrt(hd) (H x)_i / n, H the orthonormal
@@ -11,6 +11,9 @@
 
 const uint KV_CPW = KV_BITS > 0u ? 32u / KV_BITS : 1u;  // codes a record word holds
 const uint KV_MASK = (1u << KV_BITS) - 1u;              // one code
+
+// Code i of a record, from the record word that holds it (word i / KV_CPW).
+uint pq_kv_code_in(uint word, uint i) { return (word >> ((i % KV_CPW) * KV_BITS)) & KV_MASK; }
 
 // The code of normalized coordinate r: how many cell boundaries lie below it (binary search).
 uint pq_kv_code(float r) {
