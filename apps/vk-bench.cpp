@@ -323,11 +323,16 @@ int run_kernels(const KernelArgs& a) {
             variants.push_back({" [" + gc + "]", owned.back().get()});
           }
         }
-        if (a.batched && m > 1 && !f16) variants.push_back({" batched", &k});
+        // --batched: also what continuous batching's decode steps may run, the batched GEMV and the
+        // GEMM at every M with K split (GemmOut::any_m, split_k).
+        if (a.batched && m > 1 && !f16) {
+          variants.push_back({" batched", &k});
+          variants.push_back({" split-K", &k});
+        }
         for (auto& [label, kv] : variants) {
-          const bool batch = label == " batched";
+          const bool batch = label == " batched", split = label == " split-K";
           // The tensor-core GEMM reads fp16 activations, as a model's prefill gives it.
-          const bool x16 = m > 1 && !f16 && !batch && kv->gemm_takes_f16(m);
+          const bool x16 = m > 1 && !f16 && !batch && kv->gemm_takes_f16(m, split);
           std::vector<float> xin = x;  // the activations the kernel reads, as fp32
           vk::Buffer xh;
           if (x16) {
@@ -338,7 +343,7 @@ int run_kernels(const KernelArgs& a) {
             }
             xh = ctx.upload_new(packed, "x fp16");
           }
-          const pqvk::GemmOut gout{static_cast<uint32_t>(out), 0, x16};
+          const pqvk::GemmOut gout{static_cast<uint32_t>(out), 0, x16, split, split};
           double min_ns = 0;
           double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int r) {
             if (f16) {
@@ -355,7 +360,7 @@ int run_kernels(const KernelArgs& a) {
           if (m > 1 && !f16 && !batch) {  // which GEMM ran, and the error its arithmetic allows
             const auto path = kv->last_gemm_path();
             row.path = Kernels::gemm_path_name(path);
-            row.format += " [" + row.path + "]";
+            row.format += " [" + row.path + (split ? ", split-K" : "") + "]";
             if (path != Kernels::GemmPath::portable) row.check_tol = 3e-3;
           }
           rows.push_back(row);
@@ -520,7 +525,7 @@ struct ModelArgs {
   std::string device, output = "md", json_path, csv_path;
   std::vector<std::string> models, synthetic, recipes;
   std::vector<int> bits, n_prompt = {512}, n_gen = {128}, n_depth = {0}, n_parallel;
-  int batch_gemm_from = 0;  // -np: decode steps of at least this many sequences through the GEMM (0: never)
+  int batch_gemm_from = -1;  // -np: decode steps of at least this many sequences through the GEMM (GpuOptions)
   std::string kv_type = "f16";  // the KV cache (GpuOptions::kv_bits)
   bool fp16 = false, no_breakdown = false;
   int reps = 5, ubatch = 512, profile_reps = 5;
@@ -607,7 +612,7 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
   go.max_batch = static_cast<uint32_t>(a.ubatch);
   const int max_np = a.n_parallel.empty() ? 0 : *std::max_element(a.n_parallel.begin(), a.n_parallel.end());
   go.slots = static_cast<uint32_t>(max_np);
-  go.batch_gemm_from = static_cast<uint32_t>(a.batch_gemm_from);
+  go.batch_gemm_from = a.batch_gemm_from;
   go.kv_bits = pqvk::apps::kv_bits(a.kv_type);
   const uint64_t before = ctx.allocated_bytes();
   const auto t0 = Clock::now();
@@ -1006,9 +1011,9 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   pqvk::apps::add_kv_type_option(app, ma.kv_type);
   app.add_option("--batch-gemm-from", ma.batch_gemm_from,
-                 "-np: decode steps of at least N sequences multiply through the tiled GEMM instead of the batched GEMV "
-                 "(default 0: never; a comparison, pq-server never does this)")
-      ->check(CLI::Range(0, 1 << 16));
+                 "-np: decode steps of at least N sequences multiply through the GEMM instead of the batched GEMV; "
+                 "0: never; default -1: every step through the GEMM where the device has the tensor-core GEMM, as pq-server")
+      ->check(CLI::Range(-1, 1 << 16));
   app.add_option("-r,--repetitions", ma.reps, "Timed repetitions of each test (default 5)")->check(CLI::Range(1, 1000));
   app.add_option("-b,--ubatch", ma.ubatch, "Prompt tokens per prefill pass (default 512)")->check(CLI::Range(1, 8192));
   app.add_option("--warmup-ms", ma.warmup_ms, "Replay each test untimed at least this long first (default 1000; at least once)")
@@ -1037,7 +1042,7 @@ int main(int argc, char** argv) {
   kern->add_option("--gemv-wg", ka.gemv_wg, "GEMV workgroup size (multiple of 32)");
   kern->add_option("--gemv-rows", ka.gemv_rows, "GEMV rows per workgroup");
   kern->add_flag("--batched", ka.batched,
-                 "For M > 1 also the batched GEMV of continuous batching (shape from $PQVK_GEMV_BATCH=WGxROWSxTOKENS)");
+                 "For M > 1 also what continuous batching's decode steps may run: the batched GEMV (shape from $PQVK_GEMV_BATCH=WGxROWSxTOKENS) and the GEMM with K split");
   kern->add_flag("--check", ka.check, "Also check every timed quantized GEMV / GEMM against its CPU twin (exit 1 on a mismatch)");
   kern->add_option("--gemv-configs", ka.gemv_configs,
                    "Time the GEMV once per configuration WGxROWS + t (shared table), u (table, one copy), h (subgroup shuffle), r (shuffle, unmasked indices) or d (no lookup: its cost), e.g. 128x2t,256x8h")

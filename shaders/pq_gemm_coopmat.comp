@@ -37,7 +37,11 @@
 //          Epilogue: each subgroup stores one accumulator at a time into shared memory (the
 //          weight buffers, free by then) and writes it out with bounds checks, adding to Y when
 //          accumulating: M and the rows need not be multiples of the tile.
-// Dispatch: (ceil(rows / 128), ceil(m / TM)) workgroups.
+//          Split-K (few row tiles and one token tile: decode steps of a few sequences): the
+//          z-th of S workgroups of a tile takes chunks z * kc .. + kc - 1 and writes its partial
+//          tile, unaccumulated, at z * zstride in Y (a scratch buffer); splitk_sum.comp adds the S
+//          partials in order into the real Y.
+// Dispatch: (ceil(rows / 128), ceil(m / TM), S) workgroups.
 // Specialization: 0 BITS, 1 BLOCK (B), 2 TM (64 or 128), 3 CPB (2, or 4 where nchunk % 4 == 0),
 //          4 ABLATE (benchmarks only), 5 X_F16.
 // The body is include/pq_gemm_coopmat.glsl, written in the operations defined here;

@@ -570,7 +570,7 @@ std::string describe(const GemmCase& g) {
 // the path it took (fp32: the exact operands within kDotTol; coopmat: the fp16-rounded ones
 // within kCoopmatTwinTol and the exact ones within kFp16Tol); the columns it must not write
 // stay as they were. Returns the path.
-GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false) {
+GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false, bool split = false) {
   const MatCase& c = g.mat;
   const uint32_t m = g.m;
   const auto q = make_matrix(c);
@@ -594,7 +594,7 @@ GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false) {
     context().upload(xr, padded);
   }
   cmd.barrier();
-  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col, x16});
+  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col, x16, split, split});
   cmd.run();
   const GemmPath path = k.last_gemm_path();
   const auto xin = x16 ? read_halves(xr, m * cp) : read_floats(xr, m * cp);  // the activations the GEMM read
@@ -907,6 +907,59 @@ TEST(Gemm, TokenRowDoesNotDependOnTheOtherTokens) {
         ASSERT_EQ(want, std::bit_cast<uint32_t>(all[t * c.rows + r])) << name << " token " << t << " row " << r << ": alone vs among 70";
         ASSERT_EQ(want, std::bit_cast<uint32_t>(rev[(m - 1 - t) * c.rows + r])) << name << " token " << t << " row " << r << ": another place";
         ASSERT_EQ(want, std::bit_cast<uint32_t>(first3[r])) << name << " token " << t << " row " << r << ": among 3";
+      }
+    }
+  }
+}
+
+// Split-K (GemmOut::split_k: continuous batching's decode steps through the tensor-core GEMM):
+// the partial tiles of each part of K and their sum (splitk_sum.comp) against the twins, with
+// accumulation, an output column offset, slices, parts that end mid-row-group and a shorter last
+// part; a token's row the same bit for bit alone and among others (the parts depend on the matrix
+// only). The emulated shader on every device, the tensor-core one where the device has it.
+TEST(Gemm, SplitKMatchesCpu) {
+  std::vector<std::pair<std::string, KernelConfig>> paths = {{"emulated", gemm_config(Coopmat::emulated, 64)}};
+  if (Kernels(context(), KernelConfig{}).coopmat_gemm_unsupported().empty())
+    paths.push_back({"coopmat", gemm_config(Coopmat::automatic, 64)});
+  // The case and the parts of K it takes (Kernels::gemm_splits; 0: more than one).
+  const std::vector<std::pair<GemmCase, uint32_t>> cases = {
+      {{{130, 4096 + 40, 4, 128, pq::Method::pq}, 1}, 11},                   // 132 chunks, 12 a part
+      {{{17, 14336 - 100, 5, 128, pq::Method::pq}, 7, true, 3, 7}, 16},      // 448 chunks, 28 a part
+      {{{300, 1000, 3, 64, pq::Method::pq}, 33}, 4},                         // 32 chunks, 8 a part
+      {{{64, 2208, 6, 64, pq::Method::pq}, 64, false, 1, 1}, 7},              // 70 chunks loaded 2 at a time
+      {{{96, 1088, 5, 64, pq::Method::pq}, 20}, 4},                          // 34 chunks: 10, 10, 10 and 4
+      {{{260, 1088, 5, 64, pq::Method::pq}, 20, true, 0, 0, 60 * 1088}, 0},   // slices
+      {{{40, 200, 2, 64, pq::Method::pq}, 3}, 1},                            // too short to split
+  };
+  for (const auto& [name, cfg] : paths) {
+    Kernels k(context(), cfg);
+    for (const auto& [g, parts] : cases) {
+      EXPECT_NE(check_gemm(k, g, name == "coopmat", true), GemmPath::portable) << name << " " << describe(g);
+      if (parts) EXPECT_EQ(k.last_gemm_splits(), parts) << name << " " << describe(g);
+      else EXPECT_GT(k.last_gemm_splits(), 1u) << name << " " << describe(g);
+    }
+    // A token's row alone, among 40 and in another place, bit for bit.
+    const MatCase c{150, 3000, 4, 128, pq::Method::pq};
+    const auto q = make_matrix(c);
+    const auto d = upload_quant(context(), q, describe(c));
+    const size_t cp = q.cols_padded;
+    const uint32_t m = 40;
+    const auto x = random_vector(m * cp, 777);
+    auto run = [&](std::span<const float> rows, uint32_t n) {
+      vk::Buffer xb = context().upload_new(std::vector<float>(rows.begin(), rows.end()), "X");
+      vk::Buffer y = poisoned(size_t(n) * c.rows);
+      auto cmd = context().commands();
+      k.gemm(cmd, d, xb, y, n, false, GemmOut{0, 0, false, true, true});
+      cmd.run();
+      EXPECT_GT(k.last_gemm_splits(), 1u) << name;
+      return read_floats(y, size_t(n) * c.rows);
+    };
+    const auto all = run(x, m);
+    for (uint32_t t : {0u, 17u, 39u}) {
+      const auto alone = run(std::span<const float>(x).subspan(t * cp, cp), 1);
+      for (size_t r = 0; r < c.rows; ++r) {
+        ASSERT_NE(std::bit_cast<uint32_t>(alone[r]), kPoison) << name << " token " << t << " row " << r;
+        ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(all[t * c.rows + r])) << name << " token " << t << " row " << r;
       }
     }
   }

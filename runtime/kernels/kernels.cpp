@@ -54,6 +54,7 @@ uint32_t u32(size_t v, const char* what) {
 // pq_gemm_coopmat.comp's tile: 128 rows of W, tm tokens; its shared memory (the codebook of
 // 2^bits floats, two fp16 buffers of 40 halves per row and per token).
 constexpr uint32_t kCoopmatTileN = 128;
+constexpr size_t kSplitMaxFloats = size_t(16) << 20;  // split-K scratch: 64 MiB of partial outputs
 size_t coopmat_shared_bytes(int bits, uint32_t tm) { return (size_t(4) << bits) + 2 * (size_t(tm) + kCoopmatTileN) * 80; }
 
 }  // namespace
@@ -197,6 +198,12 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
     else if (v == "1" || v == "auto") cfg_.attention_coopmat = A::automatic;
     else if (v == "emulated") cfg_.attention_coopmat = A::emulated;
     else throw Error("PQVK_ATTENTION_COOPMAT='" + v + "' is not 0, 1 or emulated");
+  }
+  if (const char* e = std::getenv("PQVK_GEMM_SPLIT"); e && *e) {  // benchmarks: split-K target (0: off)
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(e, &end, 10);
+    if (*end || v > 65536) throw Error(std::string("PQVK_GEMM_SPLIT='") + e + "' is not a workgroup count (0..65536)");
+    cfg_.gemm_split_target = static_cast<uint32_t>(v);
   }
   if (cfg_.gemm_coopmat_tm != 0 && cfg_.gemm_coopmat_tm != 64 && cfg_.gemm_coopmat_tm != 128)
     throw Error("cooperative-matrix GEMM tile: " + std::to_string(cfg_.gemm_coopmat_tm) + " tokens (64 or 128)");
@@ -472,29 +479,72 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
     throw Error(w.name + ": fp16 activations need the cooperative-matrix GEMM, which does not run here (gemm_takes_f16)");
   const uint32_t bits = static_cast<uint32_t>(w.bits), block = static_cast<uint32_t>(w.block);
   uint32_t tile_m = 64, tile_n = 64;
+  // Tensor cores: codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
+  const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
   const vk::Pipeline* p = nullptr;
   if (path == GemmPath::portable) {
     p = &pipeline("pq_gemm", {{0, bits}, {1, block}}, 5, 32, 256);
   } else {
     tile_m = gemm_coopmat_tile(m);
     tile_n = kCoopmatTileN;
-    // Codes of 4 chunks per load where every group of a row holds a multiple of 4 chunks, else 2.
-    const uint32_t chunks_per_load = (w.cols_padded / 32) % 4 == 0 ? 4 : 2;
     vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}, {5, out.x_f16 ? 1u : 0u}};
     if (const char* e = std::getenv("PQVK_GEMM_ABLATE"); e && *e)  // benchmarks: pq_gemm_coopmat.comp's ABLATE
       spec.push_back({4, static_cast<uint32_t>(std::strtoul(e, nullptr, 10))});
-    p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 32, 256, coopmat_subgroup_size())
-                                  : &pipeline("pq_gemm_coopmat_emulated", spec, 5, 32, 256);
+    p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 40, 256, coopmat_subgroup_size())
+                                  : &pipeline("pq_gemm_coopmat_emulated", spec, 5, 40, 256);
   }
   last_gemm_ = path;
+  last_splits_ = 1;
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
-    struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } push{
+    const uint32_t tiles = u32((s.rows + tile_n - 1) / tile_n, "tiles");
+    if (path == GemmPath::portable) {
+      struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } push{
+          u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
+          accumulate ? 1u : 0u};
+      cmd.dispatch(*p, {s.codes, s.scales, w.codebook, x_rot, y}, push, tiles, (m + tile_m - 1) / tile_m);
+      continue;
+    }
+    uint32_t kc = nchunk;
+    const uint32_t splits = out.split_k && m <= tile_m ? gemm_splits(s.rows, nchunk, chunks_per_load, &kc) : 1;
+    last_splits_ = splits;
+    struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate, kc, zstride; } push{
         u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
-        accumulate ? 1u : 0u};
-    cmd.dispatch(*p, {s.codes, s.scales, w.codebook, x_rot, y}, push, u32((s.rows + tile_n - 1) / tile_n, "tiles"),
-                 (m + tile_m - 1) / tile_m);
+        accumulate ? 1u : 0u, kc, 0u};
+    if (splits == 1) {
+      cmd.dispatch(*p, {s.codes, s.scales, w.codebook, x_rot, y}, push, tiles, (m + tile_m - 1) / tile_m);
+      continue;
+    }
+    // Split-K: the partials [splits][m][rows] into the scratch buffer, then their sum into y.
+    if (!splitk_.valid())
+      splitk_ = ctx_.buffer(size_t(kSplitMaxFloats) * 4, vk::MemoryKind::device, "split-K partial outputs");
+    const uint32_t rows = u32(s.rows, "rows");
+    push.ldy = rows;
+    push.y_offset = 0;
+    push.accumulate = 0;
+    push.zstride = m * rows;
+    cmd.dispatch(*p, {s.codes, s.scales, w.codebook, x_rot, splitk_}, push, tiles, (m + tile_m - 1) / tile_m, splits);
+    cmd.barrier();
+    struct { uint32_t rows, m, splits, ldy, y_offset, accumulate; } sum{rows, m, splits, ldy, u32(out.col + s.row0, "row"),
+                                                                         accumulate ? 1u : 0u};
+    cmd.dispatch(pipeline("splitk_sum", {}, 2, 24, 256), {splitk_, y}, sum, (m * rows + 255) / 256);
+    cmd.barrier();  // the next split GEMM reuses the scratch buffer
   }
+}
+
+uint32_t Kernels::gemm_splits(size_t rows, uint32_t nchunk, uint32_t chunks_per_load, uint32_t* kc) const {
+  *kc = nchunk;
+  const size_t tiles = (rows + kCoopmatTileN - 1) / kCoopmatTileN;
+  uint32_t splits = 1;
+  // The scratch holds the partials of one tile of up to 128 tokens.
+  while (splits < 16 && tiles * splits * 2 <= cfg_.gemm_split_target && nchunk / (splits * 2) >= 8 &&
+         size_t(splits) * 2 * 128 * rows <= kSplitMaxFloats)
+    splits *= 2;
+  if (splits == 1) return 1;
+  // Parts of a whole number of code loads; the last part may be shorter (or the count smaller).
+  *kc = (nchunk + splits - 1) / splits;
+  *kc = (*kc + chunks_per_load - 1) / chunks_per_load * chunks_per_load;
+  return (nchunk + *kc - 1) / *kc;
 }
 
 void Kernels::gemv_batch(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y,

@@ -101,6 +101,11 @@ struct KernelConfig {
   enum class GemmCoopmat { automatic, off, on, emulated } gemm_coopmat = GemmCoopmat::automatic;
   uint32_t gemm_coopmat_min_m = 16;  // automatic: fewer tokens take the portable GEMM
   uint32_t gemm_coopmat_tm = 0;      // tokens per workgroup of the tensor-core GEMM, 64 or 128; 0: 128 above 64 tokens where they fit
+  // Split-K of the tensor-core GEMM where asked (GemmOut::split_k) and the tokens fit one tile:
+  // K is cut into up to 16 parts while the matrix's row tiles times the parts stay within this
+  // many workgroups (parts of at least 8 chunks), and splitk_sum.comp adds the partials.
+  // 0: never. PQVK_GEMM_SPLIT overrides it (benchmarks).
+  uint32_t gemm_split_target = 256;
   // Prefill attention: tiles of queries sharing each key and value they read
   // (shaders/attention_tiled.comp) where the device can run it (attention_tiled_supported()),
   // else one query per workgroup (shaders/attention.comp). false: always the latter.
@@ -172,6 +177,11 @@ struct GemmOut {
   // whatever m (not from gemm_coopmat_min_m tokens on), so that one path computes every step:
   // continuous batching's prefill steps, whose size depends on what else runs.
   bool any_m = false;
+  // Tensor-core paths, M within one token tile: K may be split among several workgroups where
+  // few row tiles would leave the device idle (KernelConfig::gemm_split_target; how many parts
+  // depends on the matrix only, so a token's result does not depend on M). Continuous batching's
+  // decode steps ask for it.
+  bool split_k = false;
 };
 
 class Kernels {
@@ -227,6 +237,8 @@ class Kernels {
   GemmPath gemm_path(uint32_t m, bool any_m = false) const;
   // The shader the latest gemm() call recorded (portable before any).
   GemmPath last_gemm_path() const { return last_gemm_; }
+  // The parts of K of its last slice (1: not split; GemmOut::split_k).
+  uint32_t last_gemm_splits() const { return last_splits_; }
   // Whether gemm() at m tokens runs a shader that can read fp16 activations (GemmOut::x_f16):
   // the tensor-core one and its emulation.
   bool gemm_takes_f16(uint32_t m, bool any_m = false) const { return gemm_path(m, any_m) != GemmPath::portable; }
@@ -338,6 +350,10 @@ class Kernels {
   vk::Context& ctx_;
   KernelConfig cfg_;
   vk::Buffer dummy_;  // bound where a shader's optional buffer is unused
+  vk::Buffer splitk_;  // split-K partial outputs (allocated on first use, never resized: recordings keep it)
+  // Parts of K for a split tensor-core GEMM of `rows` rows and nchunk chunks loaded
+  // chunks_per_load at a time (1: no split); *kc the chunks per part. Depends on the matrix only.
+  uint32_t gemm_splits(size_t rows, uint32_t nchunk, uint32_t chunks_per_load, uint32_t* kc) const;
   vk::Buffer argmax_parts_;  // argmax's per-workgroup results
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
   std::optional<bool> unmasked_exact_;  // the probe's answer, once run
@@ -345,6 +361,7 @@ class Kernels {
   // The shaders' KV codebook binding: the width's centroids | cell boundaries (fp16 cache: unused).
   vk::BufferView kv_codebook(uint32_t bits);
   GemmPath last_gemm_ = GemmPath::portable;
+  uint32_t last_splits_ = 1;
   std::string coopmat_unsupported_;  // coopmat_gemm_unsupported(), found by the constructor
   uint32_t coopmat_subgroup_size() const;  // the required subgroup size of pq_gemm_coopmat (0: the driver's)
   void gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op,

@@ -242,7 +242,9 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
                      (fits > 0 ? ": at most " + std::to_string(fits) + " tokens fit (--ctx)" : ": not even the weights fit"));
   }
   slots_ = opt.slots;
-  batch_gemm_from_ = opt.batch_gemm_from;
+  if (opt.batch_gemm_from < -1) throw ModelError("batch_gemm_from: " + std::to_string(opt.batch_gemm_from) + " (-1, 0 or a token count)");
+  batch_gemm_from_ = opt.batch_gemm_from >= 0 ? static_cast<uint32_t>(opt.batch_gemm_from)
+                     : kernels_.gemm_path(1, true) == Kernels::GemmPath::coopmat ? 1u : 0u;
   max_batch_ = std::max<uint32_t>({1, std::min<uint32_t>(opt.max_batch, static_cast<uint32_t>(context_)), slots_});
   fused_gemv_ = opt.fused_gemv > 0;
   shape_.n_heads = static_cast<uint32_t>(c.n_heads);
@@ -562,7 +564,7 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
       if (gemv) kernels_.gemv(cmd, *w.q, in, o.y, Kernels::GemvOp{Kernels::GemvOp::prepared, {}, 0.0f,
                                                                    accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store, o.col});
       else if (batch) kernels_.gemv_batch(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col});
-      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col, f16_in, any_m});
+      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col, f16_in, any_m, split_k_});
     } else {
       if (gemv) kernels_.gemv_f16(cmd, *w.f, in, o.y, accumulate, o.col);
       else kernels_.gemm_f16(cmd, *w.f, in, o.y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)), Kernels::GemmOut{o.ld, o.col});
@@ -684,16 +686,25 @@ GpuModel::Next GpuModel::next_of(const Layer& L) const { return L.qkv ? Next{&*L
 void GpuModel::record_batch(vk::Commands& cmd, BatchKind kind, uint32_t m, uint32_t outs, uint32_t logits_rows) {
   struct Restore {
     MatMode& mode;
-    ~Restore() { mode = MatMode::automatic; }
-  } restore{mat_mode_};
+    bool& split;
+    ~Restore() {
+      mode = MatMode::automatic;
+      split = false;
+    }
+  } restore{mat_mode_, split_k_};
   embed(cmd, m);
-  mat_mode_ = kind == BatchKind::prefill || (batch_gemm_from_ > 0 && m >= batch_gemm_from_) ? MatMode::gemm : MatMode::batch_gemv;
+  const bool decode_gemm = kind == BatchKind::decode && batch_gemm_from_ > 0 && m >= batch_gemm_from_;
+  mat_mode_ = kind == BatchKind::prefill || decode_gemm ? MatMode::gemm : MatMode::batch_gemv;
+  // Decode steps through the GEMM split K where few row tiles would idle the device: at every
+  // step size, as long as every step fits one token tile (a token's sums then never depend on M).
+  split_k_ = decode_gemm && slots_ <= kernels_.gemm_coopmat_tile(slots_);
   for (const auto& L : layers_) {
     attention_block(cmd, *L, m);
     mlp_block(cmd, *L, m, Next{});
   }
   if (outs == 0) return;
-  mat_mode_ = MatMode::batch_gemv;
+  // The LM head: through the GEMM in decode steps that take it, else the batched GEMV.
+  mat_mode_ = decode_gemm ? MatMode::gemm : MatMode::batch_gemv;
   const auto vocab = static_cast<uint32_t>(config_.vocab_size);
   linear(cmd, {{&head(), batch_logits_}}, x_, static_cast<uint32_t>(config_.dim), outs,
          Prologue{Prologue::rmsnorm, final_norm_, shape_.eps}, false, m - outs);

@@ -46,11 +46,13 @@ struct GpuOptions {
   // Continuous batching (GpuModel::step()): sequences with a KV-cache region of `context`
   // positions each. 0: none (the single-sequence entry points use region 0 either way).
   uint32_t slots = 0;
-  // Decode steps of at least this many tokens multiply through the tiled GEMM (Kernels::gemm)
-  // instead of the batched GEMV (0: never). For measuring the two against each other (vk-bench
-  // --batch-gemm-from): a sequence's output then depends on whether the step crossed the
-  // threshold, so pq-server leaves it off.
-  uint32_t batch_gemm_from = 0;
+  // Which kernels multiply continuous batching's decode steps. -1 (automatic): every step
+  // through the GEMM (Kernels::gemm at any M, K split where few row tiles would idle the device)
+  // where the device runs the tensor-core GEMM, else the batched GEMV (Kernels::gemv_batch); on
+  // the H200 the GEMM measured 3x the GEMV's aggregate at 32 sequences and equal at 8
+  // (bench/RESULTS.md). 0: always the batched GEMV. N > 0: steps of N or more tokens through the
+  // GEMM (for measuring: a sequence's output then depends on whether a step crossed N).
+  int32_t batch_gemm_from = -1;
 };
 
 // Continuous batching: one token of one sequence in a step (GpuModel::step()). The sequence's
@@ -197,6 +199,7 @@ class GpuModel {
   // every step's logits).
   enum class MatMode { automatic, gemm, batch_gemv };
   MatMode mat_mode_ = MatMode::automatic;
+  bool split_k_ = false;  // record_batch: GEMMs of decode steps may split K (GemmOut::split_k)
   void record_batch(vk::Commands& cmd, BatchKind kind, uint32_t m, uint32_t outs, uint32_t logits_rows);
   // Checks a step's tokens, writes them (ids, positions, slots) in recorded order into the
   // host-visible buffers; the counts of tokens with an output and with logits.

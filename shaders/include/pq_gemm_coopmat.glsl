@@ -41,7 +41,10 @@ layout(std430, binding = 2) readonly buffer Codebook { float codebook[]; };
 layout(std430, binding = 3) readonly buffer X { vec4 x4[]; };
 layout(std430, binding = 3) readonly buffer XH { uvec4 xh8[]; };  // X_F16: 8 halves at a time
 layout(std430, binding = 4) buffer Y { float gemm_y[]; };
-layout(push_constant) uniform Push { uint rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate; } p;
+// kc: chunks per split of K (split-K: workgroup z takes chunks z * kc .. z * kc + kc - 1, a
+// multiple of CPB; nchunk when K is not split); zstride: floats between the splits' partial
+// outputs in Y (0 when not split; Kernels then sums them with splitk_sum.comp).
+layout(push_constant) uniform Push { uint rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate, kc, zstride; } p;
 
 shared float cb[1u << BITS];
 shared uvec4 Xs[2u * TM * LD];  // [buffer][token][8 halves x 5]
@@ -153,7 +156,7 @@ void store_tile(ACC c, const uint i, const uint j, uint m0, uint n0) {
     const uint nn = n0 + wn * 32u + 16u * j + 4u * (e & 3u);
     if (mm < p.m) {
       const vec4 v = uintBitsToFloat(Ws[stage + e]);
-      const uint o = mm * p.ldy + p.y_offset + nn;
+      const uint o = gl_WorkGroupID.z * p.zstride + mm * p.ldy + p.y_offset + nn;
       [[unroll]] for (uint k = 0u; k < 4u; ++k)
         if (nn + k < p.rows) gemm_y[o + k] = p.accumulate != 0u ? gemm_y[o + k] + v[k] : v[k];
     }
@@ -178,19 +181,21 @@ void main() {
   ACC c00 = ACC_ZERO, c01 = ACC_ZERO, c10 = ACC_ZERO, c11 = ACC_ZERO;
   ACC c20 = ACC_ZERO, c21 = ACC_ZERO, c30 = ACC_ZERO, c31 = ACC_ZERO;
 
-  load_codes(0u, row, half_id);
-  load_x(0u, m0);
+  // This workgroup's part of K: chunks kbeg .. kend - 1 (all of them unless K is split).
+  const uint kbeg = gl_WorkGroupID.z * p.kc, kend = min(kbeg + p.kc, p.nchunk);
+  load_codes(kbeg, row, half_id);
+  load_x(kbeg, m0);
   barrier();  // the codebook is in shared memory
-  // nchunk is a multiple of CPB (cols_padded of 64); CPB is even, so chunk ch0 + sub goes to
-  // buffer sub % 2.
-  for (uint ch0 = 0u; ch0 < p.nchunk; ch0 += CPB) {
+  // nchunk and kc are multiples of CPB (cols_padded of 64); CPB is even, so chunk ch0 + sub goes
+  // to buffer sub % 2.
+  for (uint ch0 = kbeg; ch0 < kend; ch0 += CPB) {
     [[unroll]] for (uint sub = 0u; sub < CPB; ++sub) {
       const uint buf = sub & 1u, ch = ch0 + sub;
       // Buffer `buf` was last read in step ch - 2, which every subgroup finished before the
       // barrier of step ch - 1.
       store_step(buf, wr, half_id, sub);
       if ((ABLATE & 8u) == 0u) barrier();
-      if (ch + 1u < p.nchunk && (ABLATE & 4u) == 0u) {  // in flight during the products
+      if (ch + 1u < kend && (ABLATE & 4u) == 0u) {  // in flight during the products
         if (sub == CPB - 1u) load_codes(ch + 1u, row, half_id);
         load_x(ch + 1u, m0);
       }
