@@ -47,7 +47,10 @@
 //          Sums: subgroupAdd, then shared memory across subgroups.
 // Dispatch: ceil(rows / ROWS) workgroups over x (and y for very tall matrices).
 // Specialization: 0 WG (local_size_x), 1 BITS, 2 ROWS (even for EPILOGUE 2), 3 BLOCK (B),
-//          4 CB_SHIFT (CB_REP = 1 << it), 5 LOOKUP, 6 PROLOGUE, 7 EPILOGUE, 8 FOLD, 9 FB, 10 FROT.
+//          4 CB_SHIFT (CB_REP = 1 << it), 5 LOOKUP, 6 PROLOGUE, 7 EPILOGUE, 8 FOLD, 9 FB, 10 FROT,
+//          11 ABLATE (benchmarks only, PQVK_GEMV_ABLATE; wrong results, timings of what is left):
+//          1 no input loads (the prepared input made from the chunk index), 2 no code or scale
+//          loads (words made from the row and chunk indices).
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
@@ -64,6 +67,7 @@ layout(constant_id = 7) const uint EPILOGUE = 0u;
 layout(constant_id = 8) const uint FOLD = 0u;
 layout(constant_id = 9) const uint FB = 128u;
 layout(constant_id = 10) const uint FROT = 1u;
+layout(constant_id = 11) const uint ABLATE = 0u;
 const uint CB_REP = 1u << CB_SHIFT;
 const bool ROTATE = (PROLOGUE & 1u) != 0u, NORM = (PROLOGUE & 2u) != 0u, PART_NORM = (PROLOGUE & 8u) != 0u;
 const uint OUTR = EPILOGUE == 2u ? ROWS / 2u : ROWS;  // outputs per workgroup
@@ -99,7 +103,9 @@ shared bool fold_last;
 // squares to ss (RMSNorm).
 void load_chunk(uint ch, bool live, out float v[32], inout float ss) {
   const uint e0 = ch * 32u;
-  if ((PROLOGUE & 4u) == 0u) {  // prepared, gemv-interleaved: elements 4q..4q+3 are 16 contiguous bytes
+  if ((ABLATE & 1u) != 0u) {
+    [[unroll]] for (uint i = 0u; i < 32u; ++i) v[i] = float(ch + i) * 1e-3;
+  } else if ((PROLOGUE & 4u) == 0u) {  // prepared, gemv-interleaved: elements 4q..4q+3 are 16 contiguous bytes
     const uint xbase = p.x_offset / 4u + ((ch & ~31u) << 3u) + (ch & 31u);
     [[unroll]] for (uint q = 0u; q < 8u; ++q) {
       const vec4 a = x4[xbase + (q << 5u)];
@@ -166,9 +172,14 @@ void load_words(uint ch, bool live, uint r0, uint row0, out uint w[RG][9], out f
     if (r0 + r < ROWS) {
       const uint row = min(row0 + r0 + r, p.rows - 1u);
       const uint base = row * row_words + in_row;
-      [[unroll]] for (uint j = 0u; j < BITS; ++j) w[r][j] = codes[base + j * gs];
-      const uint sidx = row * p.nblocks + blk;
-      sc[r] = live ? half_at(scales[sidx >> 1u], sidx) : 0.0;
+      if ((ABLATE & 2u) != 0u) {
+        [[unroll]] for (uint j = 0u; j < BITS; ++j) w[r][j] = (base + j) * 0x9E3779B9u;
+        sc[r] = live ? 1.0 : 0.0;
+      } else {
+        [[unroll]] for (uint j = 0u; j < BITS; ++j) w[r][j] = codes[base + j * gs];
+        const uint sidx = row * p.nblocks + blk;
+        sc[r] = live ? half_at(scales[sidx >> 1u], sidx) : 0.0;
+      }
     }
   }
 }

@@ -314,6 +314,12 @@ void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
 }
 
 namespace {
+// Benchmarks only: pq_gemv.comp's ABLATE from PQVK_GEMV_ABLATE (parts of the GEMV left out: wrong
+// results, timings of what is left).
+uint32_t gemv_ablate() {
+  const char* e = std::getenv("PQVK_GEMV_ABLATE");
+  return e && *e ? static_cast<uint32_t>(std::strtoul(e, nullptr, 10)) : 0u;
+}
 // Invocations of a GEMV workgroup: no more than chunks of a row (rounded up to 32), so that short
 // rows leave none idle; table lookups fill shared memory per workgroup: at least 128 share the fill.
 uint32_t gemv_workgroup(const KernelConfig& cfg, uint32_t nchunk, bool table) {
@@ -377,7 +383,8 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
   const auto& p = pipeline("pq_gemv",
                            {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
                             {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue},
-                            {8, fold_kind}, {9, fold_kind ? fold.block : 128u}, {10, fold.rotate ? 1u : 0u}},
+                            {8, fold_kind}, {9, fold_kind ? fold.block : 128u}, {10, fold.rotate ? 1u : 0u},
+                            {11, gemv_ablate()}},
                            10, 32, wg);
   const auto or_dummy = [&](vk::BufferView v) { return v.buffer ? v : vk::BufferView(dummy_); };
   for (const auto& s : w.slices) {
