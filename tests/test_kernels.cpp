@@ -1473,6 +1473,7 @@ TEST(Attention, PolarQuantCacheMatchesCpu) {
       // the rotated basis; else rotated back, then per block), and not rotated.
       // (8 bits only, and without rotation once: pipelines take ~10 s each on lavapipe.)
       double err_direct = 0;
+      int direct_runs = 0;
       for (const uint32_t block : {64u, 128u, 256u})
         for (const bool rotate : {true, false}) {
           if (bits != 8 || (!rotate && (c.hd != 64 || block != 128))) continue;
@@ -1500,13 +1501,14 @@ TEST(Attention, PolarQuantCacheMatchesCpu) {
           EXPECT_LT(e, kPqAttnTol) << wb;
           EXPECT_EQ(written_outside(got, d.q_dim), 0u) << wb;
           err_direct = std::max(err_direct, e);
+          ++direct_runs;
           EXPECT_EQ(context().download_all<uint32_t>(kc3), kc1) << wb << ": other key records than qkv_rope's";
           EXPECT_EQ(context().download_all<uint32_t>(vc3), vc1) << wb << ": other value records than qkv_rope's";
         }
       std::printf("[pqvk] %s: codes unlike the CPU twin's: keys %zu of %zu, values %zu of %zu; roped queries against "
-                  "fp64 %.1e; attention against fp64 over the records %.1e, last token %.1e, split decode %.1e, direct %.1e\n",
+                  "fp64 %.1e; attention against fp64 over the records %.1e, last token %.1e, split decode %.1e, direct %.1e (%d runs)\n",
                   what.c_str(), key_flips, x.k.size() * c.hd, value_flips, x.v.size() * c.hd, q_err, err, err_last, err_split,
-                  err_direct);
+                  err_direct, direct_runs);
     }
   Kernels::AttentionShape s{4, 2, 12, 512, 0, 1e-6f, 4};  // heads of 12
   EXPECT_NE(Kernels::kv_cache_unsupported(s).find("power-of-two head size"), std::string::npos);
