@@ -8,6 +8,12 @@
 // fwht.comp's merge prologue (MODE 4) combines the splits before the output projection
 // (merging in the last workgroup of each KV head to finish, with an atomic counter, measured
 // 7-10 us slower per layer on the H200: bench/RESULTS.md).
+// DIRECT = 1 (short contexts, one split: no merge dispatch): instead of part and ml, each query
+// head's normalized output o_h into the output projection's prepared input, as fwht.comp MODE 4
+// writes it for one split: blocks of OUT_B values, each times the orthonormal H_OUT_B
+// (OUT_ROTATE; include/fwht_block.glsl), gemv-interleaved (pq_common.glsl). A block must lie in
+// the workgroup's GQ heads (OUT_B divides HD, or HD divides OUT_B and OUT_B divides GQ * HD:
+// Kernels::decode_direct_supported).
 // Keys are [lo, pos] (lo > 0 with a sliding window), cut into min(splits, ceil(n / 64)) ranges
 // of equal length; the other splits, empty, write (max, sum) = (-inf, 0), which the merge skips
 // (a max of 0 would underflow every e^(m_s - max) at very negative scores). The split
@@ -18,24 +24,33 @@
 // quantized (rotated in shared memory, Lloyd-Max codes, norm) and stored, then read back like the
 // others; the query heads are rotated once, scores are taken against the codes (centroid times
 // norm), values summed in the rotated basis and each split's output rotated back before it is
-// written, so the merge is unchanged.
+// written, so the merge is unchanged. DIRECT: where the blocks are the heads (OUT_B = HD,
+// rotated) H o_h is that rotated sum / sqrt(HD), with no transform either way; else rotated back,
+// then H_OUT_B.
 // Buffers: 0 qkv: q [n_heads*hd] | k [n_kv*hd] | v [n_kv*hd] (fp32, the projections);
 //          1 kcache; 2 vcache (qkv_rope.comp's layout: K word j = (k_j, k_{j+hd/2}), V word i =
 //          (v_2i, v_2i+1), fp16); 3 inv_freq [hd/2]; 4 biases (q | k | v); 5 norms
 //          (q_norm[hd] | k_norm[hd]); 6 step: uint pos at [0]; 7 part [splits][n_heads*hd]
-//          fp32; 8 ml [splits][n_heads][2] fp32; 9 (KV_BITS) Lloyd-Max centroids | cell boundaries.
+//          fp32 (DIRECT: the prepared input, rotated_row_elems(n_heads * hd, OUT_B,
+//          gemv-interleaved) fp32); 8 ml [splits][n_heads][2] fp32 (DIRECT: unused);
+//          9 (KV_BITS) Lloyd-Max centroids | cell boundaries.
 // Workgroup: 128 invocations. Scores: invocation t takes key tile_start + t for all GQ heads,
 //          its whole key row loaded at once (16-byte loads where hd % 8 == 0). Values: VW words
 //          (2 VW dimensions) of a value row per invocation, for all GQ heads, so that
 //          128 / (hd / 2 / VW) keys are in flight; the key slots are summed at the end.
-// Dispatch: (n_kv, splits).
-// Shared memory: hd/2 * (GQ + 1) * 8 + 128 * (GQ + 1) * 4 + GQ * 132 + SLOTS * GQ * hd * 4 + hd * 4 bytes
-// (Kernels checks the device's limit).
+//          DIRECT: the 128 invocations transform 512 / OUT_B blocks at a time, 4 values each.
+// Dispatch: (n_kv, splits); DIRECT: (n_kv, 1).
+// Shared memory: hd/2 * (GQ + 1) * 8 + 128 * (GQ + 1) * 4 + GQ * 132 + SLOTS * GQ * hd * 4 + hd * 4 bytes,
+// KV_BITS or DIRECT GQ * hd * 4 more, DIRECT 2 KiB more (Kernels::decode_shared_bytes checks the
+// device's limit).
 // Specialization: 0 HAS_BIAS, 1 HAS_NORM, 2 GQ (query heads per KV head, <= 16),
-//          3 HD (head size, even, <= 256), 4 KV_BITS (0: fp16 cache; 4 or 8: HD a power of two).
+//          3 HD (head size, even, <= 256), 4 KV_BITS (0: fp16 cache; 4 or 8: HD a power of two),
+//          5 DIRECT (0: the splits' part and ml; 1: the prepared input, splits = 1),
+//          6 OUT_B (DIRECT: 64, 128 or 256), 7 OUT_ROTATE (DIRECT: 1 rotate each block, 0 not).
 //          Push constants: head counts, window, splits, eps.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_EXT_control_flow_attributes : require
 
 layout(local_size_x = 128) in;
@@ -44,6 +59,9 @@ layout(constant_id = 1) const uint HAS_NORM = 0u;
 layout(constant_id = 2) const uint GQ = 4u;
 layout(constant_id = 3) const uint HD = 128u;
 layout(constant_id = 4) const uint KV_BITS = 0u;
+layout(constant_id = 5) const uint DIRECT = 0u;
+layout(constant_id = 6) const uint OUT_B = 128u;
+layout(constant_id = 7) const uint OUT_ROTATE = 1u;
 const uint HALF = HD / 2u;
 const uint NQK = GQ + 1u;                      // the query heads, then the new key
 const uint PAIRS_PER_T = (GQ * HALF + 127u) / 128u;  // (head, V word) pairs per invocation at the end
@@ -63,7 +81,7 @@ layout(std430, binding = 3) readonly buffer F { float inv_freq[]; };
 layout(std430, binding = 4) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 5) readonly buffer Norm { float norm[]; };
 layout(std430, binding = 6) readonly buffer Step { uint pos; } step;
-layout(std430, binding = 7) writeonly buffer Part { float part[]; };
+layout(std430, binding = 7) writeonly buffer Part { float part[]; };  // DIRECT: the prepared input
 layout(std430, binding = 8) writeonly buffer ML { float ml[]; };
 layout(std430, binding = 9) readonly buffer KVCB { float kvcb[]; };
 #include "pq_kv.glsl"
@@ -81,10 +99,13 @@ shared float head_sh[GQ];         // per head: the softmax sum, for the final di
 shared vec2 vred[SLOTS * GQ * HALF];  // the key slots' value sums, [slot][head][word]
 shared uint knew[HALF], vnew[HALF];  // the new key and value as the caches store them (fp16 pairs)
 // KV_BITS: the query heads rotated (sqrt(HD) H q), later the rotated outputs; the centroids; the
-// vector being quantized.
-shared float qrot[KV_BITS > 0u ? GQ * HD : 1u];
+// vector being quantized. DIRECT: the outputs (KV_BITS: rotated) in qrot; fwht_block's exchange.
+shared float qrot[KV_BITS > 0u || DIRECT != 0u ? GQ * HD : 1u];
 shared float cbs[KV_BITS > 0u ? 1u << KV_BITS : 1u];
 shared float hvq[KV_BITS > 0u ? HD : 1u];
+shared vec4 fwht_sh[DIRECT != 0u ? 128u : 1u];
+#include "pq_common.glsl"
+#include "fwht_block.glsl"
 
 PQ_KV_DEFINE_FWHT(fwht_qrot, qrot, 128u)  // KV_BITS: each head's vector times sqrt(HD) H
 PQ_KV_DEFINE_FWHT(fwht_hvq, hvq, 128u)
@@ -106,6 +127,7 @@ void wg_reduce(inout float vals[GQ], bool is_max) {
 }
 
 void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last);
+void write_direct(uint kvh, uint t);
 
 // KV_BITS: hvq (written by the workgroup) as a PolarQuant record at word `rec` of the key cache
 // (to_k) or the value cache, as qkv_rope.comp stores it, and into knew / vnew (RW <= HALF words),
@@ -362,13 +384,16 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
   [[unroll]] for (uint g = 0u; g < GQ; ++g) {
     if (t == g) {
       head_sh[g] = run_sum[g];
-      ml[(split * p.n_heads + kvh * GQ + g) * 2u] = run_max[g];
-      ml[(split * p.n_heads + kvh * GQ + g) * 2u + 1u] = run_sum[g];
+      if (DIRECT == 0u) {
+        ml[(split * p.n_heads + kvh * GQ + g) * 2u] = run_max[g];
+        ml[(split * p.n_heads + kvh * GQ + g) * 2u + 1u] = run_sum[g];
+      }
     }
   }
   barrier();
 
-  // 3. The key slots summed, then this split's normalized output and its (max, sum) per head.
+  // 3. The key slots summed, then this split's normalized output and its (max, sum) per head
+  // (DIRECT: the output prepared for the output projection).
   if (slot < SLOTS)
     [[unroll]] for (uint g = 0u; g < GQ; ++g)
       [[unroll]] for (uint w = 0u; w < VW; ++w) vred[(slot * GQ + g) * HALF + col * VW + w] = acc[g * VW + w];
@@ -379,7 +404,7 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       const uint g = idx / HALF, wd = idx % HALF;
       vec2 sum = vec2(0.0);
       for (uint sl = 0u; sl < SLOTS; ++sl) sum += vred[(sl * GQ + g) * HALF + wd];
-      if (KV_BITS > 0u) {
+      if (KV_BITS > 0u || DIRECT != 0u) {
         qrot[g * HD + 2u * wd] = sum.x / head_sh[g];
         qrot[g * HD + 2u * wd + 1u] = sum.y / head_sh[g];
       } else {
@@ -389,8 +414,36 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       }
     }
   }
-  if (KV_BITS > 0u) {  // back from the rotated basis: (sqrt(HD) H sum) / HD, the values' 1/sqrt(HD) included
+  if (DIRECT != 0u) {
+    write_direct(kvh, t);
+  } else if (KV_BITS > 0u) {  // back from the rotated basis: (sqrt(HD) H sum) / HD, the values' 1/sqrt(HD) included
     fwht_qrot(GQ, HD, t);
     for (uint i = t; i < GQ * HD; i += 128u) part[split * q_dim + kvh * GQ * HD + i] = qrot[i] / float(HD);
+  }
+}
+
+// DIRECT: the workgroup's GQ outputs (qrot; KV_BITS: in the rotated basis, sqrt(HD) H o_h) into
+// the prepared input, block by block (OUT_B values, OUT_B / 4 invocations each), as fwht.comp
+// MODE 4 writes them. The workgroup's heads start at a block boundary (kvh * GQ * HD, a multiple
+// of OUT_B), and GQ * HD is a multiple of OUT_B: every block is whole.
+void write_direct(uint kvh, uint t) {
+  const bool in_basis = KV_BITS > 0u && OUT_ROTATE != 0u && OUT_B == HD;  // H o_h = qrot / sqrt(HD)
+  float scale = 1.0;
+  if (KV_BITS > 0u && !in_basis) {
+    fwht_qrot(GQ, HD, t);  // sqrt(HD) H qrot = HD o_h
+    scale = 1.0 / float(HD);
+  } else {
+    if (in_basis) scale = inversesqrt(float(HD));
+    barrier();  // qrot is complete
+  }
+  const uint nblk = GQ * HD / OUT_B, per_pass = 512u / OUT_B;
+  const uint lt = fwht_thread_index(), sub = lt / (OUT_B / 4u), bt = lt % (OUT_B / 4u);
+  for (uint b0 = 0u; b0 < nblk; b0 += per_pass) {  // uniform: fwht_block has barriers
+    const uint blk = b0 + sub, at = blk * OUT_B + 4u * bt;
+    vec4 v = vec4(0.0);
+    if (blk < nblk) v = vec4(qrot[at], qrot[at + 1u], qrot[at + 2u], qrot[at + 3u]) * scale;
+    if (OUT_ROTATE != 0u && !in_basis) v = fwht_block(v, bt, OUT_B, sub * (OUT_B / 4u));
+    if (blk < nblk)
+      [[unroll]] for (uint k = 0u; k < 4u; ++k) part[gemv_interleaved_index(kvh * GQ * HD + at + k)] = v[k];
   }
 }

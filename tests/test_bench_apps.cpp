@@ -84,7 +84,8 @@ TEST(VkBench, BundledModelJsonCsvAndBreakdown) {
   for (const json& k : bd["kernels"]) sum += k["us"].get<double>();
   EXPECT_GT(sum, 0.0);
   // q|k|v and gate|up joined into one matrix each; attention split over the context, merged in
-  // the output projection's preparation; the o, gate|up and down GEMVs prepare the next one's
+  // the output projection's preparation (no direct attention: W_o's input blocks of 128 span
+  // two KV heads' query heads, three of 64 each); the o, gate|up and down GEMVs prepare the next one's
   // input (GemvOp::Fold): 6 dispatches a layer, 5 more per token (embedding, the first layer's
   // RMSNorm, LM head, two-pass argmax).
   for (const char* k : {"gemv attn.qkv", "gemv attn.o (+next input)", "gemv mlp.gate_up (swiglu) (+next input)",
@@ -150,6 +151,28 @@ TEST(VkBench, SyntheticFormatsInOneRun) {
   EXPECT_LT(bytes(0), bytes(1));
   EXPECT_LT(bytes(1), bytes(2));
   EXPECT_FALSE(j["models"][0].contains("breakdown_decode"));
+}
+
+// The decode breakdown of a shape with the direct attention (GpuOptions::decode_direct_max: the
+// synthetic tiny shape, two query heads of 64 per KV head, blocks of 128): at the profiled
+// position (2) one split written straight into W_o's input, 5 dispatches a layer; with
+// PQVK_DECODE_DIRECT_MAX=0 the split context and the merge, 6.
+TEST(VkBench, DecodeBreakdownWithDirectAttention) {
+  TempDir d;
+  const std::string args = " --synthetic tiny --bits 4 -p 8 -n 4 -r 1 --warmup-ms 0 --copy-mib 8 --profile-reps 1 -o json --json ";
+  ok(kBench + args + q(d.file("direct.json")));
+  ok("PQVK_DECODE_DIRECT_MAX=0 " + kBench + args + q(d.file("split.json")));
+  const json direct = read_json(d.file("direct.json"))["models"][0]["breakdown_decode"];
+  const json split = read_json(d.file("split.json"))["models"][0]["breakdown_decode"];
+  const json* a = find_kernel(direct, "attention (rope, kv store, one split, +fwht)");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ((*a)["calls"], 2);
+  EXPECT_EQ(find_kernel(direct, "attention merge+fwht"), nullptr);
+  EXPECT_EQ(find_kernel(direct, "attention (rope, kv store, split context)"), nullptr);
+  EXPECT_EQ(direct["dispatches"], 2 * 5 + 5);
+  ASSERT_NE(find_kernel(split, "attention merge+fwht"), nullptr);
+  EXPECT_EQ((*find_kernel(split, "attention merge+fwht"))["calls"], 2);
+  EXPECT_EQ(split["dispatches"], 2 * 6 + 5);
 }
 
 TEST(VkBench, ListDevices) {

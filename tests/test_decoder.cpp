@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <cstring>
 #include <map>
@@ -66,17 +67,19 @@ std::string temp_dir() {
   return dir;
 }
 
-// The source checkpoint quantized with `recipe` ("q3".."q8") or method fp16 ("f16"), once per
-// process.
-const std::string& quantized(const std::string& source, const std::string& recipe) {
+// The source checkpoint quantized with `recipe` ("q3".."q8") or method fp16 ("f16") in blocks of
+// `block`, once per process.
+const std::string& quantized(const std::string& source, const std::string& recipe, int block = 128) {
   static std::map<std::string, std::string> done;
-  const std::string key = source + "|" + recipe;
+  const std::string key = source + "|" + recipe + "|" + std::to_string(block);
   if (auto it = done.find(key); it != done.end()) return it->second;
   model::QuantizeOptions o;
   if (recipe == "f16") o.method = "fp16";
   else o.recipe = recipe;
+  o.block = block;
   o.threads = 2;
-  const std::string out = temp_dir() + "/" + std::filesystem::path(source).stem().string() + "-" + recipe + ".pqm";
+  const std::string out = temp_dir() + "/" + std::filesystem::path(source).stem().string() + "-" + recipe + "-b" +
+                          std::to_string(block) + ".pqm";
   model::quantize_model(model::open_source(source), out, o);
   return done[key] = out;
 }
@@ -247,6 +250,89 @@ TEST(Decoder, PolarQuantKvCacheMatchesCpuEveryPosition) {
     EXPECT_NE(std::string(e.what()).find("power-of-two head size"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
   }
+}
+
+// The names of a profile's kernel groups and how often each runs.
+std::map<std::string, uint32_t> kernel_calls(const llm::StepProfile& p) {
+  std::map<std::string, uint32_t> m;
+  for (const llm::KernelTime& k : p.kernels) m[k.name] = k.calls;
+  return m;
+}
+
+// The direct decode attention (GpuOptions::decode_direct_max, Kernels::DecodeDirect): positions
+// below a threshold of 5 through one split written straight into the output projection's
+// prepared input, later ones through the split context and the merge. The bundled model in
+// rotation blocks of 64 (so that a block of W_o's input lies in one KV head's query heads: with
+// 128 its three heads of 64 per KV head straddle blocks, and it keeps the split path), 12
+// positions crossing the threshold against the CPU reference with the fp16 and the PolarQuant
+// (pq8) KV caches; greedy ids through the GPU argmax after a one-token prompt identical to the
+// CPU's; the profile below and above the threshold shows the path each takes; 0 and
+// PQVK_DECODE_DIRECT_MAX=0 turn it off.
+TEST(Decoder, DirectAttentionBelowTheThresholdMatchesCpu) {
+  const std::string& pqm = quantized(brown(), "q4", 64);
+  for (const int bits : {0, 8}) {
+    llm::GpuOptions o;
+    o.kv_bits = bits;
+    o.decode_direct_max = 5;
+    double baseline = 0;
+    const double err = worst_error_every_position(pqm, 12, o, bits ? &baseline : nullptr);
+    std::printf("[pqvk] direct attention below 5 positions, kv bits %d: GPU against CPU %.2e\n", bits, err);
+    EXPECT_LT(err, bits ? kv_bound(baseline) : kLogitTol) << "kv bits " << bits;
+  }
+  auto file = model::PqmFile::open(pqm);
+  llm::GpuOptions o;
+  o.decode_direct_max = 5;
+  {
+    llm::GpuModel gpu(context(), file, o);
+    llm::CpuOptions co;
+    co.kv_fp16 = true;
+    llm::CpuModel cpu(file, co);
+    auto argmax = [](std::span<const float> v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); };
+    const std::vector<int32_t> prompt = {1};  // prefill of one token: the decode step without the argmax
+    int32_t g = argmax(gpu.prefill(prompt, 0)), c = argmax(cpu.prefill(prompt, 0));
+    std::vector<int32_t> gs{g}, cs{c};
+    for (int32_t pos = 1; pos < 12; ++pos) {
+      g = gpu.forward_argmax(g, pos);
+      c = argmax(cpu.forward(c, pos));
+      gs.push_back(g);
+      cs.push_back(c);
+    }
+    EXPECT_EQ(gs, cs);
+  }
+  const auto layers = static_cast<uint32_t>(file.config().n_layers);
+  const std::string direct = "attention (rope, kv store, one split, +fwht)", split = "attention (rope, kv store, split context)",
+                    merge = "attention merge+fwht";
+  const std::vector<int32_t> one = {1};
+  llm::GpuModel gpu(context(), file, o);
+  const llm::StepProfile below = gpu.profile(one, 4), above = gpu.profile(one, 5);
+  auto b = kernel_calls(below), a = kernel_calls(above);
+  EXPECT_EQ(b[direct], layers);
+  EXPECT_EQ(b.count(split) + b.count(merge), 0u);
+  EXPECT_EQ(a[split], layers);
+  EXPECT_EQ(a[merge], layers);
+  EXPECT_EQ(a.count(direct), 0u);
+  EXPECT_EQ(below.dispatches + layers, above.dispatches);  // no merge dispatch
+  o.decode_direct_max = 0;
+  llm::GpuModel off(context(), file, o);
+  EXPECT_EQ(kernel_calls(off.profile(one, 0))[merge], layers);
+  o.decode_direct_max = 512;
+  ::setenv("PQVK_DECODE_DIRECT_MAX", "0", 1);
+  {
+    llm::GpuModel env_off(context(), file, o);
+    EXPECT_EQ(kernel_calls(env_off.profile(one, 0))[merge], layers);
+  }
+  ::setenv("PQVK_DECODE_DIRECT_MAX", "-3", 1);
+  try {
+    llm::GpuModel bad(context(), file, o);
+    ADD_FAILURE() << "PQVK_DECODE_DIRECT_MAX=-3 accepted";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("PQVK_DECODE_DIRECT_MAX"), std::string::npos) << e.what();
+  }
+  ::unsetenv("PQVK_DECODE_DIRECT_MAX");
+  // The default block of 128: the bundled model keeps the split path at every position.
+  auto file128 = model::PqmFile::open(quantized(brown(), "q4"));
+  llm::GpuModel b128(context(), file128, llm::GpuOptions{});
+  EXPECT_EQ(kernel_calls(b128.profile(one, 0))[merge], layers);
 }
 
 TEST(Decoder, OutputBiasIsAClearErrorOnTheGpu) {

@@ -1393,6 +1393,23 @@ size_t check_records(const std::vector<uint32_t>& words, const Rows& X, const At
   return flips;
 }
 
+// The GPU's prepared input (gemv-interleaved, `floats` of it) in natural order: its first n values.
+std::vector<float> deinterleave(const std::vector<float>& got, size_t n) {
+  std::vector<float> g(n);
+  for (size_t e = 0; e < n; ++e) g[e] = got[gemv_interleaved_index(e)];
+  return g;
+}
+
+// How many entries of an interleaved buffer of `floats` outside the positions of elements 0..n-1
+// no longer hold the poison (written where nothing should be).
+size_t written_outside(const std::vector<float>& got, size_t n) {
+  std::vector<bool> defined(got.size(), false);
+  for (size_t e = 0; e < n; ++e) defined[gemv_interleaved_index(e)] = true;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) bad += !defined[i] && std::bit_cast<uint32_t>(got[i]) != kPoison;
+  return bad;
+}
+
 // Head vectors one after the other, and back.
 std::vector<double> flat(const Rows& rows) {
   std::vector<double> v;
@@ -1504,9 +1521,47 @@ TEST(Attention, PolarQuantCacheMatchesCpu) {
         EXPECT_EQ(context().download_all<uint32_t>(vc3), vc1)
             << what << ": the split decode stored other value records than qkv_rope";
       }
+      // And through the direct decode attention, for every block size whose blocks lie in one
+      // KV head's query heads: rotated per block (where the blocks are the heads, straight from
+      // the rotated basis; else rotated back, then per block), and not rotated.
+      // (8 bits only, and without rotation once: pipelines take ~10 s each on lavapipe.)
+      double err_direct = 0;
+      int direct_runs = 0;
+      for (const uint32_t block : {64u, 128u, 256u})
+        for (const bool rotate : {true, false}) {
+          if (bits != 8 || (!rotate && (c.hd != 64 || block != 128))) continue;
+          if (!kernels().decode_direct_supported(d.shape, block)) {
+            EXPECT_FALSE(c.hd % block == 0 || (block % c.hd == 0 && c.n_heads / c.n_kv * c.hd % block == 0)) << what << " block " << block;
+            continue;
+          }
+          const std::string wb = what + " direct, block " + std::to_string(block) + (rotate ? "" : ", not rotated");
+          vk::Buffer kc3 = context().upload_new(d.kc, "kc"), vc3 = context().upload_new(d.vc, "vc");
+          const size_t floats = rotated_row_elems(d.q_dim, static_cast<int>(block), Layout::gemv_interleaved);
+          vk::Buffer direct = poisoned(floats);
+          auto c3 = context().commands();
+          kernels().qkv_rope(c3, d.shape, first, qb, kc3, vc3, fb, bias, nrm, step, c.m - 1);
+          c3.barrier();
+          kernels().attention_decode(c3, d.shape, last, kc3, vc3, fb, bias, nrm, step2, {}, {}, 1, DecodeDirect{direct, block, rotate});
+          c3.run();
+          std::vector<float> want(ref_last.begin(), ref_last.end());
+          if (rotate) {
+            std::vector<float> rot(d.q_dim);
+            pq::fwht_rows(want.data(), 1, d.q_dim, static_cast<int>(block), rot.data());
+            want = rot;
+          }
+          const auto got = read_floats(direct, floats);
+          const double e = rel_error(deinterleave(got, d.q_dim), std::vector<double>(want.begin(), want.end()));
+          EXPECT_LT(e, kPqAttnTol) << wb;
+          EXPECT_EQ(written_outside(got, d.q_dim), 0u) << wb;
+          err_direct = std::max(err_direct, e);
+          ++direct_runs;
+          EXPECT_EQ(context().download_all<uint32_t>(kc3), kc1) << wb << ": other key records than qkv_rope's";
+          EXPECT_EQ(context().download_all<uint32_t>(vc3), vc1) << wb << ": other value records than qkv_rope's";
+        }
       std::printf("[pqvk] %s: codes unlike the CPU twin's: keys %zu of %zu, values %zu of %zu; roped queries against "
-                  "fp64 %.1e; attention against fp64 over the records %.1e, last token %.1e, split decode %.1e\n",
-                  what.c_str(), key_flips, x.k.size() * c.hd, value_flips, x.v.size() * c.hd, q_err, err, err_last, err_split);
+                  "fp64 %.1e; attention against fp64 over the records %.1e, last token %.1e, split decode %.1e, direct %.1e (%d runs)\n",
+                  what.c_str(), key_flips, x.k.size() * c.hd, value_flips, x.v.size() * c.hd, q_err, err, err_last, err_split,
+                  err_direct, direct_runs);
     }
   Kernels::AttentionShape s{4, 2, 12, 512, 0, 1e-6f, 4};  // heads of 12
   EXPECT_NE(Kernels::kv_cache_unsupported(s).find("power-of-two head size"), std::string::npos);
@@ -1691,6 +1746,98 @@ TEST(Attention, SplitDecodeMatchesCpu) {
       // Earlier positions untouched.
       EXPECT_TRUE(std::equal(d.kc.begin(), d.kc.begin() + c.pos0 * d.kv_dim / 2, kc_after.begin())) << what;
     }
+}
+
+// The direct decode attention (DecodeDirect: one split, each head's output written as the output
+// projection's prepared input): against the fp64 twin rotated per block on the CPU, nothing
+// written past the heads' elements; for some cases also against what the split path with one
+// split and fwht's merge write (the same values but for float rounding: 1e-6) and the key and
+// value it appends, and without rotation. Head sizes 16..256, one to 16 query heads per KV head
+// (shapes whose shared memory fits lavapipe's 32 KiB), blocks that are a part of a head, one head
+// and several heads, positions 0, 1, odd ones, 510 and 511 (the last of the default threshold), a
+// window, biases and norms. (Each shape and block is a pipeline of its own, compiled in ~10 s by
+// lavapipe: a selection, not every combination.)
+TEST(Attention, DirectDecodeMatchesCpu) {
+  struct Case { AttnCase c; std::vector<uint32_t> blocks; bool against_split, plain; };
+  for (const Case& k : {Case{AttnCase{4, 2, 64, 1, 0, 0, false, false}, {128}, true, false},
+                        Case{AttnCase{8, 8, 128, 1, 1, 0, true, false}, {64}, false, false},
+                        Case{AttnCase{32, 8, 128, 1, 77, 0, false, true}, {256}, true, false},
+                        Case{AttnCase{6, 2, 64, 1, 131, 0, true, true}, {64}, true, true},
+                        Case{AttnCase{16, 2, 64, 1, 511, 0, false, false}, {128}, false, false},
+                        Case{AttnCase{2, 1, 256, 1, 45, 0, true, true}, {64, 256}, false, false},
+                        Case{AttnCase{16, 1, 16, 1, 257, 0, true, true}, {256}, true, false},
+                        Case{AttnCase{28, 4, 128, 1, 510, 100, true, false}, {128}, false, false}})
+    for (const uint32_t block : k.blocks) {
+      const AttnCase& c = k.c;
+      const AttnData d(c);
+      const std::string what = describe(c) + " block " + std::to_string(block);
+      ASSERT_TRUE(kernels().decode_direct_supported(d.shape, block)) << what;
+      const auto ref = d.reference();
+      std::vector<float> ref_f(ref.begin(), ref.end()), ref_rot(d.q_dim);
+      pq::fwht_rows(ref_f.data(), 1, d.q_dim, static_cast<int>(block), ref_rot.data());
+      const auto q_dim = static_cast<uint32_t>(d.q_dim);
+      const size_t floats = rotated_row_elems(d.q_dim, static_cast<int>(block), Layout::gemv_interleaved);
+      vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v");
+      vk::Buffer fb = context().upload_new(d.inv_freq, "freq"), bb = context().upload_new(d.bias, "bias"),
+                 nb = context().upload_new(d.norm, "norm");
+      const vk::BufferView bias = c.bias ? vk::BufferView(bb) : vk::BufferView(), nrm = c.norm ? vk::BufferView(nb) : vk::BufferView();
+      vk::Buffer step = context().upload_new(std::vector<uint32_t>{c.pos0, 0, 0, 0}, "step");
+      vk::Buffer kc_d = context().upload_new(d.kc, "kc"), vc_d = context().upload_new(d.vc, "vc");
+      vk::Buffer direct = poisoned(floats);
+      auto cmd = context().commands();
+      kernels().attention_decode(cmd, d.shape, qkv, kc_d, vc_d, fb, bias, nrm, step, {}, {}, 1, DecodeDirect{direct, block, true});
+      cmd.run();
+      const auto got = read_floats(direct, floats);
+      EXPECT_LT(rel_error(deinterleave(got, d.q_dim), ref_rot), 1e-4) << what;
+      EXPECT_EQ(written_outside(got, d.q_dim), 0u) << what;
+      if (k.against_split) {  // the split path with one split, and the merge
+        vk::Buffer kc_s = context().upload_new(d.kc, "kc"), vc_s = context().upload_new(d.vc, "vc");
+        vk::Buffer part = poisoned(d.q_dim), ml = poisoned(c.n_heads * 2), merged = poisoned(floats);
+        auto c2 = context().commands();
+        kernels().attention_decode(c2, d.shape, qkv, kc_s, vc_s, fb, bias, nrm, step, part, ml, 1);
+        c2.barrier();
+        kernels().prepare(c2, part, merged, 1, q_dim, block, Layout::gemv_interleaved, true,
+                          Prologue{Prologue::merge, ml, 0.0f, 1, c.hd});
+        c2.run();
+        EXPECT_LT(rel_error(deinterleave(got, d.q_dim), deinterleave(read_floats(merged, floats), d.q_dim)), 1e-6)
+            << what << " (against the merge)";
+        EXPECT_EQ(context().download_all<uint32_t>(kc_d), context().download_all<uint32_t>(kc_s))
+            << what << ": another key appended than by the split path";
+        EXPECT_EQ(context().download_all<uint32_t>(vc_d), context().download_all<uint32_t>(vc_s))
+            << what << ": another value appended than by the split path";
+      }
+      if (k.plain) {  // not rotated (a PolarQuant W_o without rotation)
+        vk::Buffer kc_p = context().upload_new(d.kc, "kc"), vc_p = context().upload_new(d.vc, "vc"), plain = poisoned(floats);
+        auto c3 = context().commands();
+        kernels().attention_decode(c3, d.shape, qkv, kc_p, vc_p, fb, bias, nrm, step, {}, {}, 1, DecodeDirect{plain, block, false});
+        c3.run();
+        const auto got_plain = read_floats(plain, floats);
+        EXPECT_LT(rel_error(deinterleave(got_plain, d.q_dim), ref), 1e-4) << what << " (not rotated)";
+        EXPECT_EQ(written_outside(got_plain, d.q_dim), 0u) << what << " (not rotated)";
+      }
+    }
+  // Which shapes and blocks: every block must lie in one KV head's query heads.
+  for (const auto& [heads, kv, hd] : {std::tuple{4u, 2u, 64u}, {8u, 8u, 128u}, {32u, 8u, 128u}, {6u, 2u, 64u}, {16u, 2u, 64u},
+                                      {2u, 1u, 256u}, {16u, 1u, 16u}, {28u, 4u, 128u}, {4u, 2u, 12u}, {8u, 4u, 32u}})
+    for (const uint32_t block : {64u, 128u, 256u}) {
+      const Kernels::AttentionShape a{heads, kv, hd, 512, 0, 1e-6f, 0};
+      const bool whole = hd % block == 0 || (block % hd == 0 && heads / kv * hd % block == 0);
+      EXPECT_EQ(kernels().decode_direct_supported(a, block), whole) << heads << "/" << kv << " hd " << hd << " block " << block;
+    }
+
+  // Refused: blocks across two workgroups' heads (a 128-block of heads of 64 in threes), heads
+  // that do not tile a block (12), more than one split, a buffer too small.
+  Kernels::AttentionShape s{6, 2, 64, 512, 0, 1e-6f, 0};
+  EXPECT_TRUE(kernels().decode_direct_supported(s, 64));
+  EXPECT_FALSE(kernels().decode_direct_supported(s, 128));
+  EXPECT_FALSE(kernels().decode_direct_supported(Kernels::AttentionShape{4, 2, 12, 512, 0, 1e-6f, 0}, 64));
+  EXPECT_FALSE(kernels().decode_direct_supported(s, 32));
+  vk::Buffer big = context().buffer(1 << 20), out = poisoned(1024);
+  auto cmd = context().commands();
+  EXPECT_THROW(kernels().attention_decode(cmd, s, big, big, big, big, {}, {}, big, {}, {}, 1, DecodeDirect{out, 128, true}), vk::Error);
+  EXPECT_THROW(kernels().attention_decode(cmd, s, big, big, big, big, {}, {}, big, {}, {}, 2, DecodeDirect{out, 64, true}), vk::Error);
+  EXPECT_THROW(kernels().attention_decode(cmd, s, big, big, big, big, {}, {}, big, {}, {}, 1,
+                                          DecodeDirect{vk::BufferView(out, 0, 512 * 4), 64, true}), vk::Error);
 }
 
 TEST(RandomFill, MatchesCpuTwin) {

@@ -734,43 +734,70 @@ void Kernels::qkv_rope(vk::Commands& cmd, const AttentionShape& a, vk::BufferVie
                push, a.n_heads + a.n_kv, m);
 }
 
-bool Kernels::decode_attention_supported(const AttentionShape& a) const {
-  if (!kv_cache_unsupported(a).empty()) return false;
-  if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv || a.n_heads / a.n_kv > 16) return false;
-  const size_t gq = a.n_heads / a.n_kv;  // shared memory of attention_decode.comp
+size_t Kernels::decode_shared_bytes(const AttentionShape& a, bool direct) {
+  const size_t gq = a.n_heads / a.n_kv;  // attention_decode.comp's shared arrays (its header)
   const size_t half = a.head_dim / 2, vw0 = gq <= 4 ? 4 : gq <= 8 ? 2 : 1;
   const size_t vw = half % vw0 == 0 ? vw0 : std::min<size_t>(half % 2 == 0 ? 2 : 1, vw0);
   const size_t slots = 128 / (half / vw);
   size_t shared = half * (gq + 1) * 8 + 128 * (gq + 1) * 4 + gq * 33 * 4 + slots * gq * half * 8 + half * 8;
-  if (a.kv_bits) shared += (gq * a.head_dim + (size_t(1) << a.kv_bits) + a.head_dim) * 4;  // qrot, cbs, hvq
-  return shared <= ctx_.info().max_shared_memory;
+  if (a.kv_bits) shared += ((size_t(1) << a.kv_bits) + a.head_dim) * 4;  // cbs, hvq
+  if (a.kv_bits || direct) shared += gq * a.head_dim * 4;               // qrot: rotated queries, outputs
+  if (direct) shared += 128 * 16;                                        // fwht_sh
+  return shared;
+}
+
+bool Kernels::decode_attention_supported(const AttentionShape& a) const {
+  if (!kv_cache_unsupported(a).empty()) return false;
+  if (a.head_dim % 2 || a.head_dim > 256 || a.n_kv == 0 || a.n_heads % a.n_kv || a.n_heads / a.n_kv > 16) return false;
+  return decode_shared_bytes(a, false) <= ctx_.info().max_shared_memory;
+}
+
+bool Kernels::decode_direct_supported(const AttentionShape& a, uint32_t block) const {
+  if (!decode_attention_supported(a) || !ctx_.info().subgroup_shuffle) return false;
+  if (block != 64 && block != 128 && block != 256) return false;
+  const uint32_t wg_values = a.n_heads / a.n_kv * a.head_dim;  // one workgroup's query heads
+  const bool in_workgroup = a.head_dim % block == 0 || (block % a.head_dim == 0 && wg_values % block == 0);
+  return in_workgroup && decode_shared_bytes(a, true) <= ctx_.info().max_shared_memory;
 }
 
 void Kernels::attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView kcache,
                                vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
-                               vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits) {
+                               vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits,
+                               const DecodeDirect& direct) {
   if (!decode_attention_supported(a))
     throw Error("attention_decode: head size " + std::to_string(a.head_dim) + " or head counts " +
                 std::to_string(a.n_heads) + "/" + std::to_string(a.n_kv) + " unsupported");
   if (splits == 0 || splits > 128) throw Error("attention_decode: 1..128 splits");
+  const bool is_direct = direct.out.buffer != nullptr;
+  if (is_direct && !decode_direct_supported(a, direct.block))
+    throw Error("attention_decode: no direct output in blocks of " + std::to_string(direct.block) + " for heads of " +
+                std::to_string(a.head_dim) + ", " + std::to_string(a.n_heads) + "/" + std::to_string(a.n_kv) +
+                " heads on this device (decode_direct_supported)");
+  if (is_direct && splits != 1) throw Error("attention_decode: the direct output takes one split");
   const size_t q_dim = size_t(a.n_heads) * a.head_dim, kv_dim = size_t(a.n_kv) * a.head_dim;
   check_view(qkv, q_dim + 2 * kv_dim, "q/k/v");
   check_view(kcache, size_t(a.max_ctx) * a.n_kv * kv_words(a), "k cache");
   check_view(vcache, size_t(a.max_ctx) * a.n_kv * kv_words(a), "v cache");
   check_view(inv_freq, a.head_dim / 2, "rope frequencies");
-  check_view(part, size_t(splits) * q_dim, "attention partial outputs");
-  check_view(ml, size_t(splits) * a.n_heads * 2, "attention (max, sum) pairs");
+  if (is_direct) {
+    check_view(direct.out, rotated_row_elems(q_dim, static_cast<int>(direct.block), Layout::gemv_interleaved),
+               "attention output (prepared input)");
+  } else {
+    check_view(part, size_t(splits) * q_dim, "attention partial outputs");
+    check_view(ml, size_t(splits) * a.n_heads * 2, "attention (max, sum) pairs");
+  }
   const bool has_bias = bias.buffer != nullptr, has_norm = norm.buffer != nullptr;
   if (has_bias) check_view(bias, q_dim + 2 * kv_dim, "q/k/v biases");
   if (has_norm) check_view(norm, 2 * size_t(a.head_dim), "q/k norms");
   const auto& p = pipeline("attention_decode",
                            {{0, has_bias ? 1u : 0u}, {1, has_norm ? 1u : 0u}, {2, a.n_heads / a.n_kv}, {3, a.head_dim},
-                            {4, a.kv_bits}},
+                            {4, a.kv_bits}, {5, is_direct ? 1u : 0u}, {6, is_direct ? direct.block : 128u},
+                            {7, is_direct && direct.rotate ? 1u : 0u}},
                            10, 20, 128);
   struct { uint32_t n_heads, n_kv, window, splits; float eps; } push{a.n_heads, a.n_kv, a.window, splits, a.eps};
   cmd.dispatch(p, {qkv, kcache, vcache, inv_freq, has_bias ? bias : vk::BufferView(dummy_),
-                   has_norm ? norm : vk::BufferView(dummy_), step, part, ml,
-                   kv_codebook(a.kv_bits)},
+                   has_norm ? norm : vk::BufferView(dummy_), step, is_direct ? direct.out : part,
+                   is_direct ? vk::BufferView(dummy_) : ml, kv_codebook(a.kv_bits)},
                push, a.n_kv, splits);
 }
 

@@ -136,6 +136,18 @@ struct Prologue {
   uint32_t splits = 1, head_dim = 0;  // merge
 };
 
+// The direct path of decode attention (Kernels::attention_decode with one split): instead of a
+// split's partial output and (max, sum) pairs, each query head's normalized output written as
+// the output projection's prepared input, what prepare() with Prologue::merge of one split
+// writes: blocks of `block` (64/128/256), each times the orthonormal H_block when `rotate`,
+// gemv-interleaved (rotated_row_elems(n_heads * head_dim, block, Layout::gemv_interleaved)
+// floats; past n_heads * head_dim nothing is written). `out` empty: the split path.
+struct DecodeDirect {
+  vk::BufferView out;
+  uint32_t block = 128;
+  bool rotate = true;
+};
+
 // What the decode GEMV does before and after the product (shaders/pq_gemv.comp).
 struct GemvOp {
   // The input: already prepared (rotated when the matrix is, gemv-interleaved: fwht()), or raw
@@ -303,10 +315,19 @@ class Kernels {
   // ml [splits][n_heads][2]; prepare() with Prologue::merge combines them. Needs an even
   // head_dim <= 256, at most 16 query heads per KV head and the shared memory that takes
   // (decode_attention_supported()).
+  // With direct.out (one split; part and ml may be empty views): no partial outputs, the
+  // output projection's prepared input instead (DecodeDirect; decode_direct_supported()).
   void attention_decode(vk::Commands& cmd, const AttentionShape& a, vk::BufferView qkv, vk::BufferView kcache,
                         vk::BufferView vcache, vk::BufferView inv_freq, vk::BufferView bias, vk::BufferView norm,
-                        vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits);
+                        vk::BufferView step, vk::BufferView part, vk::BufferView ml, uint32_t splits,
+                        const DecodeDirect& direct = {});
   bool decode_attention_supported(const AttentionShape& a) const;
+  // Whether attention_decode() can write the prepared input in blocks of `block` directly: a
+  // block lies in one workgroup's query heads (those of one KV head: head_dim a multiple of the
+  // block, or the block a multiple of head_dim that divides the workgroup's n_heads / n_kv
+  // heads), block 64, 128 or 256, subgroup shuffles, the shared memory of the outputs and the
+  // transform; any KV cache attention_decode reads.
+  bool decode_direct_supported(const AttentionShape& a, uint32_t block) const;
   // out [m][n_heads * head_dim] = causal attention of q over the caches, each token over its own
   // sequence's positions up to its own. Consecutive positions: attention_path() names the shader
   // (all compute the same); per_row (continuous batching): attention.comp. With a PolarQuant
@@ -369,6 +390,8 @@ class Kernels {
   bool shuffle_fits(int bits) const;
   // Whether gemv_lookup(bits) is the shared table (known without the probe).
   bool gemv_table(int bits) const;
+  // attention_decode.comp's shared memory for the shape, with or without the direct path.
+  static size_t decode_shared_bytes(const AttentionShape& a, bool direct);
 };
 
 // CPU helpers matching the GPU layouts (used by the tests and the CPU reference).

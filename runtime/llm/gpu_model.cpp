@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <stdexcept>
@@ -350,6 +352,17 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
     splits_ = decode_splits(context_);
     att_parts_ = ctx.buffer(size_t(splits_) * q_dim * 4, vk::MemoryKind::device, "attention partial outputs");
     att_ml_ = ctx.buffer(size_t(splits_) * c.n_heads * 2 * 4, vk::MemoryKind::device, "attention (max, sum) pairs");
+    // Short contexts: one split, written straight into the output projection's input.
+    int32_t direct_max = opt.decode_direct_max;
+    if (const char* e = std::getenv("PQVK_DECODE_DIRECT_MAX"); e && *e) {  // benchmarks
+      char* end = nullptr;
+      const long v = std::strtol(e, &end, 10);
+      if (*end || v < 0 || v > INT32_MAX) throw ModelError(std::string("PQVK_DECODE_DIRECT_MAX='") + e + "' is not a position count (0: off)");
+      direct_max = static_cast<int32_t>(v);
+    }
+    bool any = false;
+    for (const auto& L : layers_) any = any || direct_supported(*L);
+    direct_max_ = any ? std::max(0, direct_max) : 0;
   }
   logits_ = ctx.buffer(size_t(c.vocab_size) * 4, vk::MemoryKind::download, "logits");
   tokens_ = ctx.buffer(M * 4, vk::MemoryKind::upload, "token ids");
@@ -574,11 +587,17 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
   cmd.barrier();
 }
 
+bool GpuModel::direct_supported(const Layer& L) const {
+  // The output projection's GEMV reads the prepared input (GpuModel::linear's folded path).
+  return splits_ > 0 && L.wo.q && kernels_.decode_direct_supported(shape_, static_cast<uint32_t>(L.wo.q->block));
+}
+
 // x += Wo attention(rope(Wq h), rope(Wk h), Wv h),  h = rmsnorm(x)
 // q, k and v land in one buffer, [m][q | k | v]. Decode (m = 1) fuses the RoPE and cache store
 // into attention split over the context, the splits merged in the output projection's
-// preparation; prefill runs them one after another.
-void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
+// preparation (direct: one split, written prepared for the output projection, no merge);
+// prefill runs them one after another.
+void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m, bool direct) {
   const auto dim = static_cast<uint32_t>(config_.dim);
   const uint32_t q_dim = shape_.n_heads * shape_.head_dim, kv_dim = shape_.n_kv * shape_.head_dim;
   const uint32_t ld = q_dim + 2 * kv_dim;
@@ -591,12 +610,24 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m) {
   // position), through the prefill kernels with per-row positions.
   const bool batched = mat_mode_ != MatMode::automatic;
   if (!batched && m == 1 && splits_ > 0) {
+    // The output projection prepares the MLP's input (RMSNorm, rotation) where it can.
+    const Next mlp = L.gate_up ? Next{&*L.gate_up, L.mlp_norm} : Next{};
+    if (direct && direct_supported(L)) {
+      // Short contexts: one split, its output written rotated and gemv-interleaved into
+      // fold_in_[0] (free: the q|k|v GEMV has read its input, and folds nothing), which the
+      // output projection reads as a prepared input.
+      const DecodeDirect out{fold_in_[0], static_cast<uint32_t>(L.wo.q->block), L.wo.rotated()};
+      kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, {}, {}, 1, out);
+      cmd.barrier();
+      mark(cmd, std::string("attention (rope, kv store, one split") + (out.rotate ? ", +fwht)" : ")"));
+      folded_ = Folded{0, false};
+      linear(cmd, {{&L.wo, x_}}, fold_in_[0], q_dim, m, Prologue{}, true, 0, mlp);
+      return;
+    }
     kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, att_parts_,
                               att_ml_, splits_);
     cmd.barrier();
     mark(cmd, "attention (rope, kv store, split context)");
-    // The output projection prepares the MLP's input (RMSNorm, rotation) where it can.
-    const Next mlp = L.gate_up ? Next{&*L.gate_up, L.mlp_norm} : Next{};
     linear(cmd, {{&L.wo, x_}}, att_parts_, q_dim, m, Prologue{Prologue::merge, att_ml_, 0.0f, splits_, shape_.head_dim},
            true, 0, mlp);
     return;
@@ -664,11 +695,11 @@ void GpuModel::logits_all(vk::Commands& cmd, uint32_t m) {
 }
 
 // The whole forward pass of m tokens (ids in tokens_, first position in step_).
-void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax) {
+void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax, bool direct) {
   folded_.reset();
   embed(cmd, m);
   for (size_t i = 0; i < layers_.size(); ++i) {
-    attention_block(cmd, *layers_[i], m);
+    attention_block(cmd, *layers_[i], m, direct && m == 1);
     mlp_block(cmd, *layers_[i], m, i + 1 < layers_.size() ? next_of(*layers_[i + 1]) : Next{&head(), final_norm_});
   }
   logits(cmd, m, argmax);
@@ -798,7 +829,9 @@ StepProfile GpuModel::profile(std::span<const int32_t> tokens, int32_t pos0, int
   const uint32_t m = static_cast<uint32_t>(tokens.size());
   std::memcpy(tokens_.mapped(), tokens.data(), m * 4);
   static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos0);
-  return profile_recording([&](vk::Commands& cmd) { record_step(cmd, m, m == 1); }, m, pos0, reps);
+  // What decode (or prefill) records at pos0: one token's step takes the direct attention there or not.
+  const bool direct = m == 1 && decode_direct(pos0);
+  return profile_recording([&](vk::Commands& cmd) { record_step(cmd, m, m == 1, direct); }, m, pos0, reps);
 }
 
 StepProfile GpuModel::profile_step(std::span<const BatchToken> tokens, BatchKind kind, int reps) {
@@ -867,15 +900,17 @@ void GpuModel::check_positions(int32_t pos0, size_t n) const {
                      " exceed the context of " + std::to_string(context_) + " tokens");
 }
 
-// One decode step through the recording made on first use (with or without the GPU argmax),
-// replayed with the token and position written into host-visible buffers.
+// One decode step through the recording made on first use (with or without the GPU argmax, with
+// the direct attention below decode_direct_max or the split context), replayed with the token
+// and position written into host-visible buffers.
 void GpuModel::run_decode(int32_t token, int32_t pos, bool argmax) {
   check_positions(pos, 1);
   if (token < 0 || token >= config_.vocab_size) throw ModelError("token id " + std::to_string(token) + " out of range");
-  std::unique_ptr<vk::Commands>& rec = argmax ? decode_argmax_ : decode_;
+  const bool direct = decode_direct(pos);
+  std::unique_ptr<vk::Commands>& rec = decode_[direct][argmax];
   if (!rec) {
     rec = std::make_unique<vk::Commands>(ctx_.commands());
-    record_step(*rec, 1, argmax);
+    record_step(*rec, 1, argmax, direct);
   }
   static_cast<int32_t*>(tokens_.mapped())[0] = token;
   static_cast<uint32_t*>(step_.mapped())[0] = static_cast<uint32_t>(pos);

@@ -53,6 +53,12 @@ struct GpuOptions {
   // (bench/RESULTS.md). 0: always the batched GEMV. N > 0: steps of N or more tokens through the
   // GEMM (for measuring: a sequence's output then depends on whether a step crossed N).
   int32_t batch_gemm_from = -1;
+  // Decode steps at positions below this take the direct attention: one split of the context,
+  // each head's output written by attention_decode itself, rotated for the output projection
+  // (Kernels::DecodeDirect), no merge dispatch; later positions the context in splits and the
+  // merge (fwht.comp MODE 4). 0: never. The environment variable PQVK_DECODE_DIRECT_MAX=N
+  // overrides it. Layers whose shapes cannot (Kernels::decode_direct_supported) take the splits.
+  int32_t decode_direct_max = 512;
 };
 
 // Continuous batching: one token of one sequence in a step (GpuModel::step()). The sequence's
@@ -207,7 +213,11 @@ class GpuModel {
   // Records `record` with the profile's marks, replays it `reps` times: the median per kernel.
   StepProfile profile_recording(const std::function<void(vk::Commands&)>& record, uint32_t tokens, int32_t pos0, int reps);
   void run_decode(int32_t token, int32_t pos, bool argmax);
-  void record_step(vk::Commands& cmd, uint32_t m, bool argmax);
+  // direct: one token's attention through the direct path (decode_direct()), where the layer can.
+  void record_step(vk::Commands& cmd, uint32_t m, bool argmax, bool direct = false);
+  // Whether a decode step at `pos` takes the direct attention (GpuOptions::decode_direct_max).
+  bool decode_direct(int32_t pos) const { return pos < direct_max_; }
+  bool direct_supported(const Layer& L) const;
   void embed(vk::Commands& cmd, uint32_t m);
   // The matrix multiplied right after a step and the RMSNorm weight in front of it (none: no
   // norm), so that one token's GEMV can prepare its input (GemvOp::Fold); w null: unknown.
@@ -216,7 +226,7 @@ class GpuModel {
     vk::BufferView norm;
   };
   Next next_of(const Layer& L) const;
-  void attention_block(vk::Commands& cmd, const Layer& L, uint32_t m);
+  void attention_block(vk::Commands& cmd, const Layer& L, uint32_t m, bool direct = false);
   void mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m, const Next& next);
   void logits(vk::Commands& cmd, uint32_t m, bool argmax);
   void logits_all(vk::Commands& cmd, uint32_t m);
@@ -241,8 +251,8 @@ class GpuModel {
   const vk::Buffer& prepare_input(vk::Commands& cmd, vk::BufferView x, uint32_t m, uint32_t cols, const Linear& first,
                                   Layout layout, const Prologue& pro, uint32_t in_row0);
   bool can_fold(const Linear& w, uint32_t m, bool swiglu, const Linear* next) const;
-  // An input the previous GEMV prepared (fold): fold_in_[pair], with the RMSNorm's 1/rms still
-  // to apply (from fold_sums_) when rms.
+  // An input the previous kernel prepared (a GEMV's fold, or the direct decode attention):
+  // fold_in_[pair], with the RMSNorm's 1/rms still to apply (from fold_sums_) when rms.
   struct Folded {
     int pair = 0;
     bool rms = false;
@@ -269,13 +279,14 @@ class GpuModel {
   vk::Buffer logits_all_;            // [max_batch][vocab], made on the first prefill_all()
   bool fused_gemv_ = true;           // GpuOptions::fused_gemv, resolved
   uint32_t splits_ = 0;              // decode attention's context splits (0: the prefill kernels)
+  int32_t direct_max_ = 0;           // decode positions below it: the direct attention (0: none)
   vk::Buffer att_parts_, att_ml_;    // its partial outputs and (max, sum) pairs
   // Folded preparations (Kernels::GemvOp::Fold): two prepared inputs, one written while the other
   // is read; the per-block sums of squares (no GEMV reads and writes them: Kernels::gemv refuses);
   // the per-block counters (zero between uses).
   vk::Buffer fold_in_[2], fold_sums_, fold_counters_;
 
-  std::unique_ptr<vk::Commands> decode_, decode_argmax_;
+  std::unique_ptr<vk::Commands> decode_[2][2];  // the decode step's recordings, [direct attention][GPU argmax]
 
   // Continuous batching: per token (pos, slot) pairs, the logits of the tokens with an output,
   // their arg max (and argmax's token scratch), the rows the host samples from; the recordings
