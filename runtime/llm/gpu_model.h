@@ -58,7 +58,7 @@ struct GpuOptions {
   // (Kernels::DecodeDirect), no merge dispatch; later positions the context in splits and the
   // merge (fwht.comp MODE 4). 0: never. The environment variable PQVK_DECODE_DIRECT_MAX=N
   // overrides it. Layers whose shapes cannot (Kernels::decode_direct_supported) take the splits.
-  int32_t decode_direct_max = 512;
+  int32_t decode_direct_max = 192;
 };
 
 // Continuous batching: one token of one sequence in a step (GpuModel::step()). The sequence's
