@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Round of the fifth session: the switch it measures was removed afterwards, numbers in bench/RESULTS.md.)
 # Chunks in flight per GEMV invocation (KernelConfig::gemv_cpi, PQVK_GEMV_CPI): the GEMV at the
 # decode shapes of Llama-3-8B under several workgroup shapes and counts (--check: each against
 # its CPU twin), whole-model tg128 per count, then the GPU tests of the GEMV.
