@@ -38,6 +38,22 @@
 namespace pqvk::test {
 namespace {
 
+// Greedy generation on the GPU (its arg max on the device after the prompt's prefill) and on the
+// CPU reference, up to position `end` (exclusive): the ids each chose.
+std::pair<std::vector<int32_t>, std::vector<int32_t>> greedy_on_both(llm::GpuModel& gpu, llm::CpuModel& cpu,
+                                                                     const std::vector<int32_t>& prompt, int32_t end) {
+  auto argmax = [](std::span<const float> v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); };
+  int32_t g = argmax(gpu.prefill(prompt, 0)), c = argmax(cpu.prefill(prompt, 0));
+  std::vector<int32_t> gs{g}, cs{c};
+  for (auto pos = static_cast<int32_t>(prompt.size()); pos < end; ++pos) {
+    g = gpu.forward_argmax(g, pos);
+    c = argmax(cpu.forward(c, pos));
+    gs.push_back(g);
+    cs.push_back(c);
+  }
+  return {gs, cs};
+}
+
 constexpr double kLogitTol = 1e-2;
 
 // The PolarQuant KV cache rounds every rotated key and value coordinate to one of 2^bits cells, so
@@ -287,16 +303,7 @@ TEST(Decoder, DirectAttentionBelowTheThresholdMatchesCpu) {
     llm::CpuOptions co;
     co.kv_fp16 = true;
     llm::CpuModel cpu(file, co);
-    auto argmax = [](std::span<const float> v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); };
-    const std::vector<int32_t> prompt = {1};  // prefill of one token: the decode step without the argmax
-    int32_t g = argmax(gpu.prefill(prompt, 0)), c = argmax(cpu.prefill(prompt, 0));
-    std::vector<int32_t> gs{g}, cs{c};
-    for (int32_t pos = 1; pos < 12; ++pos) {
-      g = gpu.forward_argmax(g, pos);
-      c = argmax(cpu.forward(c, pos));
-      gs.push_back(g);
-      cs.push_back(c);
-    }
+    const auto [gs, cs] = greedy_on_both(gpu, cpu, {1}, 12);  // prefill of one token: the decode step without the argmax
     EXPECT_EQ(gs, cs);
   }
   const auto layers = static_cast<uint32_t>(file.config().n_layers);
@@ -374,18 +381,7 @@ TEST(Decoder, Greedy100TokensIdenticalOnGpuAndCpu) {
     llm::CpuOptions co;
     co.kv_fp16 = true;
     llm::CpuModel cpu(file, co);
-    const std::vector<int32_t> prompt = {1, 11, 23, 42};
-    auto argmax = [](std::span<const float> v) {
-      return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
-    };
-    int32_t g = argmax(gpu.prefill(prompt, 0)), c = argmax(cpu.prefill(prompt, 0));
-    std::vector<int32_t> gs{g}, cs{c};
-    for (int32_t pos = 4; pos < 103; ++pos) {
-      g = gpu.forward_argmax(g, pos);
-      c = argmax(cpu.forward(c, pos));
-      gs.push_back(g);
-      cs.push_back(c);
-    }
+    const auto [gs, cs] = greedy_on_both(gpu, cpu, {1, 11, 23, 42}, 103);
     EXPECT_EQ(gs, cs) << src;
   }
 }
