@@ -333,7 +333,10 @@ int main(int argc, char** argv) {
     const size_t pool = parallel + queue + 16;  // every waiting request holds a connection thread
     svr.new_task_queue = [pool] { return new httplib::ThreadPool(pool); };
     svr.set_payload_max_length(16u << 20);
-    svr.set_keep_alive_timeout(2);
+    // cpp-httplib waits this long for a connection's first request too, not only between requests
+    // on a kept-alive one: under load (64 clients on 2 busy cores in CI) a client can send its
+    // request more than 2 s after connecting, and a closed socket with the request unread resets.
+    svr.set_keep_alive_timeout(10);
     svr.set_read_timeout(30);
     svr.set_write_timeout(30);
 

@@ -54,7 +54,7 @@ uint32_t u32(size_t v, const char* what) {
 // pq_gemm_coopmat.comp's tile: 128 rows of W, tm tokens; its shared memory (the codebook of
 // 2^bits floats, two fp16 buffers of 40 halves per row and per token).
 constexpr uint32_t kCoopmatTileN = 128;
-constexpr size_t kSplitMaxFloats = size_t(16) << 20;  // split-K scratch: 64 MiB of partial outputs
+constexpr size_t kSplitMaxFloats = Kernels::kSplitScratchBytes / 4;  // split-K partial outputs
 size_t coopmat_shared_bytes(int bits, uint32_t tm) { return (size_t(4) << bits) + 2 * (size_t(tm) + kCoopmatTileN) * 80; }
 
 }  // namespace

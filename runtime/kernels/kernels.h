@@ -251,6 +251,8 @@ class Kernels {
   GemmPath last_gemm_path() const { return last_gemm_; }
   // The parts of K of its last slice (1: not split; GemmOut::split_k).
   uint32_t last_gemm_splits() const { return last_splits_; }
+  // The scratch buffer split-K GEMMs share (allocated by the first one).
+  static constexpr size_t kSplitScratchBytes = size_t(64) << 20;
   // Whether gemm() at m tokens runs a shader that can read fp16 activations (GemmOut::x_f16):
   // the tensor-core one and its emulation.
   bool gemm_takes_f16(uint32_t m, bool any_m = false) const { return gemm_path(m, any_m) != GemmPath::portable; }

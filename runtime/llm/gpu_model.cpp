@@ -413,7 +413,8 @@ MemoryPlan GpuModel::memory_plan(const model::ModelConfig& c, uint64_t weight_by
   const uint64_t splits = decode_splits(context), vocab = uint64_t(c.vocab_size);
   p.activations = 4 * (M * c.dim + M * (q_dim + 2 * kv_dim) + 2 * M * q_dim + 3 * M * c.hidden_dim + c.hidden_dim +
                        2 * M * widest + splits * (q_dim + 2 * c.n_heads) + vocab + 2 * widest + 2 * (widest / 64));
-  if (opt.slots > 0) p.activations += 4 * (2 * slots * vocab + 2 * slots) + 8 * M;
+  // Continuous batching: its logits and ids, and the split-K GEMM's scratch (decode steps).
+  if (opt.slots > 0) p.activations += 4 * (2 * slots * vocab + 2 * slots) + 8 * M + Kernels::kSplitScratchBytes;
   return p;
 }
 
