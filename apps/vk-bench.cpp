@@ -323,27 +323,30 @@ int run_kernels(const KernelArgs& a) {
             variants.push_back({" [" + gc + "]", owned.back().get()});
           }
         }
-        // --batched: also what continuous batching's decode steps may run, the batched GEMV and the
-        // GEMM at every M with K split (GemmOut::any_m, split_k).
+        // --batched: also what continuous batching's decode steps may run, the batched GEMV, the
+        // GEMM at every M with K split (GemmOut::any_m, split_k) and, up to 32 tokens, the skinny
+        // GEMM (GemmOut::max_m = M).
         if (a.batched && m > 1 && !f16) {
           variants.push_back({" batched", &k});
           variants.push_back({" split-K", &k});
+          if (m <= 32) variants.push_back({" skinny", &k});
         }
         for (auto& [label, kv] : variants) {
-          const bool batch = label == " batched", split = label == " split-K";
+          const bool batch = label == " batched", skinny = label == " skinny", split = label == " split-K" || skinny;
           // The tensor-core GEMM reads fp16 activations, as a model's prefill gives it.
           const bool x16 = m > 1 && !f16 && !batch && kv->gemm_takes_f16(m, split);
           std::vector<float> xin = x;  // the activations the kernel reads, as fp32
           vk::Buffer xh;
           if (x16) {
-            std::vector<uint32_t> packed((x.size() + 1) / 2, 0u);
+            // At least 32 rows: the skinny GEMM reads whole 16-token tiles (the rows past M are zero).
+            std::vector<uint32_t> packed((std::max(x.size(), size_t(32) * in) + 1) / 2, 0u);
             for (size_t i = 0; i < x.size(); ++i) {
               packed[i / 2] |= uint32_t{pq::f32_to_f16(x[i])} << (16 * (i % 2));
               xin[i] = pq::f16_to_f32(pq::f32_to_f16(x[i]));
             }
             xh = ctx.upload_new(packed, "x fp16");
           }
-          const pqvk::GemmOut gout{static_cast<uint32_t>(out), 0, x16, split, split};
+          const pqvk::GemmOut gout{static_cast<uint32_t>(out), 0, x16, split, split, skinny ? m : 0u};
           double min_ns = 0;
           double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int r) {
             if (f16) {
@@ -360,7 +363,8 @@ int run_kernels(const KernelArgs& a) {
           if (m > 1 && !f16 && !batch) {  // which GEMM ran, and the error its arithmetic allows
             const auto path = kv->last_gemm_path();
             row.path = Kernels::gemm_path_name(path);
-            row.format += " [" + row.path + (split ? ", split-K" : "") + "]";
+            row.format += " [" + row.path + (kv->last_gemm_skinny() ? ", skinny" : "") +
+                          (kv->last_gemm_splits() > 1 ? ", split-K " + std::to_string(kv->last_gemm_splits()) : "") + "]";
             if (path != Kernels::GemmPath::portable) row.check_tol = 3e-3;
           }
           rows.push_back(row);

@@ -598,15 +598,17 @@ TEST(Batch, GreedyOutputDoesNotDependOnTheBatch) {
 
 // GpuOptions::batch_gemm_from: decode steps through the GEMM (from 2 tokens on; the default where
 // the device has the tensor-core GEMM) give the batched GEMV's (0) logits within the decoder
-// tolerance.
+// tolerance; so do the skinny tensor-core GEMM's (what the default takes for up to 32 slots where
+// the device has tensor cores), through its emulation on every device.
 TEST(Batch, DecodeThroughTheGemm) {
   auto file = model::PqmFile::open(quantized(stories(), "q4"));
   const int64_t vocab = file.config().vocab_size;
-  auto run = [&](int32_t gemm_from) {
+  auto run = [&](int32_t gemm_from, bool emulated = false) {
     llm::GpuOptions o;
     o.slots = 3;
     o.context = 48;
     o.batch_gemm_from = gemm_from;
+    if (emulated) o.kernels.gemm_coopmat = KernelConfig::GemmCoopmat::emulated;
     llm::GpuModel g(context(), file, o);
     std::vector<BatchSeq> seqs(3);
     for (uint32_t i = 0; i < 3; ++i) {
@@ -615,12 +617,17 @@ TEST(Batch, DecodeThroughTheGemm) {
       seqs[i].n_gen = 8;
     }
     drive(g, seqs);
+    if (emulated) {
+      EXPECT_TRUE(g.kernels().last_gemm_skinny()) << "the decode steps did not take the skinny GEMM";
+    }
     return seqs;
   };
-  const auto gemv = run(0), gemm = run(2);
-  for (size_t s = 0; s < gemv.size(); ++s)
-    for (size_t i = 0; i < gemv[s].logits.size() && gemv[s].out[i] == gemm[s].out[i]; ++i)
-      EXPECT_LT(rel(gemm[s].logits[i], gemv[s].logits[i]), kLogitTol) << "sequence " << s << " token " << i;
+  const auto gemv = run(0), gemm = run(2), skinny = run(1, true);
+  for (const auto* other : {&gemm, &skinny})
+    for (size_t s = 0; s < gemv.size(); ++s)
+      for (size_t i = 0; i < gemv[s].logits.size() && gemv[s].out[i] == (*other)[s].out[i]; ++i)
+        EXPECT_LT(rel((*other)[s].logits[i], gemv[s].logits[i]), kLogitTol)
+            << (other == &skinny ? "skinny " : "") << "sequence " << s << " token " << i;
 }
 
 TEST(Batch, BadStepsAreClearErrors) {

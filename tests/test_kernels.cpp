@@ -570,7 +570,9 @@ std::string describe(const GemmCase& g) {
 // the path it took (fp32: the exact operands within kDotTol; coopmat: the fp16-rounded ones
 // within kCoopmatTwinTol and the exact ones within kFp16Tol); the columns it must not write
 // stay as they were. Returns the path.
-GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false, bool split = false) {
+// max_m: GemmOut::max_m (the skinny GEMM's family size); the input then holds whole 16-token
+// tiles, the rows past m poisoned.
+GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false, bool split = false, uint32_t max_m = 0) {
   const MatCase& c = g.mat;
   const uint32_t m = g.m;
   const auto q = make_matrix(c);
@@ -578,7 +580,8 @@ GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false, bool split 
   const size_t cp = q.cols_padded, ldy = c.rows + g.extra;
   auto x = random_vector(m * c.cols, m * 3 + static_cast<uint32_t>(c.cols * 5 + c.bits));
   vk::Buffer xb = context().upload_new(x, "X");
-  vk::Buffer xr = poisoned(x16 ? m * cp / 2 : m * cp);  // fp16 input: the preparation writes halves
+  const size_t x_rows = std::max<size_t>(m, (max_m + 15) / 16 * 16);
+  vk::Buffer xr = poisoned(x16 ? x_rows * cp / 2 : m * cp);  // fp16 input: the preparation writes halves
   std::vector<float> y0 = random_vector(m * ldy, m + 17);
   if (!g.accumulate)
     for (size_t i = 0; i < y0.size(); ++i)
@@ -594,7 +597,7 @@ GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false, bool split 
     context().upload(xr, padded);
   }
   cmd.barrier();
-  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col, x16, split, split});
+  k.gemm(cmd, d, xr, y, m, g.accumulate, GemmOut{static_cast<uint32_t>(ldy), g.col, x16, split, split, max_m});
   cmd.run();
   const GemmPath path = k.last_gemm_path();
   const auto xin = x16 ? read_halves(xr, m * cp) : read_floats(xr, m * cp);  // the activations the GEMM read
@@ -960,6 +963,87 @@ TEST(Gemm, SplitKMatchesCpu) {
       for (size_t r = 0; r < c.rows; ++r) {
         ASSERT_NE(std::bit_cast<uint32_t>(alone[r]), kPoison) << name << " token " << t << " row " << r;
         ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(all[t * c.rows + r])) << name << " token " << t << " row " << r;
+      }
+    }
+  }
+}
+
+// The skinny tensor-core GEMM of decode steps of up to 32 sequences (GemmOut::max_m,
+// pq_gemm_skinny.comp): against the twins at every bit width (shuffle lookups up to 5 bits, the
+// shared table above), with and without split K, slices, accumulation, an output column offset,
+// rows past a 32-row subgroup and a 128-row tile, one and two 16-token tiles, codes loaded 2 or 4
+// chunks at a time, activations staged 8 and 4 chunks at a time (lavapipe's 32 KiB of shared
+// memory stage two token tiles 4 at a time), the unrotated methods; the input rows past m hold
+// poison (never read: the shader stages zeros for them); and a token's row bit for bit the same
+// alone, among others and in another place. The emulated shader on every device, the
+// tensor-core one where the device has it.
+TEST(Gemm, SkinnyMatchesCpu) {
+  std::vector<std::pair<std::string, KernelConfig>> paths = {{"emulated", gemm_config(Coopmat::emulated, 64)}};
+  if (Kernels(context(), KernelConfig{}).coopmat_gemm_unsupported().empty())
+    paths.push_back({"coopmat", gemm_config(Coopmat::automatic, 64)});
+  // The case, its max_m and the parts of K it takes (Kernels::gemm_splits; 0: more than one).
+  struct Case {
+    GemmCase g;
+    uint32_t max_m, parts;
+  };
+  const std::vector<Case> cases = {
+      {{{130, 4096 + 40, 4, 128, pq::Method::pq}, 1}, 1, 11},                   // 132 chunks, 12 a part
+      {{{17, 14336 - 100, 5, 128, pq::Method::pq}, 7, true, 3, 7}, 8, 16},      // 448 chunks, 28 a part
+      {{{300, 1000, 3, 64, pq::Method::pq}, 16}, 16, 4},                        // 32 chunks, 8 a part
+      {{{64, 2208, 6, 64, pq::Method::pq}, 17, false, 1, 1}, 32, 7},             // 70 chunks loaded 2 at a time
+      {{{96, 1088, 5, 64, pq::Method::pq}, 32}, 32, 4},                         // 34 chunks: 10, 10, 10 and 4
+      {{{260, 1088, 8, 64, pq::Method::pq}, 20, true, 0, 0, 60 * 1088}, 24, 0},  // slices, the shared table
+      {{{40, 200, 2, 64, pq::Method::pq}, 3}, 5, 1},                            // too short to split
+      {{{33, 640, 7, 128, pq::Method::lloyd}, 9}, 32, 2},                      // 20 chunks: 10 a part
+      {{{45, 333, 4, 128, pq::Method::absmax}, 2}, 2, 1},                       // unrotated
+  };
+  for (const auto& [name, cfg] : paths) {
+    Kernels k(context(), cfg);
+    for (const auto& [g, max_m, parts] : cases) {
+      EXPECT_NE(check_gemm(k, g, true, true, max_m), GemmPath::portable) << name << " " << describe(g);
+      EXPECT_TRUE(k.last_gemm_skinny()) << name << " " << describe(g);
+      if (parts) EXPECT_EQ(k.last_gemm_splits(), parts) << name << " " << describe(g);
+      else EXPECT_GT(k.last_gemm_splits(), 1u) << name << " " << describe(g);
+    }
+    // Not taken: more than 32 tokens in the family, fp32 activations; more tokens than max_m is an
+    // error.
+    check_gemm(k, cases[2].g, true, true, 33);
+    EXPECT_FALSE(k.last_gemm_skinny()) << name;
+    check_gemm(k, cases[2].g, false, true, 16);
+    EXPECT_FALSE(k.last_gemm_skinny()) << name;
+    EXPECT_THROW(check_gemm(k, cases[2].g, true, true, 8), vk::Error) << name;
+
+    // A token's row alone, among 24 and in another place, bit for bit (max_m 32 throughout).
+    const MatCase c{150, 3000, 4, 128, pq::Method::pq};
+    const auto q = make_matrix(c);
+    const auto d = upload_quant(context(), q, describe(c));
+    const size_t cp = q.cols_padded;
+    const uint32_t m = 24;
+    const auto x = random_vector(m * cp, 778);
+    auto run = [&](std::vector<float> rows, uint32_t n) {
+      std::vector<uint32_t> packed(32 * cp / 2, kPoison);
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (i % 2 == 0) packed[i / 2] = 0;
+        packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
+      }
+      vk::Buffer xb = context().upload_new(packed, "X fp16");
+      vk::Buffer y = poisoned(size_t(n) * c.rows);
+      auto cmd = context().commands();
+      k.gemm(cmd, d, xb, y, n, false, GemmOut{0, 0, true, true, true, 32});
+      cmd.run();
+      EXPECT_TRUE(k.last_gemm_skinny()) << name;
+      return read_floats(y, size_t(n) * c.rows);
+    };
+    std::vector<float> reversed(x.size());
+    for (uint32_t t = 0; t < m; ++t) std::copy(x.begin() + t * cp, x.begin() + (t + 1) * cp, reversed.begin() + (m - 1 - t) * cp);
+    const auto all = run(x, m), rev = run(reversed, m);
+    for (uint32_t t : {0u, 15u, 16u, 23u}) {
+      const auto alone = run(std::vector<float>(x.begin() + t * cp, x.begin() + (t + 1) * cp), 1);
+      for (size_t r = 0; r < c.rows; ++r) {
+        ASSERT_NE(std::bit_cast<uint32_t>(alone[r]), kPoison) << name << " token " << t << " row " << r;
+        ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(all[t * c.rows + r])) << name << " token " << t << " row " << r;
+        ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(rev[(m - 1 - t) * c.rows + r]))
+            << name << " token " << t << " row " << r << ": another place";
       }
     }
   }

@@ -56,6 +56,11 @@ uint32_t u32(size_t v, const char* what) {
 constexpr uint32_t kCoopmatTileN = 128;
 constexpr size_t kSplitMaxFloats = Kernels::kSplitScratchBytes / 4;  // split-K partial outputs
 size_t coopmat_shared_bytes(int bits, uint32_t tm) { return (size_t(4) << bits) + 2 * (size_t(tm) + kCoopmatTileN) * 80; }
+// pq_gemm_skinny.comp's: the codebook, two fp16 tiles of 32 rows x 40 halves per subgroup (4),
+// `tokens` rows of sx chunks of staged activations (+ 16 bytes).
+size_t skinny_shared_bytes(int bits, uint32_t tokens, uint32_t sx) {
+  return (size_t(4) << bits) + 4 * 2 * 32 * 80 + size_t(tokens) * (sx * 64 + 16);
+}
 
 }  // namespace
 
@@ -205,6 +210,24 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
     if (*end || v > 65536) throw Error(std::string("PQVK_GEMM_SPLIT='") + e + "' is not a workgroup count (0..65536)");
     cfg_.gemm_split_target = static_cast<uint32_t>(v);
   }
+  if (const char* e = std::getenv("PQVK_GEMM_SKINNY"); e && *e) {  // benchmarks: 0 turns the skinny GEMM off
+    const std::string v = e;
+    if (v != "0" && v != "1") throw Error("PQVK_GEMM_SKINNY='" + v + "': 0 or 1");
+    cfg_.gemm_skinny = v == "1";
+  }
+  for (auto [var, field] : {std::pair{"PQVK_GEMV_ABLATE", &cfg_.gemv_ablate}, std::pair{"PQVK_GEMM_ABLATE", &cfg_.gemm_ablate}})
+    if (const char* e = std::getenv(var); e && *e) {  // benchmarks only
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(e, &end, 10);
+      if (*end || v > 255) throw Error(std::string(var) + "='" + e + "' is not an ablation (0..255)");
+      *field = static_cast<uint32_t>(v);
+    }
+  if (const char* e = std::getenv("PQVK_GEMM_SKINNY_SPLIT"); e && *e) {  // benchmarks: the skinny GEMM's split-K target
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(e, &end, 10);
+    if (*end || v > 65536) throw Error(std::string("PQVK_GEMM_SKINNY_SPLIT='") + e + "' is not a workgroup count (0..65536)");
+    cfg_.gemm_skinny_split_target = static_cast<uint32_t>(v);
+  }
   if (cfg_.gemm_coopmat_tm != 0 && cfg_.gemm_coopmat_tm != 64 && cfg_.gemm_coopmat_tm != 128)
     throw Error("cooperative-matrix GEMM tile: " + std::to_string(cfg_.gemm_coopmat_tm) + " tokens (64 or 128)");
   if (cfg_.gemv_table_shift > 5) throw Error("gemv table copies: at most 32 (shift 5)");
@@ -314,12 +337,6 @@ void Kernels::dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
 }
 
 namespace {
-// Benchmarks only: pq_gemv.comp's ABLATE from PQVK_GEMV_ABLATE (parts of the GEMV left out: wrong
-// results, timings of what is left).
-uint32_t gemv_ablate() {
-  const char* e = std::getenv("PQVK_GEMV_ABLATE");
-  return e && *e ? static_cast<uint32_t>(std::strtoul(e, nullptr, 10)) : 0u;
-}
 // Invocations of a GEMV workgroup: no more than chunks of a row (rounded up to 32), so that short
 // rows leave none idle; table lookups fill shared memory per workgroup: at least 128 share the fill.
 uint32_t gemv_workgroup(const KernelConfig& cfg, uint32_t nchunk, bool table) {
@@ -384,7 +401,7 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
                            {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
                             {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue},
                             {8, fold_kind}, {9, fold_kind ? fold.block : 128u}, {10, fold.rotate ? 1u : 0u},
-                            {11, gemv_ablate()}},
+                            {11, cfg_.gemv_ablate}},
                            10, 32, wg);
   const auto or_dummy = [&](vk::BufferView v) { return v.buffer ? v : vk::BufferView(dummy_); };
   for (const auto& s : w.slices) {
@@ -494,15 +511,22 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   } else {
     tile_m = gemm_coopmat_tile(m);
     tile_n = kCoopmatTileN;
-    vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}, {5, out.x_f16 ? 1u : 0u}};
-    if (const char* e = std::getenv("PQVK_GEMM_ABLATE"); e && *e)  // benchmarks: pq_gemm_coopmat.comp's ABLATE
-      spec.push_back({4, static_cast<uint32_t>(std::strtoul(e, nullptr, 10))});
+    const vk::SpecConstants spec = {{0, bits}, {1, block}, {2, tile_m}, {3, chunks_per_load}, {4, cfg_.gemm_ablate},
+                                    {5, out.x_f16 ? 1u : 0u}};
     p = path == GemmPath::coopmat ? &pipeline("pq_gemm_coopmat", spec, 5, 40, 256, coopmat_subgroup_size())
                                   : &pipeline("pq_gemm_coopmat_emulated", spec, 5, 40, 256);
   }
   last_gemm_ = path;
   last_splits_ = 1;
+  last_skinny_ = false;
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  // Decode steps of at most 32 sequences: the skinny shader, whatever m (GemmOut::max_m).
+  if (path != GemmPath::portable && cfg_.gemm_skinny && out.split_k && out.x_f16 && out.max_m >= 1 && out.max_m <= 32 &&
+      skinny_shared_bytes(w.bits, 32, 4) <= ctx_.info().max_shared_memory) {
+    if (m > out.max_m) throw Error(w.name + ": gemm of " + std::to_string(m) + " tokens, more than GemmOut::max_m");
+    gemm_skinny(cmd, w, x_rot, y, m, accumulate, ldy, out, path == GemmPath::coopmat, chunks_per_load);
+    return;
+  }
   for (const auto& s : w.slices) {
     const uint32_t tiles = u32((s.rows + tile_n - 1) / tile_n, "tiles");
     if (path == GemmPath::portable) {
@@ -513,7 +537,7 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
       continue;
     }
     uint32_t kc = nchunk;
-    const uint32_t splits = out.split_k && m <= tile_m ? gemm_splits(s.rows, nchunk, chunks_per_load, &kc) : 1;
+    const uint32_t splits = out.split_k && m <= tile_m ? gemm_splits(s.rows, nchunk, chunks_per_load, &kc, cfg_.gemm_split_target, 128) : 1;
     last_splits_ = splits;
     struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate, kc, zstride; } push{
         u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
@@ -539,13 +563,52 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
   }
 }
 
-uint32_t Kernels::gemm_splits(size_t rows, uint32_t nchunk, uint32_t chunks_per_load, uint32_t* kc) const {
+void Kernels::gemm_skinny(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
+                          bool accumulate, uint32_t ldy, const GemmOut& out, bool real, uint32_t chunks_per_load) {
+  // Shuffle lookups where the codebook fits in the 32 lanes (the emulation reads shared memory).
+  const uint32_t lookup = real && w.bits <= 5 ? 1u : 0u, tiles16 = (out.max_m + 15) / 16;
+  // Activations staged 8 chunks at a time where the shared memory holds them, else 4.
+  const uint32_t sx = skinny_shared_bytes(w.bits, 16 * tiles16, 8) <= ctx_.info().max_shared_memory ? 8 : 4;
+  const vk::SpecConstants spec = {{0, uint32_t(w.bits)}, {1, uint32_t(w.block)}, {2, tiles16}, {3, chunks_per_load},
+                                  {4, lookup}, {5, cfg_.gemm_ablate}, {6, sx}};
+  const vk::Pipeline& p = real ? pipeline("pq_gemm_skinny", spec, 5, 40, 128, coopmat_subgroup_size())
+                               : pipeline("pq_gemm_skinny_emulated", spec, 5, 40, 128);
+  last_skinny_ = true;
+  const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  for (const auto& s : w.slices) {
+    const uint32_t rows = u32(s.rows, "rows"), tiles = (rows + kCoopmatTileN - 1) / kCoopmatTileN;
+    uint32_t kc = nchunk;
+    const uint32_t splits = gemm_splits(s.rows, nchunk, chunks_per_load, &kc, cfg_.gemm_skinny_split_target, 32);
+    last_splits_ = splits;
+    struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate, kc, zstride; } push{
+        rows, m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"), accumulate ? 1u : 0u, kc, 0u};
+    if (splits == 1) {
+      cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, tiles, 1, 1);
+      continue;
+    }
+    if (!splitk_.valid())
+      splitk_ = ctx_.buffer(size_t(kSplitMaxFloats) * 4, vk::MemoryKind::device, "split-K partial outputs");
+    push.ldy = rows;
+    push.y_offset = 0;
+    push.accumulate = 0;
+    push.zstride = m * rows;
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, splitk_}, push, tiles, 1, splits);
+    cmd.barrier();
+    struct { uint32_t rows, m, splits, ldy, y_offset, accumulate; } sum{rows, m, splits, ldy, u32(out.col + s.row0, "row"),
+                                                                         accumulate ? 1u : 0u};
+    cmd.dispatch(pipeline("splitk_sum", {}, 2, 24, 256), {splitk_, y}, sum, (m * rows + 255) / 256);
+    cmd.barrier();  // the next split GEMM reuses the scratch buffer
+  }
+}
+
+uint32_t Kernels::gemm_splits(size_t rows, uint32_t nchunk, uint32_t chunks_per_load, uint32_t* kc, uint32_t target,
+                              uint32_t max_tokens) const {
   *kc = nchunk;
   const size_t tiles = (rows + kCoopmatTileN - 1) / kCoopmatTileN;
   uint32_t splits = 1;
-  // The scratch holds the partials of one tile of up to 128 tokens.
-  while (splits < 16 && tiles * splits * 2 <= cfg_.gemm_split_target && nchunk / (splits * 2) >= 8 &&
-         size_t(splits) * 2 * 128 * rows <= kSplitMaxFloats)
+  // The scratch holds the partials of up to max_tokens tokens.
+  while (splits < 16 && tiles * splits * 2 <= target && nchunk / (splits * 2) >= 8 &&
+         size_t(splits) * 2 * max_tokens * rows <= kSplitMaxFloats)
     splits *= 2;
   if (splits == 1) return 1;
   // Parts of a whole number of code loads; the last part may be shorter (or the count smaller).

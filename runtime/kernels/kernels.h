@@ -106,6 +106,18 @@ struct KernelConfig {
   // many workgroups (parts of at least 8 chunks), and splitk_sum.comp adds the partials.
   // 0: never. PQVK_GEMM_SPLIT overrides it (benchmarks).
   uint32_t gemm_split_target = 256;
+  // The skinny tensor-core GEMM for decode steps of at most 32 sequences (GemmOut::max_m).
+  // PQVK_GEMM_SKINNY=0 turns it off (benchmarks: the 128-row-tile GEMM with split K instead).
+  bool gemm_skinny = true;
+  // Its split-K target (as gemm_split_target; workgroups of 128 rows): 256 measured faster than
+  // 1024 and 4096 on the H200 at every layer shape (bench/RESULTS.md, sixth session).
+  // PQVK_GEMM_SKINNY_SPLIT overrides it (benchmarks).
+  uint32_t gemm_skinny_split_target = 256;
+  // Benchmarks only (wrong results, timings of what is left): the ABLATE specialization constant
+  // of pq_gemv.comp (gemv_ablate, from PQVK_GEMV_ABLATE) and of pq_gemm_coopmat.comp /
+  // pq_gemm_skinny.comp (gemm_ablate, from PQVK_GEMM_ABLATE); their headers say what each bit
+  // leaves out. 0: nothing.
+  uint32_t gemv_ablate = 0, gemm_ablate = 0;
   // Prefill attention: tiles of queries sharing each key and value they read
   // (shaders/attention_tiled.comp) where the device can run it (attention_tiled_supported()),
   // else one query per workgroup (shaders/attention.comp). false: always the latter.
@@ -194,6 +206,12 @@ struct GemmOut {
   // depends on the matrix only, so a token's result does not depend on M). Continuous batching's
   // decode steps ask for it.
   bool split_k = false;
+  // With split_k: the most tokens any call of this family has (continuous batching: the slots;
+  // 0: unknown). Where it is at most 32 and the activations are fp16, the tensor-core paths take
+  // the skinny GEMM (pq_gemm_skinny.comp:
+  // each subgroup decodes its own rows, no workgroup barrier; KernelConfig::gemm_skinny) at every
+  // m up to max_m, so that a token's result still does not depend on m.
+  uint32_t max_m = 0;
 };
 
 class Kernels {
@@ -251,6 +269,8 @@ class Kernels {
   GemmPath last_gemm_path() const { return last_gemm_; }
   // The parts of K of its last slice (1: not split; GemmOut::split_k).
   uint32_t last_gemm_splits() const { return last_splits_; }
+  // Whether the latest gemm() call took the skinny shader (pq_gemm_skinny.comp or its emulation).
+  bool last_gemm_skinny() const { return last_skinny_; }
   // The scratch buffer split-K GEMMs share (allocated by the first one).
   static constexpr size_t kSplitScratchBytes = size_t(64) << 20;
   // Whether gemm() at m tokens runs a shader that can read fp16 activations (GemmOut::x_f16):
@@ -375,8 +395,13 @@ class Kernels {
   vk::Buffer dummy_;  // bound where a shader's optional buffer is unused
   vk::Buffer splitk_;  // split-K partial outputs (allocated on first use, never resized: recordings keep it)
   // Parts of K for a split tensor-core GEMM of `rows` rows and nchunk chunks loaded
-  // chunks_per_load at a time (1: no split); *kc the chunks per part. Depends on the matrix only.
-  uint32_t gemm_splits(size_t rows, uint32_t nchunk, uint32_t chunks_per_load, uint32_t* kc) const;
+  // chunks_per_load at a time (1: no split), up to `target` workgroups of 128 rows, the scratch
+  // holding the partials of max_tokens tokens; *kc the chunks per part. Depends on the matrix only.
+  uint32_t gemm_splits(size_t rows, uint32_t nchunk, uint32_t chunks_per_load, uint32_t* kc, uint32_t target,
+                       uint32_t max_tokens) const;
+  // gemm() through pq_gemm_skinny.comp (real) or its emulation; ldy resolved.
+  void gemm_skinny(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
+                   bool accumulate, uint32_t ldy, const GemmOut& out, bool real, uint32_t chunks_per_load);
   vk::Buffer argmax_parts_;  // argmax's per-workgroup results
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines_;
   std::optional<bool> unmasked_exact_;  // the probe's answer, once run
@@ -385,6 +410,7 @@ class Kernels {
   vk::BufferView kv_codebook(uint32_t bits);
   GemmPath last_gemm_ = GemmPath::portable;
   uint32_t last_splits_ = 1;
+  bool last_skinny_ = false;
   std::string coopmat_unsupported_;  // coopmat_gemm_unsupported(), found by the constructor
   uint32_t coopmat_subgroup_size() const;  // the required subgroup size of pq_gemm_coopmat (0: the driver's)
   void gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op,

@@ -115,7 +115,7 @@ struct GpuModel::Layer {
 // ---- loading ---------------------------------------------------------------------------------
 
 GpuModel::GpuModel(vk::Context& ctx, const model::PqmFile& f, GpuOptions opt)
-    : ctx_(ctx), kernels_(ctx), config_(f.config()) {
+    : ctx_(ctx), kernels_(ctx, opt.kernels), config_(f.config()) {
   WeightSource src;
   src.matrix = [&](const std::string& name, model::Role, size_t, size_t) { return load_linear(ctx, f, name); };
   src.vector = [&](const std::string& name, size_t) { return upload_vector(ctx, f, name); };
@@ -146,7 +146,7 @@ GpuModel::GpuModel(vk::Context& ctx, const model::PqmFile& f, GpuOptions opt)
 }
 
 GpuModel::GpuModel(vk::Context& ctx, const model::ModelConfig& c, const SyntheticWeights& sw, GpuOptions opt)
-    : ctx_(ctx), kernels_(ctx), config_(c) {
+    : ctx_(ctx), kernels_(ctx, opt.kernels), config_(c) {
   config_.validate("synthetic model");
   uint32_t seed = sw.seed;
   WeightSource src;
@@ -578,7 +578,7 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
       if (gemv) kernels_.gemv(cmd, *w.q, in, o.y, Kernels::GemvOp{Kernels::GemvOp::prepared, {}, 0.0f,
                                                                    accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store, o.col});
       else if (batch) kernels_.gemv_batch(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col});
-      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col, f16_in, any_m, split_k_});
+      else kernels_.gemm(cmd, *w.q, in, o.y, m, accumulate, Kernels::GemmOut{o.ld, o.col, f16_in, any_m, split_k_, split_k_ ? slots_ : 0u});
     } else {
       if (gemv) kernels_.gemv_f16(cmd, *w.f, in, o.y, accumulate, o.col);
       else kernels_.gemm_f16(cmd, *w.f, in, o.y, m, accumulate, static_cast<uint32_t>(round_up(cols, 64)), Kernels::GemmOut{o.ld, o.col});

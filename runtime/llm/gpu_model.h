@@ -59,6 +59,9 @@ struct GpuOptions {
   // merge (fwht.comp MODE 4). 0: never. The environment variable PQVK_DECODE_DIRECT_MAX=N
   // overrides it. Layers whose shapes cannot (Kernels::decode_direct_supported) take the splits.
   int32_t decode_direct_max = 192;
+  // The kernels' configuration (shader choices, shapes; KernelConfig). Tests use it to run the
+  // tensor-core paths' emulations on devices without tensor cores.
+  KernelConfig kernels = {};
 };
 
 // Continuous batching: one token of one sequence in a step (GpuModel::step()). The sequence's
@@ -180,6 +183,8 @@ class GpuModel {
   // profile() of one such step (StepProfile::tokens: the step's tokens, pos0: the first one's).
   StepProfile profile_step(std::span<const BatchToken> tokens, BatchKind kind, int reps = 3);
   uint32_t slots() const { return slots_; }
+  // The kernels this model records (their configuration and what the latest calls chose).
+  const Kernels& kernels() const { return kernels_; }
   uint32_t batch_rows() const { return max_batch_; }
   // What a decode step reads with `positions` cached positions (the step's own included).
   StepBytes decode_bytes(double positions) const;

@@ -18,6 +18,10 @@ echo "best GEMV shape: $BEST"; export PQVK_GEMV=$BEST
 fi
 $B/vk-bench --synthetic llama3-8b --bits 4,5 -p 512,2048 -n 128 -r 3 --json "$OUT/llama3-8b.json" > "$OUT/llama3-8b.md" 2>&1
 $B/vk-bench --synthetic llama3-8b --bits 4,5 -p 0 -n 128 -d 4096 -r 3 --no-breakdown --json "$OUT/llama3-8b-d4096.json" > "$OUT/llama3-8b-d4096.md" 2>&1
+if [ -n "${NP:-}" ]; then  # continuous batching: aggregate decode of NP sequences (q5)
+  $B/vk-bench --synthetic llama3-8b --bits 5 -p 0 -n 128 -np "$NP" -r 3 --no-breakdown --json "$OUT/np.json" > "$OUT/np.md" 2> "$OUT/np.err"
+  echo "np: $(grep -o 'tg128[ x0-9]*: [0-9.]* +- [0-9.]*' "$OUT/np.err" | tr '\n' ' ')"
+fi
 $B/vk-bench --synthetic qwen3-8b,llama3.2-1b --bits 4,5 -p 512 -n 128 -r 3 --no-breakdown --json "$OUT/shapes.json" > "$OUT/shapes.md" 2>&1
 grep -h "^| " "$OUT/llama3-8b.md" "$OUT/llama3-8b-d4096.md" "$OUT/shapes.md" | grep -E "tg|pp" | grep -v "weights MiB"
 # llama.cpp (prebuilt Vulkan addon), same machine, same call.
