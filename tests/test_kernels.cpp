@@ -5,6 +5,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -915,6 +916,50 @@ TEST(Gemm, TokenRowDoesNotDependOnTheOtherTokens) {
   }
 }
 
+// Continuous batching's decode GEMMs (split K, skinny): a token's output row of a 150x3000 q4
+// matrix alone, among m and in another place among them, bit for bit (the parts of K depend on the
+// matrix only). out: the GemmOut of every call; with out.x_f16 the input is fp16, 32 rows with
+// poison past the tokens. path_ok() checks what the last call ran.
+void expect_token_rows_alone_equal(Kernels& k, const std::string& name, uint32_t m, uint32_t seed, GemmOut out,
+                                   std::initializer_list<uint32_t> tokens, const std::function<void()>& path_ok) {
+  const MatCase c{150, 3000, 4, 128, pq::Method::pq};
+  const auto q = make_matrix(c);
+  const auto d = upload_quant(context(), q, describe(c));
+  const size_t cp = q.cols_padded;
+  const auto x = random_vector(m * cp, seed);
+  auto run = [&](std::span<const float> rows, uint32_t n) {
+    vk::Buffer xb;
+    if (out.x_f16) {
+      std::vector<uint32_t> packed(std::max<size_t>(32 * cp, rows.size()) / 2, kPoison);
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (i % 2 == 0) packed[i / 2] = 0;
+        packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
+      }
+      xb = context().upload_new(packed, "X fp16");
+    } else {
+      xb = context().upload_new(std::vector<float>(rows.begin(), rows.end()), "X");
+    }
+    vk::Buffer y = poisoned(size_t(n) * c.rows);
+    auto cmd = context().commands();
+    k.gemm(cmd, d, xb, y, n, false, out);
+    cmd.run();
+    path_ok();
+    return read_floats(y, size_t(n) * c.rows);
+  };
+  std::vector<float> reversed(x.size());
+  for (uint32_t t = 0; t < m; ++t) std::copy(x.begin() + t * cp, x.begin() + (t + 1) * cp, reversed.begin() + (m - 1 - t) * cp);
+  const auto all = run(x, m), rev = run(reversed, m);
+  for (uint32_t t : tokens) {
+    const auto alone = run(std::span<const float>(x).subspan(t * cp, cp), 1);
+    for (size_t r = 0; r < c.rows; ++r) {
+      ASSERT_NE(std::bit_cast<uint32_t>(alone[r]), kPoison) << name << " token " << t << " row " << r;
+      ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(all[t * c.rows + r])) << name << " token " << t << " row " << r;
+      ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(rev[(m - 1 - t) * c.rows + r]))
+          << name << " token " << t << " row " << r << ": another place";
+    }
+  }
+}
+
 // Split-K (GemmOut::split_k: continuous batching's decode steps through the tensor-core GEMM):
 // the partial tiles of each part of K and their sum (splitk_sum.comp) against the twins, with
 // accumulation, an output column offset, slices, parts that end mid-row-group and a shorter last
@@ -942,29 +987,8 @@ TEST(Gemm, SplitKMatchesCpu) {
       else EXPECT_GT(k.last_gemm_splits(), 1u) << name << " " << describe(g);
     }
     // A token's row alone, among 40 and in another place, bit for bit.
-    const MatCase c{150, 3000, 4, 128, pq::Method::pq};
-    const auto q = make_matrix(c);
-    const auto d = upload_quant(context(), q, describe(c));
-    const size_t cp = q.cols_padded;
-    const uint32_t m = 40;
-    const auto x = random_vector(m * cp, 777);
-    auto run = [&](std::span<const float> rows, uint32_t n) {
-      vk::Buffer xb = context().upload_new(std::vector<float>(rows.begin(), rows.end()), "X");
-      vk::Buffer y = poisoned(size_t(n) * c.rows);
-      auto cmd = context().commands();
-      k.gemm(cmd, d, xb, y, n, false, GemmOut{0, 0, false, true, true});
-      cmd.run();
-      EXPECT_GT(k.last_gemm_splits(), 1u) << name;
-      return read_floats(y, size_t(n) * c.rows);
-    };
-    const auto all = run(x, m);
-    for (uint32_t t : {0u, 17u, 39u}) {
-      const auto alone = run(std::span<const float>(x).subspan(t * cp, cp), 1);
-      for (size_t r = 0; r < c.rows; ++r) {
-        ASSERT_NE(std::bit_cast<uint32_t>(alone[r]), kPoison) << name << " token " << t << " row " << r;
-        ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(all[t * c.rows + r])) << name << " token " << t << " row " << r;
-      }
-    }
+    expect_token_rows_alone_equal(k, name, 40, 777, GemmOut{0, 0, false, true, true}, {0u, 17u, 39u},
+                                  [&] { EXPECT_GT(k.last_gemm_splits(), 1u) << name; });
   }
 }
 
@@ -1014,38 +1038,8 @@ TEST(Gemm, SkinnyMatchesCpu) {
     EXPECT_THROW(check_gemm(k, cases[2].g, true, true, 8), vk::Error) << name;
 
     // A token's row alone, among 24 and in another place, bit for bit (max_m 32 throughout).
-    const MatCase c{150, 3000, 4, 128, pq::Method::pq};
-    const auto q = make_matrix(c);
-    const auto d = upload_quant(context(), q, describe(c));
-    const size_t cp = q.cols_padded;
-    const uint32_t m = 24;
-    const auto x = random_vector(m * cp, 778);
-    auto run = [&](std::vector<float> rows, uint32_t n) {
-      std::vector<uint32_t> packed(32 * cp / 2, kPoison);
-      for (size_t i = 0; i < rows.size(); ++i) {
-        if (i % 2 == 0) packed[i / 2] = 0;
-        packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
-      }
-      vk::Buffer xb = context().upload_new(packed, "X fp16");
-      vk::Buffer y = poisoned(size_t(n) * c.rows);
-      auto cmd = context().commands();
-      k.gemm(cmd, d, xb, y, n, false, GemmOut{0, 0, true, true, true, 32});
-      cmd.run();
-      EXPECT_TRUE(k.last_gemm_skinny()) << name;
-      return read_floats(y, size_t(n) * c.rows);
-    };
-    std::vector<float> reversed(x.size());
-    for (uint32_t t = 0; t < m; ++t) std::copy(x.begin() + t * cp, x.begin() + (t + 1) * cp, reversed.begin() + (m - 1 - t) * cp);
-    const auto all = run(x, m), rev = run(reversed, m);
-    for (uint32_t t : {0u, 15u, 16u, 23u}) {
-      const auto alone = run(std::vector<float>(x.begin() + t * cp, x.begin() + (t + 1) * cp), 1);
-      for (size_t r = 0; r < c.rows; ++r) {
-        ASSERT_NE(std::bit_cast<uint32_t>(alone[r]), kPoison) << name << " token " << t << " row " << r;
-        ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(all[t * c.rows + r])) << name << " token " << t << " row " << r;
-        ASSERT_EQ(std::bit_cast<uint32_t>(alone[r]), std::bit_cast<uint32_t>(rev[(m - 1 - t) * c.rows + r]))
-            << name << " token " << t << " row " << r << ": another place";
-      }
-    }
+    expect_token_rows_alone_equal(k, name, 24, 778, GemmOut{0, 0, true, true, true, 32}, {0u, 15u, 16u, 23u},
+                                  [&] { EXPECT_TRUE(k.last_gemm_skinny()) << name; });
   }
 }
 

@@ -539,27 +539,7 @@ void Kernels::gemm(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView
     uint32_t kc = nchunk;
     const uint32_t splits = out.split_k && m <= tile_m ? gemm_splits(s.rows, nchunk, chunks_per_load, &kc, cfg_.gemm_split_target, 128) : 1;
     last_splits_ = splits;
-    struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate, kc, zstride; } push{
-        u32(s.rows, "rows"), m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"),
-        accumulate ? 1u : 0u, kc, 0u};
-    if (splits == 1) {
-      cmd.dispatch(*p, {s.codes, s.scales, w.codebook, x_rot, y}, push, tiles, (m + tile_m - 1) / tile_m);
-      continue;
-    }
-    // Split-K: the partials [splits][m][rows] into the scratch buffer, then their sum into y.
-    if (!splitk_.valid())
-      splitk_ = ctx_.buffer(size_t(kSplitMaxFloats) * 4, vk::MemoryKind::device, "split-K partial outputs");
-    const uint32_t rows = u32(s.rows, "rows");
-    push.ldy = rows;
-    push.y_offset = 0;
-    push.accumulate = 0;
-    push.zstride = m * rows;
-    cmd.dispatch(*p, {s.codes, s.scales, w.codebook, x_rot, splitk_}, push, tiles, (m + tile_m - 1) / tile_m, splits);
-    cmd.barrier();
-    struct { uint32_t rows, m, splits, ldy, y_offset, accumulate; } sum{rows, m, splits, ldy, u32(out.col + s.row0, "row"),
-                                                                         accumulate ? 1u : 0u};
-    cmd.dispatch(pipeline("splitk_sum", {}, 2, 24, 256), {splitk_, y}, sum, (m * rows + 255) / 256);
-    cmd.barrier();  // the next split GEMM reuses the scratch buffer
+    dispatch_tensor_gemm(cmd, *p, w, s, x_rot, y, m, accumulate, ldy, out.col, (m + tile_m - 1) / tile_m, splits, kc);
   }
 }
 
@@ -574,31 +554,40 @@ void Kernels::gemm_skinny(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::Buf
   const vk::Pipeline& p = real ? pipeline("pq_gemm_skinny", spec, 5, 40, 128, coopmat_subgroup_size())
                                : pipeline("pq_gemm_skinny_emulated", spec, 5, 40, 128);
   last_skinny_ = true;
-  const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  const uint32_t nchunk = u32(w.cols_padded / 32, "chunks");
   for (const auto& s : w.slices) {
-    const uint32_t rows = u32(s.rows, "rows"), tiles = (rows + kCoopmatTileN - 1) / kCoopmatTileN;
     uint32_t kc = nchunk;
     const uint32_t splits = gemm_splits(s.rows, nchunk, chunks_per_load, &kc, cfg_.gemm_skinny_split_target, 32);
     last_splits_ = splits;
-    struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate, kc, zstride; } push{
-        rows, m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(out.col + s.row0, "row"), accumulate ? 1u : 0u, kc, 0u};
-    if (splits == 1) {
-      cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, tiles, 1, 1);
-      continue;
-    }
-    if (!splitk_.valid())
-      splitk_ = ctx_.buffer(size_t(kSplitMaxFloats) * 4, vk::MemoryKind::device, "split-K partial outputs");
-    push.ldy = rows;
-    push.y_offset = 0;
-    push.accumulate = 0;
-    push.zstride = m * rows;
-    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, splitk_}, push, tiles, 1, splits);
-    cmd.barrier();
-    struct { uint32_t rows, m, splits, ldy, y_offset, accumulate; } sum{rows, m, splits, ldy, u32(out.col + s.row0, "row"),
-                                                                         accumulate ? 1u : 0u};
-    cmd.dispatch(pipeline("splitk_sum", {}, 2, 24, 256), {splitk_, y}, sum, (m * rows + 255) / 256);
-    cmd.barrier();  // the next split GEMM reuses the scratch buffer
+    dispatch_tensor_gemm(cmd, p, w, s, x_rot, y, m, accumulate, ldy, out.col, 1, splits, kc);
   }
+}
+
+void Kernels::dispatch_tensor_gemm(vk::Commands& cmd, const vk::Pipeline& p, const DeviceQuantMatrix& w,
+                                   const DeviceQuantMatrix::Slice& s, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
+                                   bool accumulate, uint32_t ldy, uint32_t col, uint32_t token_tiles, uint32_t splits,
+                                   uint32_t kc) {
+  const uint32_t rows = u32(s.rows, "rows"), tiles = (rows + kCoopmatTileN - 1) / kCoopmatTileN;
+  const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
+  struct { uint32_t rows, m, nchunk, nblocks, ldx, ldy, y_offset, accumulate, kc, zstride; } push{
+      rows, m, nchunk, nblocks, u32(w.cols_padded, "cols"), ldy, u32(col + s.row0, "row"), accumulate ? 1u : 0u, kc, 0u};
+  if (splits == 1) {
+    cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, y}, push, tiles, token_tiles);
+    return;
+  }
+  // Split-K: the partials [splits][m][rows] into the scratch buffer, then their sum into y.
+  if (!splitk_.valid())
+    splitk_ = ctx_.buffer(size_t(kSplitMaxFloats) * 4, vk::MemoryKind::device, "split-K partial outputs");
+  push.ldy = rows;
+  push.y_offset = 0;
+  push.accumulate = 0;
+  push.zstride = m * rows;
+  cmd.dispatch(p, {s.codes, s.scales, w.codebook, x_rot, splitk_}, push, tiles, token_tiles, splits);
+  cmd.barrier();
+  struct { uint32_t rows, m, splits, ldy, y_offset, accumulate; } sum{rows, m, splits, ldy, u32(col + s.row0, "row"),
+                                                                       accumulate ? 1u : 0u};
+  cmd.dispatch(pipeline("splitk_sum", {}, 2, 24, 256), {splitk_, y}, sum, (m * rows + 255) / 256);
+  cmd.barrier();  // the next split GEMM reuses the scratch buffer
 }
 
 uint32_t Kernels::gemm_splits(size_t rows, uint32_t nchunk, uint32_t chunks_per_load, uint32_t* kc, uint32_t target,

@@ -399,6 +399,12 @@ class Kernels {
   // holding the partials of max_tokens tokens; *kc the chunks per part. Depends on the matrix only.
   uint32_t gemm_splits(size_t rows, uint32_t nchunk, uint32_t chunks_per_load, uint32_t* kc, uint32_t target,
                        uint32_t max_tokens) const;
+  // One slice of a tensor-core GEMM (pq_gemm_coopmat.comp or pq_gemm_skinny.comp: the same
+  // buffers and push constants): 128-row tiles x token_tiles workgroups, K in `splits` parts of kc
+  // chunks (more than one: the parts into the scratch buffer, splitk_sum.comp adds them into y).
+  void dispatch_tensor_gemm(vk::Commands& cmd, const vk::Pipeline& p, const DeviceQuantMatrix& w,
+                            const DeviceQuantMatrix::Slice& s, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
+                            bool accumulate, uint32_t ldy, uint32_t col, uint32_t token_tiles, uint32_t splits, uint32_t kc);
   // gemm() through pq_gemm_skinny.comp (real) or its emulation; ldy resolved.
   void gemm_skinny(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x_rot, vk::BufferView y, uint32_t m,
                    bool accumulate, uint32_t ldy, const GemmOut& out, bool real, uint32_t chunks_per_load);

@@ -51,6 +51,7 @@ shared uvec4 Xs[2u * TM * LD];  // [buffer][token][8 halves x 5]
 shared uvec4 Ws[2u * TN * LD];  // [buffer][row][8 halves x 5]
 
 #include "pq_common.glsl"
+#include "gemm_store.glsl"
 
 // Half h of a chunk (codes 16 h .. 16 h + 15) occupies stream bits [16 h BITS, 16 (h + 1) BITS):
 // words JLO(h) .. JHI(h), at most 4.
@@ -151,16 +152,7 @@ void store_tile(ACC c, const uint i, const uint j, uint m0, uint n0) {
   const uint sg = SG_ID, wm = sg & 1u, wn = sg >> 1u, stage = sg * 64u;
   STORE_ACC(c, stage);
   SG_SYNC();
-  for (uint e = SG_LANE; e < 64u; e += SG_SIZE) {
-    const uint mm = m0 + wm * (TM / 2u) + 16u * i + (e >> 2u);
-    const uint nn = n0 + wn * 32u + 16u * j + 4u * (e & 3u);
-    if (mm < p.m) {
-      const vec4 v = uintBitsToFloat(Ws[stage + e]);
-      const uint o = gl_WorkGroupID.z * p.zstride + mm * p.ldy + p.y_offset + nn;
-      [[unroll]] for (uint k = 0u; k < 4u; ++k)
-        if (nn + k < p.rows) gemm_y[o + k] = p.accumulate != 0u ? gemm_y[o + k] + v[k] : v[k];
-    }
-  }
+  write_staged_tile(stage, m0 + wm * (TM / 2u) + 16u * i, n0 + wn * 32u + 16u * j, SG_LANE, SG_SIZE);
   SG_BARRIER();  // the tile is read before the next one overwrites it
 }
 

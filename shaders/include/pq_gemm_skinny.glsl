@@ -49,6 +49,7 @@ shared uvec4 Ws[SGS * 2u * RW * LD];  // [subgroup][buffer][row][8 halves x 5]
 shared uvec4 Xs[16u * NT * LDX];      // [token][SX chunks of 8 halves x 4, + 1]
 
 #include "pq_common.glsl"
+#include "gemm_store.glsl"
 
 float cb_lane;  // LOOKUP 1: this lane's codebook entry
 // What a lane carries from its global loads to its decode (at global scope, indexed by constants
@@ -91,16 +92,7 @@ void load_x(uint c0, uint kend) {
 void store_tile(ACC c, const uint t, const uint j, uint n0, uint stage) {
   STORE_ACC(c, stage);
   SG_SYNC();
-  for (uint e = SG_LANE; e < 64u; e += 32u) {
-    const uint mm = 16u * t + (e >> 2u);
-    const uint nn = n0 + 16u * j + 4u * (e & 3u);
-    if (mm < p.m) {
-      const vec4 v = uintBitsToFloat(Ws[stage + e]);
-      const uint o = gl_WorkGroupID.z * p.zstride + mm * p.ldy + p.y_offset + nn;
-      [[unroll]] for (uint k = 0u; k < 4u; ++k)
-        if (nn + k < p.rows) gemm_y[o + k] = p.accumulate != 0u ? gemm_y[o + k] + v[k] : v[k];
-    }
-  }
+  write_staged_tile(stage, 16u * t, n0 + 16u * j, SG_LANE, 32u);
   SG_BARRIER();  // the tile is read before the next one overwrites it
 }
 
