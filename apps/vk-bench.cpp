@@ -338,8 +338,7 @@ int run_kernels(const KernelArgs& a) {
           std::vector<float> xin = x;  // the activations the kernel reads, as fp32
           vk::Buffer xh;
           if (x16) {
-            // At least 32 rows: the skinny GEMM reads whole 16-token tiles (the rows past M are zero).
-            std::vector<uint32_t> packed((std::max(x.size(), size_t(32) * in) + 1) / 2, 0u);
+            std::vector<uint32_t> packed((x.size() + 1) / 2, 0u);
             for (size_t i = 0; i < x.size(); ++i) {
               packed[i / 2] |= uint32_t{pq::f32_to_f16(x[i])} << (16 * (i % 2));
               xin[i] = pq::f16_to_f32(pq::f32_to_f16(x[i]));
