@@ -571,8 +571,7 @@ std::string describe(const GemmCase& g) {
 // the path it took (fp32: the exact operands within kDotTol; coopmat: the fp16-rounded ones
 // within kCoopmatTwinTol and the exact ones within kFp16Tol); the columns it must not write
 // stay as they were. Returns the path.
-// max_m: GemmOut::max_m (the skinny GEMM's family size); the input then holds whole 16-token
-// tiles, the rows past m poisoned.
+// max_m: GemmOut::max_m (the skinny GEMM's family size).
 GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false, bool split = false, uint32_t max_m = 0) {
   const MatCase& c = g.mat;
   const uint32_t m = g.m;
@@ -581,8 +580,7 @@ GemmPath check_gemm(Kernels& k, const GemmCase& g, bool x16 = false, bool split 
   const size_t cp = q.cols_padded, ldy = c.rows + g.extra;
   auto x = random_vector(m * c.cols, m * 3 + static_cast<uint32_t>(c.cols * 5 + c.bits));
   vk::Buffer xb = context().upload_new(x, "X");
-  const size_t x_rows = std::max<size_t>(m, (max_m + 15) / 16 * 16);
-  vk::Buffer xr = poisoned(x16 ? x_rows * cp / 2 : m * cp);  // fp16 input: the preparation writes halves
+  vk::Buffer xr = poisoned(x16 ? m * cp / 2 : m * cp);  // fp16 input: the preparation writes halves
   std::vector<float> y0 = random_vector(m * ldy, m + 17);
   if (!g.accumulate)
     for (size_t i = 0; i < y0.size(); ++i)
@@ -918,8 +916,8 @@ TEST(Gemm, TokenRowDoesNotDependOnTheOtherTokens) {
 
 // Continuous batching's decode GEMMs (split K, skinny): a token's output row of a 150x3000 q4
 // matrix alone, among m and in another place among them, bit for bit (the parts of K depend on the
-// matrix only). out: the GemmOut of every call; with out.x_f16 the input is fp16, 32 rows with
-// poison past the tokens. path_ok() checks what the last call ran.
+// matrix only). out: the GemmOut of every call; with out.x_f16 the input is fp16. path_ok() checks
+// what the last call ran.
 void expect_token_rows_alone_equal(Kernels& k, const std::string& name, uint32_t m, uint32_t seed, GemmOut out,
                                    std::initializer_list<uint32_t> tokens, const std::function<void()>& path_ok) {
   const MatCase c{150, 3000, 4, 128, pq::Method::pq};
@@ -930,11 +928,8 @@ void expect_token_rows_alone_equal(Kernels& k, const std::string& name, uint32_t
   auto run = [&](std::span<const float> rows, uint32_t n) {
     vk::Buffer xb;
     if (out.x_f16) {
-      std::vector<uint32_t> packed(std::max<size_t>(32 * cp, rows.size()) / 2, kPoison);
-      for (size_t i = 0; i < rows.size(); ++i) {
-        if (i % 2 == 0) packed[i / 2] = 0;
-        packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
-      }
+      std::vector<uint32_t> packed(rows.size() / 2, 0u);
+      for (size_t i = 0; i < rows.size(); ++i) packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
       xb = context().upload_new(packed, "X fp16");
     } else {
       xb = context().upload_new(std::vector<float>(rows.begin(), rows.end()), "X");
@@ -997,9 +992,9 @@ TEST(Gemm, SplitKMatchesCpu) {
 // shared table above), with and without split K, slices, accumulation, an output column offset,
 // rows past a 32-row subgroup and a 128-row tile, one and two 16-token tiles, codes loaded 2 or 4
 // chunks at a time, activations staged 8 and 4 chunks at a time (lavapipe's 32 KiB of shared
-// memory stage two token tiles 4 at a time), the unrotated methods; the input rows past m hold
-// poison (never read: the shader stages zeros for them); and a token's row bit for bit the same
-// alone, among others and in another place. The emulated shader on every device, the
+// memory stage two token tiles 4 at a time), the unrotated methods, an input of exactly m rows
+// (the shader stages zeros past them); and a token's row bit for bit the same alone, among
+// others and in another place. The emulated shader on every device, the
 // tensor-core one where the device has it.
 TEST(Gemm, SkinnyMatchesCpu) {
   std::vector<std::pair<std::string, KernelConfig>> paths = {{"emulated", gemm_config(Coopmat::emulated, 64)}};

@@ -204,12 +204,15 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
     else if (v == "emulated") cfg_.attention_coopmat = A::emulated;
     else throw Error("PQVK_ATTENTION_COOPMAT='" + v + "' is not 0, 1 or emulated");
   }
-  if (const char* e = std::getenv("PQVK_GEMM_SPLIT"); e && *e) {  // benchmarks: split-K target (0: off)
-    char* end = nullptr;
-    const unsigned long v = std::strtoul(e, &end, 10);
-    if (*end || v > 65536) throw Error(std::string("PQVK_GEMM_SPLIT='") + e + "' is not a workgroup count (0..65536)");
-    cfg_.gemm_split_target = static_cast<uint32_t>(v);
-  }
+  // Benchmarks: the split-K targets of the 128-row-tile and the skinny tensor-core GEMMs (0: off).
+  for (auto [var, field] : {std::pair{"PQVK_GEMM_SPLIT", &cfg_.gemm_split_target},
+                            std::pair{"PQVK_GEMM_SKINNY_SPLIT", &cfg_.gemm_skinny_split_target}})
+    if (const char* e = std::getenv(var); e && *e) {
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(e, &end, 10);
+      if (*end || v > 65536) throw Error(std::string(var) + "='" + e + "' is not a workgroup count (0..65536)");
+      *field = static_cast<uint32_t>(v);
+    }
   if (const char* e = std::getenv("PQVK_GEMM_SKINNY"); e && *e) {  // benchmarks: 0 turns the skinny GEMM off
     const std::string v = e;
     if (v != "0" && v != "1") throw Error("PQVK_GEMM_SKINNY='" + v + "': 0 or 1");
@@ -222,12 +225,6 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
       if (*end || v > 255) throw Error(std::string(var) + "='" + e + "' is not an ablation (0..255)");
       *field = static_cast<uint32_t>(v);
     }
-  if (const char* e = std::getenv("PQVK_GEMM_SKINNY_SPLIT"); e && *e) {  // benchmarks: the skinny GEMM's split-K target
-    char* end = nullptr;
-    const unsigned long v = std::strtoul(e, &end, 10);
-    if (*end || v > 65536) throw Error(std::string("PQVK_GEMM_SKINNY_SPLIT='") + e + "' is not a workgroup count (0..65536)");
-    cfg_.gemm_skinny_split_target = static_cast<uint32_t>(v);
-  }
   if (cfg_.gemm_coopmat_tm != 0 && cfg_.gemm_coopmat_tm != 64 && cfg_.gemm_coopmat_tm != 128)
     throw Error("cooperative-matrix GEMM tile: " + std::to_string(cfg_.gemm_coopmat_tm) + " tokens (64 or 128)");
   if (cfg_.gemv_table_shift > 5) throw Error("gemv table copies: at most 32 (shift 5)");

@@ -208,9 +208,9 @@ struct GemmOut {
   bool split_k = false;
   // With split_k: the most tokens any call of this family has (continuous batching: the slots;
   // 0: unknown). Where it is at most 32 and the activations are fp16, the tensor-core paths take
-  // the skinny GEMM (pq_gemm_skinny.comp:
-  // each subgroup decodes its own rows, no workgroup barrier; KernelConfig::gemm_skinny) at every
-  // m up to max_m, so that a token's result still does not depend on m.
+  // the skinny GEMM (pq_gemm_skinny.comp: each subgroup decodes its own rows, no workgroup
+  // barrier; KernelConfig::gemm_skinny) at every m up to max_m, so that a token's result still
+  // does not depend on m.
   uint32_t max_m = 0;
 };
 
