@@ -860,6 +860,15 @@ TEST(Gemm, CoopmatWhereSupportedElsePortable) {
   }
 }
 
+// Activations for a GEMM: fp32 as given, or (x16: what the tensor-core GEMMs read) rounded to fp16
+// and packed two to a word.
+vk::Buffer upload_activations(std::span<const float> rows, bool x16) {
+  if (!x16) return context().upload_new(std::vector<float>(rows.begin(), rows.end()), "X");
+  std::vector<uint32_t> packed((rows.size() + 1) / 2, 0u);
+  for (size_t i = 0; i < rows.size(); ++i) packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
+  return context().upload_new(packed, "X fp16");
+}
+
 // Continuous batching's prefill steps put a prompt's tokens into GEMMs of any size beside other
 // prompts' tokens (GemmOut::any_m): a token's output row must not depend on M or on its place
 // among the M, bit for bit, on every GEMM path the device runs: the portable shader, the
@@ -884,14 +893,7 @@ TEST(Gemm, TokenRowDoesNotDependOnTheOtherTokens) {
     Kernels k(context(), cfg);
     const bool x16 = k.gemm_takes_f16(m, true);
     auto run = [&](std::span<const float> rows, uint32_t n) {
-      vk::Buffer xb;
-      if (x16) {
-        std::vector<uint32_t> packed((rows.size() + 1) / 2, 0u);
-        for (size_t i = 0; i < rows.size(); ++i) packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
-        xb = context().upload_new(packed, "X fp16");
-      } else {
-        xb = context().upload_new(std::vector<float>(rows.begin(), rows.end()), "X");
-      }
+      vk::Buffer xb = upload_activations(rows, x16);
       vk::Buffer y = poisoned(size_t(n) * c.rows);
       auto cmd = context().commands();
       k.gemm(cmd, d, xb, y, n, false, GemmOut{0, 0, x16, true});
@@ -926,14 +928,7 @@ void expect_token_rows_alone_equal(Kernels& k, const std::string& name, uint32_t
   const size_t cp = q.cols_padded;
   const auto x = random_vector(m * cp, seed);
   auto run = [&](std::span<const float> rows, uint32_t n) {
-    vk::Buffer xb;
-    if (out.x_f16) {
-      std::vector<uint32_t> packed(rows.size() / 2, 0u);
-      for (size_t i = 0; i < rows.size(); ++i) packed[i / 2] |= uint32_t{pq::f32_to_f16(rows[i])} << (16 * (i % 2));
-      xb = context().upload_new(packed, "X fp16");
-    } else {
-      xb = context().upload_new(std::vector<float>(rows.begin(), rows.end()), "X");
-    }
+    vk::Buffer xb = upload_activations(rows, out.x_f16);
     vk::Buffer y = poisoned(size_t(n) * c.rows);
     auto cmd = context().commands();
     k.gemm(cmd, d, xb, y, n, false, out);
