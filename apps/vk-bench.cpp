@@ -191,33 +191,23 @@ struct KernelArgs {
 
 // A --gemv-configs entry: "256x8h" -> workgroup 256, 8 rows, lookups by subgroup shuffle.
 // Letters: t table (as many copies as fit), u table with one copy, h shuffle, r shuffle with
-// unmasked indices, p two codes per lookup (fp16 pairs, 2-4 bits; more bits: automatic),
-// d no lookup (a float from the code's bits: the lookups' cost, not a GEMV).
-// WGxROWSxGROUPS + letter: at most GROUPS workgroups, each taking several row groups.
+// unmasked indices, d no lookup (a float from the code's bits: the lookups' cost, not a GEMV).
 pqvk::KernelConfig parse_gemv_config(const std::string& s, pqvk::KernelConfig cfg) {
   using L = pqvk::KernelConfig::GemvLookup;
   const size_t x = s.find('x');
-  const std::string letters = "tuhrpd";
+  const std::string letters = "tuhrd";
   try {
     if (x != std::string::npos && s.size() > x + 2 && letters.find(s.back()) != std::string::npos) {
       cfg.gemv_wg = static_cast<uint32_t>(std::stoul(s.substr(0, x)));
-      const std::string rest = s.substr(x + 1, s.size() - x - 2);  // ROWS or ROWSxGROUPS
-      const size_t x2 = rest.find('x');
-      cfg.gemv_rows = static_cast<uint32_t>(std::stoul(rest.substr(0, x2)));
+      cfg.gemv_rows = static_cast<uint32_t>(std::stoul(s.substr(x + 1, s.size() - x - 2)));
       const char l = s.back();
-      cfg.gemv_groups = x2 == std::string::npos ? 0 : static_cast<uint32_t>(std::stoul(rest.substr(x2 + 1)));
-      cfg.gemv_pairs_groups = cfg.gemv_groups;
-      cfg.gemv_lookup = l == 'h' ? L::shuffle : l == 'r' ? L::shuffle_unmasked : l == 'd' ? L::code : l == 'p' ? L::pairs : L::table;
+      cfg.gemv_lookup = l == 'h' ? L::shuffle : l == 'r' ? L::shuffle_unmasked : l == 'd' ? L::code : L::table;
       cfg.gemv_table_shift = l == 'u' ? 0 : -1;
-      if (l == 'p') {
-        cfg.gemv_pairs_wg = cfg.gemv_wg;
-        cfg.gemv_pairs_rows = cfg.gemv_rows;
-      }
       return cfg;
     }
   } catch (const std::exception&) {
   }
-  throw std::runtime_error("--gemv-configs '" + s + "' is not WGxROWS followed by t, u, h, r, p or d (e.g. 256x8h, 128x8x264p)");
+  throw std::runtime_error("--gemv-configs '" + s + "' is not WGxROWS followed by t, u, h, r or d (e.g. 256x8h)");
 }
 
 std::pair<size_t, size_t> parse_shape(const std::string& s) {
@@ -375,10 +365,6 @@ int run_kernels(const KernelArgs& a) {
             row.format += " [" + row.path + (kv->last_gemm_skinny() ? ", skinny" : "") +
                           (kv->last_gemm_splits() > 1 ? ", split-K " + std::to_string(kv->last_gemm_splits()) : "") + "]";
             if (path != Kernels::GemmPath::portable) row.check_tol = 3e-3;
-          }
-          if (m == 1 && !f16 && kv->gemv_lookup(bits) == pqvk::KernelConfig::GemvLookup::pairs) {
-            row.format += " [pairs]";
-            row.check_tol = 3e-3;  // fp16 operands and sums within each chunk
           }
           rows.push_back(row);
           if (a.check && !f16 && kv->config().gemv_lookup != pqvk::KernelConfig::GemvLookup::code) {
@@ -1062,7 +1048,7 @@ int main(int argc, char** argv) {
                  "For M > 1 also what continuous batching's decode steps may run: the batched GEMV (shape from $PQVK_GEMV_BATCH=WGxROWSxTOKENS) and the GEMM with K split");
   kern->add_flag("--check", ka.check, "Also check every timed quantized GEMV / GEMM against its CPU twin (exit 1 on a mismatch)");
   kern->add_option("--gemv-configs", ka.gemv_configs,
-                   "Time the GEMV once per configuration WGxROWS + t (shared table), u (table, one copy), h (subgroup shuffle), r (shuffle, unmasked indices), p (two codes per lookup, fp16 pairs, 2-4 bits) or d (no lookup: its cost); WGxROWSxGROUPS caps the workgroups; e.g. 128x2t,256x8h,32x2x4224r")
+                   "Time the GEMV once per configuration WGxROWS + t (shared table), u (table, one copy), h (subgroup shuffle), r (shuffle, unmasked indices) or d (no lookup: its cost), e.g. 128x2t,256x8h")
       ->delimiter(',');
   // llama.cpp's spelling -np (CLI11 takes one-letter short options only).
   std::vector<std::string> args;

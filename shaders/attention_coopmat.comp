@@ -1,7 +1,7 @@
 #version 450
 // attention_coopmat: causal grouped-query attention of prefill on tensor cores
 // (VK_NV_cooperative_matrix), the same result as attention.comp / attention_tiled.comp
-// (same buffers as attention_tiled.comp, its push constants and `share`) within fp16 rounding:
+// (same buffers and push constants as attention_tiled.comp) within fp16 rounding:
 //   out[m][h] = sum_t softmax_t(q_m,h . k_t,kvh / sqrt(hd)) v_t,kvh,  t in [lo(pos), pos]
 // Q K^T and P V are fp16 x fp16 products with fp32 sums: the queries (times 1/sqrt(hd)) and the
 // probabilities are rounded to fp16 once (keys and values are fp16 in the cache already).
@@ -14,9 +14,8 @@
 //          must come rotated (H q per head) and out leaves rotated (H o per head): Kernels::attention
 //          rotates both with fwht.comp (hd 64 or 128).
 // Workgroup: 128 invocations as 4 subgroups of 32 (Kernels::attention takes this shader only
-//          where subgroups are 32 wide), BQ = 64 query rows: `share` heads of one KV head (push
-//          constant, a divisor of n_heads / n_kv and of 64) at 64 / share positions each, so that
-//          every key and value tile serves all of them; subgroup g owns rows 16 g .. 16 g + 15. The queries are stored once as fp16 rows in shared memory in the
+//          where subgroups are 32 wide), BQ = 64 queries of one head; subgroup g owns queries
+//          16 g .. 16 g + 15. The queries are stored once as fp16 rows in shared memory in the
 //          keys' dimension order (so q . k needs no reordering), padded with zeros to a
 //          multiple of 16 dims. Keys (and values) go through shared memory BK at a time.
 //          Two passes over the keys: the first finds each query's highest score, the second
@@ -28,7 +27,7 @@
 //          V (BK x hd) adds to the hd / 16 output accumulators.
 //          Shared memory (rows of 128 halves + 16 bytes of padding): 30.75 KiB at BK = 16
 //          (within the 32 KiB every Vulkan device has), 43.25 KiB at BK = 32.
-// Dispatch: (n_heads / share, ceil(M / (64 / share))).
+// Dispatch: (n_heads, ceil(M / 64)).
 // Specialization: 0 BK (keys per tile, 16 or 32), 1 KV_BITS (0: fp16 cache; 4 or 8). hd <= 128.
 // The body is include/attention_coopmat.glsl, written in the operations defined here;
 // attention_coopmat_emulated.comp runs it with scalar stand-ins for them on any device.

@@ -227,7 +227,7 @@ TEST(Prepare, MergeIgnoresEmptySplitsAtVeryNegativeScores) {
 // arithmetic throughout). prepared: the input rotated by fwht() first (gemv-interleaved); else the GEMV's own
 // prologue rotates it (and, with `norm`, applies the RMSNorm first).
 void check_gemv(const MatCase& c, size_t max_slice_bytes, Kernels& k = kernels(), bool prepared = true,
-                bool norm = false, double tol = kDotTol) {
+                bool norm = false) {
   auto q = make_matrix(c);
   auto d = upload_quant(context(), q, describe(c), max_slice_bytes);
   auto x = random_vector(c.cols, static_cast<uint32_t>(c.cols + 99));
@@ -263,7 +263,7 @@ void check_gemv(const MatCase& c, size_t max_slice_bytes, Kernels& k = kernels()
   std::vector<double> ref(c.rows);
   pq::gemv_reference(q, xin.data(), ref.data());
   const auto got = read_floats(y, c.rows);
-  EXPECT_LT(rel_error(got, ref), tol) << describe(c) << " slices=" << d.slices.size()
+  EXPECT_LT(rel_error(got, ref), kDotTol) << describe(c) << " slices=" << d.slices.size()
                                           << " lookup=" << int(k.gemv_lookup(c.bits)) << " wg=" << k.config().gemv_wg
                                           << " rows=" << k.config().gemv_rows << " prepared=" << prepared << " norm=" << norm;
 }
@@ -297,47 +297,12 @@ TEST(Gemv, SharedTableMatchesCpuEveryBitWidth) {
   }
 }
 
-// Two codes per lookup (pq_gemv_pairs.comp): fp16 pairs of codebook entries and of inputs, fp16
-// sums within each 32-input chunk, so a looser bound than fp32 (vk-bench kernels --check's 3e-3
-// for fp16 operands); 5 bits and raw inputs fall back to the single lookups (fp32 bound).
-constexpr double kPairsTol = 2e-3;  // measured 3.5e-4..5.3e-4 (lavapipe)
-
-TEST(Gemv, PairLookupsMatchCpu) {
-  if (!context().info().fp16) GTEST_FAIL() << "no fp16 arithmetic on this device: pair lookups cannot be tested";
-  const std::vector<MatCase> cases{{1, 200, 2, 128, pq::Method::pq},
-                                   {37, 4096 + 40, 4, 128, pq::Method::pq},
-                                   {19, 14336 + 100, 3, 128, pq::Method::pq},
-                                   {70, 333, 4, 64, pq::Method::absmax},
-                                   {33, 1000, 4, 256, pq::Method::lloyd}};
-  // {wg, rows, groups}: groups caps the workgroups, each then takes several row groups
-  for (auto [wg, rows, groups] : std::vector<std::tuple<uint32_t, uint32_t, uint32_t>>{{128, 8, 0}, {64, 3, 5}, {256, 32, 0}}) {
-    KernelConfig cfg = gemv_config(32, 2, Lookup::pairs);
-    cfg.gemv_pairs_wg = wg;
-    cfg.gemv_pairs_rows = rows;
-    cfg.gemv_pairs_groups = groups;
-    Kernels k(context(), cfg);
-    for (size_t i = 0; i < cases.size(); ++i) {
-      if (wg == 256 && i != 1) continue;  // the large shape on one case (lavapipe's pipeline builds are slow)
-      ASSERT_EQ(k.gemv_lookup(cases[i].bits), Lookup::pairs) << describe(cases[i]);
-      check_gemv(cases[i], 0, k, true, false, kPairsTol);
-    }
-    if (wg != 128) continue;
-    check_gemv(cases[1], 0, k, false, true);  // a raw input: single lookups, fp32
-    const MatCase five{21, 1100, 5, 128, pq::Method::pq};
-    EXPECT_NE(k.gemv_lookup(5), Lookup::pairs);
-    check_gemv(five, 0, k);
-  }
-}
-
 TEST(Gemv, WorkgroupShapes) {
   // Rows per workgroup that do not divide the row count, one invocation per chunk or many,
   // chunk counts that are not multiples of the workgroup or subgroup size.
-  // groups: at most that many workgroups, each taking several row groups (0: one each).
-  for (auto [wg, rows, groups] : std::vector<std::tuple<uint32_t, uint32_t, uint32_t>>{{64, 3, 0}, {256, 16, 0}, {32, 2, 5}})
+  for (auto [wg, rows] : std::vector<std::pair<uint32_t, uint32_t>>{{64, 3}, {256, 16}})
     for (Lookup lookup : {Lookup::table, Lookup::shuffle}) {
-      KernelConfig cfg = gemv_config(wg, rows, lookup);
-      cfg.gemv_groups = groups;
-      Kernels k(context(), cfg);
+      Kernels k(context(), gemv_config(wg, rows, lookup));
       for (const MatCase& c : std::vector<MatCase>{{1, 200, 3, 128, pq::Method::pq},
                                                    {37, 4096 + 40, 2, 128, pq::Method::pq},
                                                    {19, 14336 + 100, 5, 128, pq::Method::pq},
@@ -429,18 +394,8 @@ TEST(Gemv, FoldPreparesTheNextInput) {
   };
   for (const FoldCase& f : std::vector<FoldCase>{{300, 1000, 77, 4, 5, 128, 32, 2, 0},
                                                  {130, 333, 1, 3, 4, 64, 64, 4, 0},
-                                                 {1100, 640, 13, 5, 3, 128, 128, 8, 256},
-                                                 {1100, 640, 13, 4, 3, 128, 0, 16, 256},
-                                                 {700, 900, 29, 3, 4, 64, 0, 8, 0}}) {
-    // wg 0: pair lookups in workgroups of 128 x rows (prepared inputs, both GEMVs), at most 7
-    // workgroups (each takes several row groups, folds included)
-    KernelConfig cfg = gemv_config(f.wg ? f.wg : 32, f.wg ? f.rows : 2, f.wg ? Lookup::automatic : Lookup::pairs);
-    cfg.gemv_pairs_wg = 128;
-    cfg.gemv_pairs_rows = f.rows;
-    cfg.gemv_pairs_groups = 7;
-    cfg.gemv_groups = f.nout == 130 ? 3 : 0;  // one case of the single lookups with a capped grid too
-    Kernels k(context(), cfg);
-    const double tol = f.wg ? kDotTol : kPairsTol;
+                                                 {1100, 640, 13, 5, 3, 128, 128, 8, 256}}) {
+    Kernels k(context(), gemv_config(f.wg, f.rows, Lookup::automatic));
     const std::string what = "nout " + std::to_string(f.nout) + " block " + std::to_string(f.block) + " wg " +
                              std::to_string(f.wg) + "x" + std::to_string(f.rows);
     const size_t nb = (f.nout + f.block - 1) / f.block;
@@ -478,7 +433,7 @@ TEST(Gemv, FoldPreparesTheNextInput) {
     std::vector<double> yref(y0.begin(), y0.end()), w1x(f.nout);
     pq::gemv_reference(w1, x.data(), w1x.data());
     for (size_t i = 0; i < f.nout; ++i) yref[i] += w1x[i];
-    EXPECT_LT(rel_error(read_floats(y, f.nout), yref), f.wg ? 1e-5 : tol) << what << " (residual)";
+    EXPECT_LT(rel_error(read_floats(y, f.nout), yref), 1e-5) << what << " (residual)";
     std::vector<double> pref(prepared, 0.0), sref(nb, 0.0);
     double ss = 0;
     for (size_t b = 0; b < nb; ++b) {
@@ -499,14 +454,14 @@ TEST(Gemv, FoldPreparesTheNextInput) {
       got_blocks.push_back(got_next[gemv_interleaved_index(e)]);
       want_blocks.push_back(pref[gemv_interleaved_index(e)]);
     }
-    EXPECT_LT(rel_error(got_blocks, want_blocks), f.wg ? 1e-5 : tol) << what << " (prepared blocks)";
-    EXPECT_LT(rel_error(read_floats(sums, nb), sref), f.wg ? 1e-5 : 2 * tol) << what << " (sums of squares)";
+    EXPECT_LT(rel_error(got_blocks, want_blocks), 1e-5) << what << " (prepared blocks)";
+    EXPECT_LT(rel_error(read_floats(sums, nb), sref), 1e-5) << what << " (sums of squares)";
     std::vector<float> h(f.nout);
     const double inv = 1.0 / std::sqrt(ss / double(f.nout) + 1e-5);
     for (size_t i = 0; i < f.nout; ++i) h[i] = static_cast<float>(yref[i] * inv * gamma[i]);
     std::vector<double> zref(f.next_rows);
     pq::gemv_reference(w2, h.data(), zref.data());
-    EXPECT_LT(rel_error(read_floats(z, f.next_rows), zref), f.wg ? kDotTol : 2 * tol) << what << " (next GEMV)";
+    EXPECT_LT(rel_error(read_floats(z, f.next_rows), zref), kDotTol) << what << " (next GEMV)";
     EXPECT_EQ(context().download_all<uint32_t>(counters), std::vector<uint32_t>(nb, 0u)) << what << ": counters left set";
   }
 }

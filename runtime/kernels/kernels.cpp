@@ -3,7 +3,6 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
-#include <numeric>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -154,35 +153,18 @@ DeviceF16Matrix upload_f16(vk::Context& ctx, const float* w, size_t rows, size_t
 // ---- kernels ---------------------------------------------------------------------------------
 
 Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
-  if (const char* e = std::getenv("PQVK_GEMV"); e && *e) {  // "WGxROWS[xGROUPS]": benchmarks' override of the GEMV shape
-    unsigned wg = 0, rows = 0, groups = 0;
-    const int n = std::sscanf(e, "%ux%ux%u", &wg, &rows, &groups);
-    if (n != 2 && n != 3) throw Error(std::string("PQVK_GEMV='") + e + "' is not WGxROWS[xGROUPS] (e.g. 256x8 or 32x2x4224)");
+  if (const char* e = std::getenv("PQVK_GEMV"); e && *e) {  // "WGxROWS": benchmarks' override of the GEMV shape
+    unsigned wg = 0, rows = 0;
+    if (std::sscanf(e, "%ux%u", &wg, &rows) != 2) throw Error(std::string("PQVK_GEMV='") + e + "' is not WGxROWS (e.g. 256x8)");
     cfg_.gemv_wg = wg;
     cfg_.gemv_rows = rows;
-    cfg_.gemv_groups = n == 3 ? groups : 0;
   }
-  if (const char* e = std::getenv("PQVK_GEMV_LOOKUP"); e && *e) {  // table, shuffle, unmasked, pairs (benchmarks)
+  if (const char* e = std::getenv("PQVK_GEMV_LOOKUP"); e && *e) {  // table, shuffle, unmasked (benchmarks)
     const std::string v = e;
     if (v == "table") cfg_.gemv_lookup = KernelConfig::GemvLookup::table;
     else if (v == "shuffle") cfg_.gemv_lookup = KernelConfig::GemvLookup::shuffle;
     else if (v == "unmasked") cfg_.gemv_lookup = KernelConfig::GemvLookup::shuffle_unmasked;
-    else if (v == "pairs") cfg_.gemv_lookup = KernelConfig::GemvLookup::pairs;
-    else throw Error("PQVK_GEMV_LOOKUP='" + v + "' is not table, shuffle, unmasked or pairs");
-  }
-  if (const char* e = std::getenv("PQVK_GEMV_PAIRS"); e && *e) {  // "WGxROWS[xGROUPS]" or 0: the pair lookups (benchmarks)
-    unsigned wg = 0, rows = 0, groups = 0;
-    const int n = std::sscanf(e, "%ux%ux%u", &wg, &rows, &groups);
-    if (std::string(e) == "0") {
-      cfg_.gemv_pairs = false;
-    } else if (n == 2 || n == 3) {
-      cfg_.gemv_pairs = true;
-      cfg_.gemv_pairs_wg = wg;
-      cfg_.gemv_pairs_rows = rows;
-      cfg_.gemv_pairs_groups = n == 3 ? groups : 0;
-    } else {
-      throw Error(std::string("PQVK_GEMV_PAIRS='") + e + "' is not WGxROWS[xGROUPS] (e.g. 128x8 or 128x8x264) or 0");
-    }
+    else throw Error("PQVK_GEMV_LOOKUP='" + v + "' is not table, shuffle or unmasked");
   }
   if (const char* e = std::getenv("PQVK_GEMV_FOLD"); e && *e) {  // 0 / 1: folded preparations (benchmarks)
     const std::string v = e;
@@ -231,12 +213,11 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
       if (*end || v > 65536) throw Error(std::string(var) + "='" + e + "' is not a workgroup count (0..65536)");
       *field = static_cast<uint32_t>(v);
     }
-  for (auto [var, field] : {std::pair{"PQVK_GEMM_SKINNY", &cfg_.gemm_skinny}, std::pair{"PQVK_ATTENTION_SHARE", &cfg_.attention_share}})
-    if (const char* e = std::getenv(var); e && *e) {  // benchmarks: 0 / 1
-      const std::string v = e;
-      if (v != "0" && v != "1") throw Error(std::string(var) + "='" + v + "': 0 or 1");
-      *field = v == "1";
-    }
+  if (const char* e = std::getenv("PQVK_GEMM_SKINNY"); e && *e) {  // benchmarks: 0 turns the skinny GEMM off
+    const std::string v = e;
+    if (v != "0" && v != "1") throw Error("PQVK_GEMM_SKINNY='" + v + "': 0 or 1");
+    cfg_.gemm_skinny = v == "1";
+  }
   for (auto [var, field] : {std::pair{"PQVK_GEMV_ABLATE", &cfg_.gemv_ablate}, std::pair{"PQVK_GEMM_ABLATE", &cfg_.gemm_ablate}})
     if (const char* e = std::getenv(var); e && *e) {  // benchmarks only
       char* end = nullptr;
@@ -247,11 +228,9 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
   if (cfg_.gemm_coopmat_tm != 0 && cfg_.gemm_coopmat_tm != 64 && cfg_.gemm_coopmat_tm != 128)
     throw Error("cooperative-matrix GEMM tile: " + std::to_string(cfg_.gemm_coopmat_tm) + " tokens (64 or 128)");
   if (cfg_.gemv_table_shift > 5) throw Error("gemv table copies: at most 32 (shift 5)");
-  for (auto [wg, rows] : {std::pair{cfg_.gemv_wg, cfg_.gemv_rows}, std::pair{cfg_.gemv_pairs_wg, cfg_.gemv_pairs_rows}}) {
-    if (wg % 32 || wg == 0 || wg > ctx.info().max_workgroup_invocations)
-      throw Error("gemv workgroup size " + std::to_string(wg) + " must be a multiple of 32 within the device limit");
-    if (rows == 0 || rows > 32) throw Error("gemv rows per workgroup must be 1..32, not " + std::to_string(rows));
-  }
+  if (cfg_.gemv_wg % 32 || cfg_.gemv_wg == 0 || cfg_.gemv_wg > ctx.info().max_workgroup_invocations)
+    throw Error("gemv workgroup size " + std::to_string(cfg_.gemv_wg) + " must be a multiple of 32 within the device limit");
+  if (cfg_.gemv_rows == 0 || cfg_.gemv_rows > 16) throw Error("gemv rows per workgroup must be 1..16");
   dummy_ = ctx_.buffer(64, vk::MemoryKind::device, "unused binding");
   // What pq_gemm_coopmat.comp needs (its header): each missing piece, in words.
   const auto& info = ctx.info();
@@ -396,19 +375,15 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
       check_view(fold.norm, nout, w.name + " next rmsnorm weight");
     }
   }
-  // Pair lookups read prepared inputs only: raw ones take the single lookups.
-  if (lookup == L::pairs && op.prologue != GemvOp::prepared && op.prologue != GemvOp::prepared_rms)
-    lookup = single_lookup(w.bits);
-  const uint32_t bits = static_cast<uint32_t>(w.bits);
-  const GemvShape shape = gemv_shape(w, lookup, fold.kind != GemvOp::Fold::none);
-  if (swiglu && (w.rows % 2 || shape.rows % 2))
+  if (swiglu && (w.rows % 2 || cfg_.gemv_rows % 2))
     throw Error(w.name + ": the SwiGLU epilogue needs an even row count and rows per workgroup");
-  const uint32_t rep_shift = shape.rep_shift;
-  const uint32_t mode = lookup == L::table              ? 0u
-                        : lookup == L::shuffle          ? 1u
-                        : lookup == L::shuffle_unmasked ? 2u
-                        : lookup == L::code             ? 3u
-                                                        : 4u;
+  const uint32_t bits = static_cast<uint32_t>(w.bits);
+  // Table copies (a power of two, up to one per lane of a 32-wide subgroup) within a share of
+  // shared memory.
+  uint32_t rep_shift = 5;
+  while (rep_shift > 0 && (size_t(4) << (bits + rep_shift)) > gemv_table_budget(ctx_)) --rep_shift;
+  if (cfg_.gemv_table_shift >= 0) rep_shift = std::min<uint32_t>(rep_shift, static_cast<uint32_t>(cfg_.gemv_table_shift));
+  const uint32_t mode = lookup == L::table ? 0u : lookup == L::shuffle ? 1u : lookup == L::shuffle_unmasked ? 2u : 3u;
   const uint32_t prologue = op.prologue == GemvOp::prepared       ? 0u
                             : op.prologue == GemvOp::prepared_rms ? 8u
                                                                   : 4u | (w.rotated ? 1u : 0u) | (op.prologue == GemvOp::rmsnorm ? 2u : 0u);
@@ -417,11 +392,11 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
                 std::to_string(w.block / 32) + " invocations");
   const uint32_t epilogue = static_cast<uint32_t>(op.epilogue);
   const uint32_t nblocks = u32(w.cols_padded / w.block, "blocks"), nchunk = u32(w.cols_padded / 32, "chunks");
-  const uint32_t wg = shape.wg;
+  const uint32_t wg = gemv_workgroup(cfg_, nchunk, lookup == L::table);
   const uint32_t fold_kind = fold.kind == GemvOp::Fold::rms_norm ? 1u : fold.kind == GemvOp::Fold::plain ? 2u : 0u;
-  const auto& p = pipeline(mode == 4 ? "pq_gemv_pairs" : "pq_gemv",
-                           {{0, wg}, {1, bits}, {2, shape.rows}, {3, uint32_t(w.block)},
-                            {4, mode == 0 || mode == 4 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue},
+  const auto& p = pipeline("pq_gemv",
+                           {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
+                            {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue},
                             {8, fold_kind}, {9, fold_kind ? fold.block : 128u}, {10, fold.rotate ? 1u : 0u},
                             {11, cfg_.gemv_ablate}},
                            10, 32, wg);
@@ -432,51 +407,19 @@ void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferV
         u32(s.rows, "rows"), nchunk, nblocks, u32(op.prologue == GemvOp::prepared ? w.cols_padded : w.cols, "cols"),
         u32(op.y_offset + (swiglu ? s.row0 / 2 : s.row0), "row"), op.x_offset, op.eps, nout};
     uint32_t gx, gy;
-    size_t groups = (s.rows + shape.rows - 1) / shape.rows;
-    const uint32_t cap = mode == 4 ? cfg_.gemv_pairs_groups : cfg_.gemv_groups;
-    if (cap) groups = std::min<size_t>(groups, cap);
-    grid(ctx_, groups, &gx, &gy);
+    grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
     cmd.dispatch(p, {s.codes, s.scales, w.codebook, x, y, or_dummy(op.norm), or_dummy(fold.counters), or_dummy(fold.next),
                      or_dummy(op.prologue == GemvOp::prepared_rms ? op.partials : fold.partials), or_dummy(fold.norm)},
                  push, gx, gy);
   }
 }
 
-Kernels::GemvShape Kernels::gemv_shape(const DeviceQuantMatrix& w, KernelConfig::GemvLookup lookup, bool fold) const {
-  using L = KernelConfig::GemvLookup;
-  const uint32_t bits = static_cast<uint32_t>(w.bits), nchunk = static_cast<uint32_t>(w.cols_padded / 32);
-  GemvShape s{};
-  if (lookup == L::pairs) {
-    s.wg = std::min<uint32_t>(cfg_.gemv_pairs_wg, static_cast<uint32_t>(round_up(nchunk, 32)));
-    s.rows = cfg_.gemv_pairs_rows;
-  } else {
-    s.wg = gemv_workgroup(cfg_, nchunk, lookup == L::table);
-    s.rows = cfg_.gemv_rows;
-  }
-  // Table copies (a power of two, up to one per lane of a 32-wide subgroup) within a share of
-  // shared memory, and within what the workgroup's other arrays leave.
-  const size_t entry_bits = lookup == L::pairs ? 2 * bits : bits;
-  const size_t others = size_t(4) * ((s.rows + 1) * (s.wg / 4) + 2) + (fold ? size_t(16) * s.wg : 16);
-  s.rep_shift = 5;
-  while (s.rep_shift > 0 && ((size_t(4) << (entry_bits + s.rep_shift)) > gemv_table_budget(ctx_) ||
-                             (size_t(4) << (entry_bits + s.rep_shift)) + others > ctx_.info().max_shared_memory))
-    --s.rep_shift;
-  if (cfg_.gemv_table_shift >= 0) s.rep_shift = std::min<uint32_t>(s.rep_shift, static_cast<uint32_t>(cfg_.gemv_table_shift));
-  return s;
-}
-
 bool Kernels::fold_supported(const DeviceQuantMatrix& w, GemvOp::Epilogue epilogue, uint32_t block) const {
-  using L = KernelConfig::GemvLookup;
-  if (!cfg_.gemv_fold || (block != 64 && block != 128 && block != 256)) return false;
-  // The shape of the lookup the GEMV takes, and of the single lookups (raw inputs never pair).
-  std::vector<GemvShape> shapes = {gemv_shape(w, gemv_table(w.bits) ? L::table : L::shuffle, true)};
-  if (gemv_pairs(w.bits)) shapes.push_back(gemv_shape(w, L::pairs, true));
-  for (const GemvShape& sh : shapes) {
-    const uint32_t outr = epilogue == GemvOp::swiglu ? sh.rows / 2 : sh.rows;
-    if (outr == 0 || block % outr || block / 4 > sh.wg) return false;
-    for (const auto& s : w.slices)  // every workgroup's outputs inside one block
-      if ((epilogue == GemvOp::swiglu ? s.row0 / 2 : s.row0) % outr) return false;
-  }
+  const uint32_t outr = epilogue == GemvOp::swiglu ? cfg_.gemv_rows / 2 : cfg_.gemv_rows;
+  const uint32_t wg = gemv_workgroup(cfg_, static_cast<uint32_t>(w.cols_padded / 32), gemv_table(w.bits));
+  if (!cfg_.gemv_fold || outr == 0 || (block != 64 && block != 128 && block != 256) || block % outr || block / 4 > wg) return false;
+  for (const auto& s : w.slices)  // every workgroup's outputs inside one block
+    if ((epilogue == GemvOp::swiglu ? s.row0 / 2 : s.row0) % outr) return false;
   return true;
 }
 
@@ -493,20 +436,10 @@ bool Kernels::gemv_table(int bits) const {
   return cfg_.gemv_lookup == L::table || (cfg_.gemv_lookup != L::code && !shuffle_fits(bits));
 }
 
-bool Kernels::gemv_pairs(int bits) const {
-  using L = KernelConfig::GemvLookup;
-  const bool asked = cfg_.gemv_lookup == L::pairs || (cfg_.gemv_lookup == L::automatic && cfg_.gemv_pairs);
-  // One copy of the table must fit beside the rest (gemv_shape trims the copies).
-  return asked && ctx_.info().fp16 && bits >= 1 && bits <= 4 && (size_t(4) << (2 * bits)) <= gemv_table_budget(ctx_);
-}
-
-KernelConfig::GemvLookup Kernels::gemv_lookup(int bits) { return gemv_pairs(bits) ? KernelConfig::GemvLookup::pairs : single_lookup(bits); }
-
-KernelConfig::GemvLookup Kernels::single_lookup(int bits) {
+KernelConfig::GemvLookup Kernels::gemv_lookup(int bits) {
   using L = KernelConfig::GemvLookup;
   if (gemv_table(bits)) return L::table;
-  if (cfg_.gemv_lookup == L::automatic || cfg_.gemv_lookup == L::pairs)
-    return unmasked_shuffle_exact() ? L::shuffle_unmasked : L::shuffle;
+  if (cfg_.gemv_lookup == L::automatic) return unmasked_shuffle_exact() ? L::shuffle_unmasked : L::shuffle;
   return cfg_.gemv_lookup;
 }
 
@@ -975,15 +908,11 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
   if (path == "coopmat" || path == "coopmat-emulated") {
     const bool real = path == "coopmat";
     const uint32_t bk = attention_coopmat_bk(ctx_.info());
-    const auto& p = real ? pipeline("attention_coopmat", {{0, bk}, {1, a.kv_bits}}, 6, 24, 128, coopmat_subgroup_size())
-                         : pipeline("attention_coopmat_emulated", {{0, bk}, {1, a.kv_bits}}, 6, 24, 128);
-    // Query heads per workgroup: as many of one KV head's as divide the 64 query rows, so that
-    // each key and value tile is read (and PolarQuant records decoded) once for all of them.
-    const uint32_t share = cfg_.attention_share ? std::gcd(a.n_heads / a.n_kv, 64u) : 1u;
-    const uint32_t groups_x = a.n_heads / share, groups_y = (m + 64 / share - 1) / (64 / share);
-    struct { uint32_t n_heads, n_kv, hd, window, m, share; } push{a.n_heads, a.n_kv, a.head_dim, a.window, m, share};
+    const auto& p = real ? pipeline("attention_coopmat", {{0, bk}, {1, a.kv_bits}}, 6, 20, 128, coopmat_subgroup_size())
+                         : pipeline("attention_coopmat_emulated", {{0, bk}, {1, a.kv_bits}}, 6, 20, 128);
+    struct { uint32_t n_heads, n_kv, hd, window, m; } push{a.n_heads, a.n_kv, a.head_dim, a.window, m};
     if (!a.kv_bits) {
-      cmd.dispatch(p, {q, kcache, vcache, out, step, dummy_}, push, groups_x, groups_y);
+      cmd.dispatch(p, {q, kcache, vcache, out, step, dummy_}, push, a.n_heads, (m + 63) / 64);
       return;
     }
     // PolarQuant records are read in the rotated basis: H q per head into out, the attention
@@ -991,7 +920,7 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
     const auto hd = a.head_dim, cols = static_cast<uint32_t>(q_dim);
     fwht(cmd, q, out, m, cols, hd);
     cmd.barrier();
-    cmd.dispatch(p, {out, kcache, vcache, q, step, kv_codebook(a.kv_bits)}, push, groups_x, groups_y);
+    cmd.dispatch(p, {out, kcache, vcache, q, step, kv_codebook(a.kv_bits)}, push, a.n_heads, (m + 63) / 64);
     cmd.barrier();
     fwht(cmd, q, out, m, cols, hd);
     return;

@@ -71,7 +71,6 @@ DeviceF16Matrix upload_f16(vk::Context& ctx, const float* w, size_t rows, size_t
 struct KernelConfig {
   uint32_t gemv_wg = 32;         // threads per GEMV workgroup (a multiple of 32; at most the row's chunks)
   uint32_t gemv_rows = 2;        // rows per GEMV workgroup (bench/RESULTS.md: the H200 sweeps, 2026-12-01)
-  uint32_t gemv_groups = 0;      // at most this many GEMV workgroups, each taking several row groups (0: one each)
   uint32_t gemm_tile_m = 64, gemm_tile_n = 64;  // GEMM output tile (tokens x rows)
   uint32_t subgroup_size = 0;    // 0: the device's default; else pinned (subgroup size control)
   // How the GEMV looks codes up (shaders/pq_gemv.comp, LOOKUP): `automatic` takes a subgroup
@@ -79,16 +78,7 @@ struct KernelConfig {
   // indices where a probe on the device shows them exact (Kernels::gemv_lookup), else the table
   // in shared memory. `code` is a benchmark's measure of the lookups' cost: it computes no
   // GEMV of the matrix.
-  // `pairs`: two codes per lookup (below); 2-4 bits and prepared inputs only, else as automatic.
-  enum class GemvLookup { automatic, table, shuffle, shuffle_unmasked, code, pairs } gemv_lookup = GemvLookup::automatic;
-  // Two codes per lookup (shaders/pq_gemv_pairs.comp: a shared table of fp16 pairs, fp16 pair
-  // FMAs within each 32-input chunk, fp32 from the chunk on) at 2-4 bits, on devices with fp16
-  // arithmetic, for prepared inputs: `automatic` takes it where gemv_pairs is set, in workgroups
-  // of gemv_pairs_wg x gemv_pairs_rows, at most gemv_pairs_groups workgroups (0: one per row
-  // group; fewer fill their table once for several). PQVK_GEMV_PAIRS=WGxROWS[xGROUPS] turns it
-  // on with that shape, 0 off (benchmarks).
-  bool gemv_pairs = false;
-  uint32_t gemv_pairs_wg = 128, gemv_pairs_rows = 8, gemv_pairs_groups = 0;
+  enum class GemvLookup { automatic, table, shuffle, shuffle_unmasked, code } gemv_lookup = GemvLookup::automatic;
   // Shared-table lookups: copies of the table = 1 << gemv_table_shift (0..5; -1: as many as fit,
   // up to 32). One copy (the default): up to 32 entries sit in distinct banks and equal ones
   // broadcast, and at 6 bits one copy measured faster on the H200 than 32 (27.6 against 34.0 us
@@ -139,10 +129,6 @@ struct KernelConfig {
   // shader with scalar stand-ins for the cooperative-matrix operations (slow; tests on any
   // device). The environment variable PQVK_ATTENTION_COOPMAT overrides it: 0, 1 or emulated.
   enum class AttentionCoopmat { automatic, off, emulated } attention_coopmat = AttentionCoopmat::automatic;
-  // Its workgroups take the query heads of one KV head together (as many as divide its 64 query
-  // rows), so that each key and value tile serves all of them; false: one head a workgroup.
-  // PQVK_ATTENTION_SHARE=0|1 overrides it (benchmarks).
-  bool attention_share = true;
   // The batched GEMV of continuous batching (gemv_batch, shaders/pq_gemv_batch.comp): threads
   // per workgroup (a multiple of 32), rows per workgroup, tokens per workgroup (more tokens take
   // several workgroups, each reading the weights again).
@@ -438,15 +424,6 @@ class Kernels {
   bool shuffle_fits(int bits) const;
   // Whether gemv_lookup(bits) is the shared table (known without the probe).
   bool gemv_table(int bits) const;
-  // Whether gemv_lookup(bits) is pairs (for prepared inputs; known without the probe).
-  bool gemv_pairs(int bits) const;
-  // The lookup of one code at a time the GEMV takes (raw inputs where it would take pairs).
-  KernelConfig::GemvLookup single_lookup(int bits);
-  // The GEMV's workgroup: invocations, rows, and copies of the lookup table (as a shift).
-  struct GemvShape {
-    uint32_t wg, rows, rep_shift;
-  };
-  GemvShape gemv_shape(const DeviceQuantMatrix& w, KernelConfig::GemvLookup lookup, bool fold) const;
   // attention_decode.comp's shared memory for the shape, with or without the direct path.
   static size_t decode_shared_bytes(const AttentionShape& a, bool direct);
 };

@@ -27,8 +27,7 @@ layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, binding = 3) writeonly buffer O { float o[]; };
 layout(std430, binding = 4) readonly buffer Step { uint pos0; } step;
 layout(std430, binding = 5) readonly buffer KVCB { float kvcb[]; };
-// share: query heads per workgroup (of one KV head), so BQ / share positions of each
-layout(push_constant) uniform Push { uint n_heads, n_kv, hd, window, m, share; } p;
+layout(push_constant) uniform Push { uint n_heads, n_kv, hd, window, m; } p;
 #include "pq_kv.glsl"
 
 // KV_BITS: the rotated-basis values of dims i0 and i1 of the record at word rb of a cache (rw
@@ -44,42 +43,38 @@ shared float Lsum[BQ];                 // the softmax denominators
 
 uint key_lo(uint pos) { return p.window > 0u && pos + 1u > p.window ? pos + 1u - p.window : 0u; }
 
-// Output tile j (dims 16 j .. 16 j + 15) of this subgroup's 16 query rows, divided by their
-// sums. Row qr is head h0 + qr / qp at position m0 + qr % qp.
-void store_out(ACC c, const uint j, uint m0, uint h0, uint qp) {
+// Output tile j (dims 16 j .. 16 j + 15) of this subgroup's 16 queries, divided by their sums.
+void store_out(ACC c, const uint j, uint m0, uint h) {
   const uint sg = SG_ID, lane = SG_LANE, fb = sg * 16u * LDF;
   STORE_ACC(c, fb, LDF);
   SG_SYNC();
   for (uint e = lane; e < 256u; e += 32u) {
-    const uint r = e >> 4u, d = 16u * j + (e & 15u), qr = 16u * sg + r, mq = m0 + qr % qp;
-    if (mq < p.m && d < p.hd)
-      o[(mq * p.n_heads + h0 + qr / qp) * p.hd + d] = uintBitsToFloat(F[fb + r * LDF + ((e & 15u) >> 2u)][e & 3u]) / Lsum[qr];
+    const uint r = e >> 4u, d = 16u * j + (e & 15u), qr = 16u * sg + r;
+    if (m0 + qr < p.m && d < p.hd)
+      o[((m0 + qr) * p.n_heads + h) * p.hd + d] = uintBitsToFloat(F[fb + r * LDF + ((e & 15u) >> 2u)][e & 3u]) / Lsum[qr];
   }
   SG_SYNC();
 }
 
 void main() {
-  const uint t = gl_LocalInvocationIndex, sg = SG_ID, lane = SG_LANE;
+  const uint h = gl_WorkGroupID.x, t = gl_LocalInvocationIndex, sg = SG_ID, lane = SG_LANE;
   const uint hd = p.hd, half_hd = hd / 2u, nks = (hd + 15u) / 16u, hw = nks * 8u;  // hw: words per padded row
-  // Query rows: heads h0 .. h0 + share - 1 (one KV head's), qp positions from m0 each; row r
-  // is head h0 + r / qp at position m0 + r % qp.
-  const uint qp = BQ / p.share, h0 = gl_WorkGroupID.x * p.share;
-  const uint kvh = h0 / (p.n_heads / p.n_kv);
-  const uint m0 = gl_WorkGroupID.y * qp;
-  const uint p_first = step.pos0 + m0, p_last = step.pos0 + min(m0 + qp, p.m) - 1u;
+  const uint kvh = h / (p.n_heads / p.n_kv);
+  const uint m0 = gl_WorkGroupID.y * BQ;
+  const uint p_first = step.pos0 + m0, p_last = step.pos0 + min(m0 + BQ, p.m) - 1u;
   const float scale = inversesqrt(float(hd));
   const uint fb = sg * 16u * LDF;
   // Lanes 0..15 each own one query row of the subgroup for the softmax (queries past M repeat
   // the last one and are not written).
   const uint qr = 16u * sg + (lane & 15u);
-  const uint pos = step.pos0 + min(m0 + qr % qp, p.m - 1u), lo = key_lo(pos);
+  const uint pos = step.pos0 + min(m0 + qr, p.m - 1u), lo = key_lo(pos);
 
   // Queries, times 1/sqrt(hd), as fp16 in the keys' dimension order (word j: dims j, j + hd/2).
   for (uint i = t; i < BQ * hw; i += 128u) {
-    const uint r = i / hw, j = i % hw, mq = min(m0 + r % qp, p.m - 1u);
+    const uint r = i / hw, j = i % hw, mq = min(m0 + r, p.m - 1u);
     uint w = 0u;
     if (j < half_hd) {
-      const uint b = (mq * p.n_heads + h0 + r / qp) * hd;
+      const uint b = (mq * p.n_heads + h) * hd;
       w = packHalf2x16(vec2(q[b + j], q[b + j + half_hd]) * scale);
     }
     H[r * LDH + (j >> 2u)][j & 3u] = w;
@@ -175,14 +170,14 @@ void main() {
 
   if (lane < 16u) Lsum[qr] = row_sum;
   SG_SYNC();
-  store_out(o0, 0u, m0, h0, qp);
-  if (nks > 1u) store_out(o1, 1u, m0, h0, qp);
-  if (nks > 2u) store_out(o2, 2u, m0, h0, qp);
-  if (nks > 3u) store_out(o3, 3u, m0, h0, qp);
-  if (nks > 4u) store_out(o4, 4u, m0, h0, qp);
-  if (nks > 5u) store_out(o5, 5u, m0, h0, qp);
-  if (nks > 6u) store_out(o6, 6u, m0, h0, qp);
-  if (nks > 7u) store_out(o7, 7u, m0, h0, qp);
+  store_out(o0, 0u, m0, h);
+  if (nks > 1u) store_out(o1, 1u, m0, h);
+  if (nks > 2u) store_out(o2, 2u, m0, h);
+  if (nks > 3u) store_out(o3, 3u, m0, h);
+  if (nks > 4u) store_out(o4, 4u, m0, h);
+  if (nks > 5u) store_out(o5, 5u, m0, h);
+  if (nks > 6u) store_out(o6, 6u, m0, h);
+  if (nks > 7u) store_out(o7, 7u, m0, h);
 }
 
 #endif
