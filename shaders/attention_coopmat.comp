@@ -17,7 +17,8 @@
 //          where subgroups are 32 wide), BQ = 64 queries of one head; subgroup g owns queries
 //          16 g .. 16 g + 15. The queries are stored once as fp16 rows in shared memory in the
 //          keys' dimension order (so q . k needs no reordering), padded with zeros to a
-//          multiple of 16 dims. Keys (and values) go through shared memory BK at a time.
+//          multiple of 16 dims. Keys (and values) go through shared memory BK at a time, each
+//          invocation loading all of its words of a tile into registers before storing any.
 //          Two passes over the keys: the first finds each query's highest score, the second
 //          computes probabilities against it and accumulates P V in 16 x 16 fp32 tiles that
 //          stay in the tensor cores (no online rescaling, which these tiles do not allow

@@ -20,6 +20,7 @@ const uint BQ = 64u;    // queries per workgroup (16 per subgroup)
 const uint LDH = 17u;   // row stride of H in uvec4: 128 halves + one uvec4 of padding
 const uint LDF = BK / 4u + 1u;  // row stride of F in uvec4: BK floats + padding
 const uint KROW = BQ, VROW = BQ + BK;  // first rows of the key and value tiles in H
+const uint TILE_IT = BK / 2u;  // a tile's words per invocation: BK keys of at most 64 words (hd <= 128)
 
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
@@ -87,23 +88,32 @@ void main() {
   // with the values (no running rescale of the accumulators, which live in the tensor cores).
   for (uint pass = 0u; pass < 2u; ++pass) {
     for (uint start = key_lo(p_first); start <= p_last; start += BK) {
-      barrier();  // the previous tile is consumed (the first time: the queries are stored)
-      for (uint i = t; i < BK * hw; i += 128u) {  // zeros past p_last and past hd
-        const uint kj = i / hw, j = i % hw, key = start + kj;
-        uint kw = 0u, vw = 0u;
-        if (key <= p_last && j < half_hd) {
+      // The tile's words (zeros past p_last and past hd), each invocation's loads all issued
+      // before its first store: a loop storing each word as it came waited on one load at a time.
+      uint kw[TILE_IT], vw[TILE_IT];
+      [[unroll]] for (uint it = 0u; it < TILE_IT; ++it) {
+        const uint i = t + 128u * it, kj = i / hw, j = i % hw, key = start + kj;
+        kw[it] = 0u;
+        vw[it] = 0u;
+        if (i < BK * hw && key <= p_last && j < half_hd) {
           if (KV_BITS == 0u) {
             const uint w = (key * p.n_kv + kvh) * half_hd + j;
-            kw = kc[w];
-            if (pass == 1u) vw = vc[w];
+            kw[it] = kc[w];
+            if (pass == 1u) vw[it] = vc[w];
           } else {  // key word j: dims j, j + hd/2 (the queries' order); value word j: dims 2j, 2j + 1
             const uint rw = hd / KV_CPW + 1u, rb = (key * p.n_kv + kvh) * rw;
-            kw = PQ_RECORD_PAIR(kc, rb, rw, j, j + half_hd, scale);
-            if (pass == 1u) vw = PQ_RECORD_PAIR(vc, rb, rw, 2u * j, 2u * j + 1u, scale);
+            kw[it] = PQ_RECORD_PAIR(kc, rb, rw, j, j + half_hd, scale);
+            if (pass == 1u) vw[it] = PQ_RECORD_PAIR(vc, rb, rw, 2u * j, 2u * j + 1u, scale);
           }
         }
-        H[(KROW + kj) * LDH + (j >> 2u)][j & 3u] = kw;
-        if (pass == 1u) H[(VROW + kj) * LDH + (j >> 2u)][j & 3u] = vw;
+      }
+      barrier();  // the previous tile is consumed (the first time: the queries are stored)
+      [[unroll]] for (uint it = 0u; it < TILE_IT; ++it) {
+        const uint i = t + 128u * it, kj = i / hw, j = i % hw;
+        if (i < BK * hw) {
+          H[(KROW + kj) * LDH + (j >> 2u)][j & 3u] = kw[it];
+          if (pass == 1u) H[(VROW + kj) * LDH + (j >> 2u)][j & 3u] = vw[it];
+        }
       }
       barrier();
 
