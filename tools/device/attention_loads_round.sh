@@ -8,9 +8,6 @@ source tools/device/setup.sh
 timeout 100 $B/vk-bench --synthetic llama3-8b --bits 4,5 -p 512,2048 -n 0 -r 3 --json "$OUT/pp.json" > "$OUT/pp.md" 2> "$OUT/pp.err"
 echo "pp rc=$?: $(grep -o 'q[45] pp[0-9]*: [0-9.]* +- [0-9.]*' "$OUT/pp.err" | tr '\n' ' ')"
 grep -E "^\| attention " "$OUT/pp.md"
-s=$(date +%s.%N)
-timeout 100 $B/vk-bench --synthetic llama3-8b --bits 5 -p 0 -n 32 -d 32768 -b 4096 -r 1 --kv-type pq4 --no-breakdown \
-  --json "$OUT/d32768-b4096.json" > "$OUT/d32768-b4096.md" 2> "$OUT/d32768-b4096.err"
-echo "d32768 -b 4096 pq4 rc=$?: $(python3 -c "import time; print(round(time.time() - $s, 1))") s whole run; $(grep -o 'tg32 @ d[0-9]*: [0-9.]* +- [0-9.]*' "$OUT/d32768-b4096.err")"
+timed_bench d32768-b4096 100 --synthetic llama3-8b --bits 5 -p 0 -n 32 -d 32768 -b 4096 -r 1 --kv-type pq4 --no-breakdown
 gpu_tests "${FILTER:-Attention.*:Decoder.PrefillEqualsTokenByToken:Decoder.PolarQuantKvCacheMatchesCpuEveryPosition}" "${TEST_LIMIT:-90}"
 pack_out

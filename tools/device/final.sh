@@ -25,12 +25,6 @@ fi
 $B/vk-bench --synthetic qwen3-8b,llama3.2-1b --bits 4,5 -p 512 -n 128 -r 3 --no-breakdown --json "$OUT/shapes.json" > "$OUT/shapes.md" 2>&1
 grep -h "^| " "$OUT/llama3-8b.md" "$OUT/llama3-8b-d4096.md" "$OUT/shapes.md" | grep -E "tg|pp" | grep -v "weights MiB"
 # llama.cpp (prebuilt Vulkan addon), same machine, same call.
-mkdir -p /tmp/p && xz -dc .peer/node.xz > /tmp/p/node && xz -dc .peer/index.node.xz > /tmp/p/index.node && chmod +x /tmp/p/node
-for qt in q4_0 q5_0; do
-  python3 .peer/make_gguf.py /tmp/m-$qt.gguf $qt > /dev/null 2>&1
-  /tmp/p/node .peer/bench_llamacpp.js /tmp/p/index.node /tmp/m-$qt.gguf 3 > "$OUT/llamacpp-$qt.txt" 2>&1
-  rm -f /tmp/m-$qt.gguf
-  echo "llama.cpp $qt: $(grep -o '"speedPp":[0-9.]*,"speedTg":[0-9.]*' "$OUT/llamacpp-$qt.txt")"
-done | tee "$OUT/llamacpp.txt"
+llamacpp_bench
 # Everything in one archive (the device tool brings back a limited number of files).
 tar -C "$OUT" -cJf /tmp/final.tar.xz . && rm -rf "${OUT:?}"/* && mv /tmp/final.tar.xz "$OUT/"

@@ -7,16 +7,10 @@
 set -uo pipefail
 source tools/device/setup.sh
 UB=${UB:-4096}
-run() {  # name depth ubatch limit
-  local s; s=$(date +%s.%N)
-  timeout "$4" $B/vk-bench --synthetic llama3-8b --bits 5 -p 0 -n 32 -d "$2" -b "$3" -r 1 --kv-type pq4 --no-breakdown \
-    --json "$OUT/$1.json" > "$OUT/$1.md" 2> "$OUT/$1.err"
-  local rc=$?
-  echo "$1 (-d $2 -b $3) rc=$rc: $(python3 -c "import time; print(round(time.time() - $s, 1))") s whole run; $(grep -o 'tg32 @ d[0-9]*: [0-9.]* +- [0-9.]*' "$OUT/$1.err")"
-}
+args=(--synthetic llama3-8b --bits 5 -p 0 -n 32 -r 1 --kv-type pq4 --no-breakdown)
 {
-  run d32768-b512 32768 512 120
-  run d32768-b$UB 32768 "$UB" 120
-  run d${LONG:-131072}-b$UB "${LONG:-131072}" "$UB" "${LT:-420}"
+  timed_bench d32768-b512 120 "${args[@]}" -d 32768 -b 512
+  timed_bench d32768-b$UB 120 "${args[@]}" -d 32768 -b "$UB"
+  timed_bench d${LONG:-131072}-b$UB "${LT:-420}" "${args[@]}" -d "${LONG:-131072}" -b "$UB"
 } | tee "$OUT/long-summary.txt"
 pack_out

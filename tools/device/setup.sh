@@ -30,5 +30,31 @@ kv_depth_runs() {
   done | tee "$OUT/kv-summary.txt"
 }
 
+# vk-bench with the arguments after the first two, its outputs in $OUT/$1.{md,err,json}, at most
+# $2 seconds; prints the name, the exit status, the whole run's seconds and its "@ dN" results.
+timed_bench() {
+  local name=$1 limit=$2 s rc
+  shift 2
+  s=$(date +%s.%N)
+  timeout "$limit" $B/vk-bench "$@" --json "$OUT/$name.json" > "$OUT/$name.md" 2> "$OUT/$name.err"
+  rc=$?
+  echo "$name rc=$rc: $(python3 -c "import time; print(round(time.time() - $s, 1))") s whole run;" \
+    "$(grep -o '[pt][pg][0-9]* @ d[0-9]*: [0-9.]* +- [0-9.]*' "$OUT/$name.err" | tr '\n' ' ')"
+}
+
+# llama.cpp's Vulkan backend (.peer/, ../shared/peer/README.md) on Q4_0 and Q5_0 GGUFs of the
+# Llama-3-8B shape: pp512 and tg128, 3 repetitions; raw output in $OUT/llamacpp-*.txt, the
+# summary on stdout and in $OUT/llamacpp.txt. $1: seconds each step may take (none or 0: no limit).
+llamacpp_bench() {
+  local limit=${1:-0} qt
+  mkdir -p /tmp/p && xz -dc .peer/node.xz > /tmp/p/node && xz -dc .peer/index.node.xz > /tmp/p/index.node && chmod +x /tmp/p/node
+  for qt in q4_0 q5_0; do
+    timeout "$limit" python3 .peer/make_gguf.py /tmp/m-$qt.gguf $qt > /dev/null 2>&1
+    timeout "$limit" /tmp/p/node .peer/bench_llamacpp.js /tmp/p/index.node /tmp/m-$qt.gguf 3 > "$OUT/llamacpp-$qt.txt" 2>&1
+    rm -f /tmp/m-$qt.gguf
+    echo "llama.cpp $qt: $(grep -o '"speedPp":[0-9.]*,"speedTg":[0-9.]*' "$OUT/llamacpp-$qt.txt")"
+  done | tee "$OUT/llamacpp.txt"
+}
+
 # Everything under $OUT in one archive (the device tool brings back a limited number of files).
 pack_out() { tar -C "$OUT" -cJf /tmp/out.tar.xz . && rm -rf "${OUT:?}"/* && mv /tmp/out.tar.xz "$OUT/"; }

@@ -6,11 +6,5 @@ set -uo pipefail
 source tools/device/setup.sh
 timeout 80 $B/vk-bench --synthetic llama3-8b --bits 4,5 -p 512 -n 128 -r 3 --no-breakdown --json "$OUT/pqvk.json" > "$OUT/pqvk.md" 2> "$OUT/pqvk.err"
 echo "pqvk rc=$?: $(grep -o 'q[45] [pt][pg][0-9]*: [0-9.]* +- [0-9.]*' "$OUT/pqvk.err" | tr '\n' ' ')"
-mkdir -p /tmp/p && xz -dc .peer/node.xz > /tmp/p/node && xz -dc .peer/index.node.xz > /tmp/p/index.node && chmod +x /tmp/p/node
-for qt in q4_0 q5_0; do
-  timeout 60 python3 .peer/make_gguf.py /tmp/m-$qt.gguf $qt > /dev/null 2>&1
-  timeout 60 /tmp/p/node .peer/bench_llamacpp.js /tmp/p/index.node /tmp/m-$qt.gguf 3 > "$OUT/llamacpp-$qt.txt" 2>&1
-  rm -f /tmp/m-$qt.gguf
-  echo "llama.cpp $qt: $(grep -o '"speedPp":[0-9.]*,"speedTg":[0-9.]*' "$OUT/llamacpp-$qt.txt")"
-done | tee "$OUT/llamacpp.txt"
+llamacpp_bench 60
 pack_out
