@@ -627,11 +627,14 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
     res.source = spec.path;
     res.params = parameter_count(file.config());
     if (file.config().max_seq_len < go.context)
-      throw std::runtime_error(spec.path + ": -p + -n = " + std::to_string(go.context) +
+      throw std::runtime_error(spec.path + ": -d + max(-p, -n) = " + std::to_string(go.context) +
                                " tokens exceed the model's context of " + std::to_string(file.config().max_seq_len));
     m = std::make_unique<pqvk::llm::GpuModel>(ctx, file, go);
   } else {
     const auto cfg = synthetic_config(spec.shape);
+    if (cfg.max_seq_len < go.context)  // before anything is allocated or prefilled
+      throw std::runtime_error("synthetic " + spec.shape + ": -d + max(-p, -n) = " + std::to_string(go.context) +
+                               " tokens exceed the model's context of " + std::to_string(cfg.max_seq_len));
     pqvk::llm::SyntheticWeights sw;
     sw.fp16 = spec.format == "f16";
     sw.recipe = sw.fp16 ? "q4" : spec.format;

@@ -19,21 +19,28 @@
 //          keys' dimension order (so q . k needs no reordering), padded with zeros to a
 //          multiple of 16 dims. Keys (and values) go through shared memory BK at a time, each
 //          invocation loading all of its words of a tile into registers before storing any.
-//          Two passes over the keys: the first finds each query's highest score, the second
-//          computes probabilities against it and accumulates P V in 16 x 16 fp32 tiles that
-//          stay in the tensor cores (no online rescaling, which these tiles do not allow
-//          element-wise). Each tile: S = Q K^T (BK / 16 accumulators per subgroup) is stored to the
-//          subgroup's shared rows, lanes 0..15 each take one query's row (mask, max or exp and
-//          sum, fp16 probabilities written over the front of the row), and P (16 x BK) times
-//          V (BK x hd) adds to the hd / 16 output accumulators.
-//          Shared memory (rows of 128 halves + 16 bytes of padding): 30.75 KiB at BK = 16
-//          (within the 32 KiB every Vulkan device has), 43.25 KiB at BK = 32.
+//          One pass over the keys with an online softmax: each query row keeps a reference
+//          maximum m that moves up only when a tile's scores pass it by more than 8 (so the
+//          probabilities e^(s - m) stay within fp16); only then are the output tiles, which live
+//          in the tensor cores and cannot be scaled row by row there, rescaled through shared
+//          memory (rare after a row's first keys). Each tile: S = Q K^T (BK / 16 accumulators
+//          per subgroup) is stored to the subgroup's shared rows, lanes l and l + 16 each take
+//          half of query row l's scores (mask, max, exp and sum, fp16 probabilities written over
+//          the front of the row), and P (16 x BK) times V (BK x hd) adds to the hd / 16 output
+//          accumulators. PolarQuant records: each code word is loaded once and decoded through
+//          the centroids in shared memory.
+//          Shared memory (rows of 128 halves + 16 bytes of padding): 31 KiB at BK = 16
+//          (within the 32 KiB every Vulkan device has, also with pq8's 1 KiB of centroids), 43.5 KiB
+//          at BK = 32 (Kernels' attention_coopmat_shared_bytes).
 // Dispatch: (n_heads, ceil(M / 64)).
-// Specialization: 0 BK (keys per tile, 16 or 32), 1 KV_BITS (0: fp16 cache; 4 or 8). hd <= 128.
+// Specialization: 0 BK (keys per tile, 16 or 32), 1 KV_BITS (0: fp16 cache; 4 or 8), 2 ABLATE
+//          (benchmarks only, PQVK_ATTENTION_ABLATE: 1 no key or value loads, 2 no products, 4 no
+//          softmax; wrong results). hd <= 128.
 // The body is include/attention_coopmat.glsl, written in the operations defined here;
 // attention_coopmat_emulated.comp runs it with scalar stand-ins for them on any device.
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_vote : require
 #extension GL_KHR_memory_scope_semantics : require
 #extension GL_NV_cooperative_matrix : require
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
@@ -45,6 +52,8 @@
 #define LOAD_F(f, e, ld) coopMatLoadNV(f, F, e, ld, false)
 #define MULADD(a, b, c) coopMatMulAddNV(a, b, c)
 #define STORE_ACC(c, e, ld) coopMatStoreNV(c, F, e, ld, false)
+#define LOAD_ACC(c, e, ld) coopMatLoadNV(c, F, e, ld, false)
+#define SG_ANY(x) subgroupAny(x)
 #define SG_ID gl_SubgroupID
 #define SG_LANE gl_SubgroupInvocationID
 #define SG_SYNC() subgroupMemoryBarrierShared(); subgroupBarrier()

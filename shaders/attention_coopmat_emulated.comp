@@ -16,6 +16,7 @@ struct Acc {
 };
 Acc emu_muladd(uvec4 a, uvec4 b, Acc c);
 void emu_store(Acc c, uint e, uint ld);
+Acc emu_load(uint e, uint ld);
 
 #define ACC Acc
 #define ACC_ZERO Acc(float[8](0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
@@ -25,6 +26,10 @@ void emu_store(Acc c, uint e, uint ld);
 #define LOAD_F(f, e, ld) f = uvec4(1u, (e), (ld), 0u)
 #define MULADD(a, b, c) emu_muladd(a, b, c)
 #define STORE_ACC(c, e, ld) emu_store(c, e, ld)
+#define LOAD_ACC(c, e, ld) c = emu_load(e, ld)
+// Always: the rescale's syncs are workgroup barriers here, so every subgroup takes it (a factor of
+// 1 for the rows that keep their maximum), which also tests that path on every tile.
+#define SG_ANY(x) true
 #define SG_ID (gl_LocalInvocationIndex >> 5u)
 #define SG_LANE (gl_LocalInvocationIndex & 31u)
 #define SG_SYNC() barrier()
@@ -60,3 +65,13 @@ void emu_store(Acc c, uint e, uint ld) {
     F[e + row * ld + (col >> 2u)][col & 3u] = floatBitsToUint(c.v[i]);
   }
 }
+
+Acc emu_load(uint e, uint ld) {
+  Acc c;
+  [[unroll]] for (uint i = 0u; i < 8u; ++i) {
+    const uint el = SG_LANE + 32u * i, row = el >> 4u, col = el & 15u;
+    c.v[i] = uintBitsToFloat(F[e + row * ld + (col >> 2u)][col & 3u]);
+  }
+  return c;
+}
+

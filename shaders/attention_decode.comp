@@ -70,6 +70,8 @@ const uint VW1 = HALF % 2u == 0u ? 2u : 1u;
 const uint VW = HALF % VW0 == 0u ? VW0 : (VW1 < VW0 ? VW1 : VW0);
 const uint TPR = HALF / VW;     // invocations per value row
 const uint SLOTS = 128u / TPR;  // value rows (keys) in flight
+const uint P1_IT = (NQK * HALF + 127u) / 128u;  // (head, RoPE pair)s per invocation in step 1
+const uint VIF = 8u;            // fp16 value rows an invocation has in flight
 
 layout(std430, binding = 0) readonly buffer QKV { float qkv[]; };
 layout(std430, binding = 1) buffer KC { uint kc[]; };
@@ -179,22 +181,26 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
   const uint q_dim = p.n_heads * HD, kv_dim = p.n_kv * HD;
   const bool has_pos = last == pos + 1u;  // this split appends the new key and value
 
-  // 1. q (and, in the split that holds pos, k): bias, head norm, RoPE; into shared memory.
-  for (uint i = t; i < NQK * HALF; i += 128u) {
-    const uint hh = i / HALF, j = i % HALF;
+  // 1. q (and, in the split that holds pos, k): bias, head norm, RoPE; into shared memory. All of
+  // an invocation's loads first (one latency, not one per pair).
+  vec2 xs[P1_IT];
+  [[unroll]] for (uint it = 0u; it < P1_IT; ++it) {
+    const uint i = t + 128u * it, hh = i / HALF, j = i % HALF;
     const bool is_q = hh < GQ;
-    vec2 x = vec2(0.0);
-    if (is_q || has_pos) {
+    xs[it] = vec2(0.0);
+    if (i < NQK * HALF && (is_q || has_pos)) {
       const uint base = is_q ? (kvh * GQ + hh) * HD : kvh * HD;
       const uint at = is_q ? base : q_dim + base;
-      x = vec2(qkv[at + j], qkv[at + j + HALF]);
-      if (HAS_BIAS != 0u) {
-        const uint bb = is_q ? base : q_dim + base;
-        x += vec2(bias[bb + j], bias[bb + j + HALF]);
-      }
+      xs[it] = vec2(qkv[at + j], qkv[at + j + HALF]);
+      if (HAS_BIAS != 0u) xs[it] += vec2(bias[at + j], bias[at + j + HALF]);
     }
-    qk[i] = x;
-    if (HAS_NORM != 0u) ssq[hh * 128u + j] = dot(x, x);
+  }
+  [[unroll]] for (uint it = 0u; it < P1_IT; ++it) {
+    const uint i = t + 128u * it, hh = i / HALF, j = i % HALF;
+    if (i < NQK * HALF) {
+      qk[i] = xs[it];
+      if (HAS_NORM != 0u) ssq[hh * 128u + j] = dot(xs[it], xs[it]);
+    }
   }
   if (HAS_NORM != 0u) {
     for (uint i = t; i < NQK * 128u; i += 128u)
@@ -355,9 +361,9 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
     } else if (slot < SLOTS) {
       const uint vstride = p.n_kv * HALF;  // words from one position to the next
       const uint vb = (start * p.n_kv + kvh) * HALF + col * VW;
-      for (uint i0 = slot; i0 < nk; i0 += 4u * SLOTS) {  // four value rows in flight
-        uvec4 vw[4];
-        [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+      for (uint i0 = slot; i0 < nk; i0 += VIF * SLOTS) {  // VIF value rows in flight
+        uvec4 vw[VIF];
+        [[unroll]] for (uint u = 0u; u < VIF; ++u) {
           const uint i = min(i0 + u * SLOTS, nk - 1u);
           const uint at = vb + i * vstride;
           if (start + i == pos) {
@@ -367,7 +373,7 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
           else if (VW == 2u) vw[u] = uvec4(vc2[at / 2u], 0u, 0u);
           else vw[u] = uvec4(vc[at], 0u, 0u, 0u);
         }
-        [[unroll]] for (uint u = 0u; u < 4u; ++u) {
+        [[unroll]] for (uint u = 0u; u < VIF; ++u) {
           const uint i = i0 + u * SLOTS;
           if (i < nk) {
             [[unroll]] for (uint w = 0u; w < VW; ++w) {

@@ -188,6 +188,9 @@ TEST(VkBench, BadArgumentsAreClearErrors) {
   expect_failure(kBench + " -m " + q(kModel) + " --bits 4", {"--bits"});
   expect_failure(kBench + " --synthetic tiny --recipe q9", {"--recipe", "q9"});
   expect_failure(kBench + " -m " + q(kModel) + " -p 500 -n 100 --warmup-ms 0", {"exceed the model's context of 512"});
+  // Checked before the depth's prefill (a llama3-8b one would take minutes): a depth filling the
+  // whole context leaves no room for the generation after it.
+  expect_failure(kBench + " --synthetic tiny -d 2048 -p 0 -n 32 --warmup-ms 0", {"synthetic tiny", "2080", "exceed the model's context of 2048"});
   expect_failure(kBench + " -m " + q(std::string(PQVK_SOURCE_DIR) + "/CMakeLists.txt"), {"CMakeLists.txt"});
 }
 

@@ -1167,7 +1167,9 @@ TEST(Argmax, EveryRowOfABatch) {
 // Attention inputs of one case: random q/k/v for m tokens at pos0.., biases, norms, and random
 // fp16 keys and values already cached at positions < pos0; with the fp64 CPU twin.
 // v_scale multiplies the values (before their biases): norms at the ends of the fp16 range.
-struct AttnCase { uint32_t n_heads, n_kv, hd, m, pos0, window; bool bias, norm; uint32_t kv_bits = 0; float v_scale = 1; };
+// k_ramp: cached key p (fp16 caches) times 1 + p k_ramp, so that scores grow along the context and
+// a row's running maximum jumps several times (the tensor-core attention's rescale).
+struct AttnCase { uint32_t n_heads, n_kv, hd, m, pos0, window; bool bias, norm; uint32_t kv_bits = 0; float v_scale = 1; float k_ramp = 0; };
 using Rows = std::vector<std::vector<double>>;  // head vectors
 
 struct AttnData {
@@ -1185,7 +1187,8 @@ struct AttnData {
     kc.assign(512 * c.n_kv * Kernels::kv_words(shape), 0);  // (cached positions: fp16 caches only)
     vc.assign(512 * c.n_kv * Kernels::kv_words(shape), 0);
     for (size_t i = 0; i < c.pos0 * kv_dim / 2; ++i) {
-      kc[i] = pq::f32_to_f16(nd(rng)) | (uint32_t(pq::f32_to_f16(nd(rng))) << 16);
+      const float ramp = 1.0f + float(i / (kv_dim / 2)) * c.k_ramp;
+      kc[i] = pq::f32_to_f16(ramp * nd(rng)) | (uint32_t(pq::f32_to_f16(ramp * nd(rng))) << 16);
       vc[i] = pq::f32_to_f16(nd(rng)) | (uint32_t(pq::f32_to_f16(nd(rng))) << 16);
     }
     q = random_vector(c.m * q_dim, 1 + c.hd + c.pos0), k = random_vector(c.m * kv_dim, 2 + c.hd),
@@ -1315,8 +1318,8 @@ std::string describe(const AttnCase& c) {
 // every prefill attention shader: query tiles (attention_tiled.comp: M across several tiles of 32,
 // head sizes not a multiple of 4, windows; 8 keys a tile on lavapipe, 16 where the shared memory
 // allows), one query per workgroup (attention.comp, also for heads over 128), and the tensor-core
-// one (attention_coopmat.comp: tiles of 64 queries and 16 keys, heads padded to a multiple of 16)
-// where the device has it, and its emulation everywhere (the same shader body with scalar
+// one (attention_coopmat.comp: tiles of 64 queries and 16 keys, heads padded to a multiple of 16;
+// keys growing along the context make its online softmax rescale) where the device has it, and its emulation everywhere (the same shader body with scalar
 // cooperative-matrix operations). The tensor-core paths round queries and probabilities to fp16.
 TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
   const auto& info = context().info();
@@ -1335,7 +1338,8 @@ TEST(Attention, RopeCacheAndCausalAttentionMatchCpu) {
           AttnCase{4, 1, 20, 70, 130, 0, false, true}, AttnCase{2, 2, 64, 45, 200, 7, true, true},
           AttnCase{8, 8, 128, 33, 140, 0, false, false}, AttnCase{3, 3, 14, 5, 9, 0, true, false},
           AttnCase{4, 2, 256, 20, 100, 0, false, false}, AttnCase{4, 2, 200, 17, 50, 13, false, true},
-          AttnCase{8, 2, 128, 101, 300, 0, true, false}, AttnCase{2, 1, 6, 3, 0, 2, false, false}}) {
+          AttnCase{8, 2, 128, 101, 300, 0, true, false}, AttnCase{2, 1, 6, 3, 0, 2, false, false},
+          AttnCase{4, 2, 128, 40, 300, 0, false, false, 0, 1, 0.1f}}) {
       const AttnData d(c);
       EXPECT_EQ(k.attention_tiled_supported(d.shape), tiled && can_tile && c.hd <= 128) << describe(c);
       vk::Buffer qkv = context().upload_new(d.qkv(), "q|k|v"), qb = poisoned(c.m * d.q_dim);

@@ -218,7 +218,8 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
     if (v != "0" && v != "1") throw Error("PQVK_GEMM_SKINNY='" + v + "': 0 or 1");
     cfg_.gemm_skinny = v == "1";
   }
-  for (auto [var, field] : {std::pair{"PQVK_GEMV_ABLATE", &cfg_.gemv_ablate}, std::pair{"PQVK_GEMM_ABLATE", &cfg_.gemm_ablate}})
+  for (auto [var, field] : {std::pair{"PQVK_GEMV_ABLATE", &cfg_.gemv_ablate}, std::pair{"PQVK_GEMM_ABLATE", &cfg_.gemm_ablate},
+                            std::pair{"PQVK_ATTENTION_ABLATE", &cfg_.attention_ablate}})
     if (const char* e = std::getenv(var); e && *e) {  // benchmarks only
       char* end = nullptr;
       const unsigned long v = std::strtoul(e, &end, 10);
@@ -863,18 +864,25 @@ bool Kernels::attention_tiled_supported(const AttentionShape& a) const {
 }
 
 // attention_coopmat.comp's shared memory with bk keys per tile: 64 + 2 bk rows of 17 uvec4, 64
-// of bk / 4 + 1, 64 floats.
-size_t attention_coopmat_shared_bytes(uint32_t bk) { return (64 + 2 * bk) * 17 * 16 + 64 * (bk / 4 + 1) * 16 + 64 * 4; }
-
-// Keys per tile of attention_coopmat.comp: 32 where the shared memory allows (bench/RESULTS.md), else 16.
-uint32_t attention_coopmat_bk(const vk::DeviceInfo& info) {
-  if (const char* e = std::getenv("PQVK_ATTENTION_BK"); e && *e) return std::string(e) == "32" ? 32 : 16;  // benchmarks
-  return attention_coopmat_shared_bytes(32) <= info.max_shared_memory ? 32 : 16;
+// of bk / 4 + 1, 128 floats, and (PolarQuant records of kv_bits) the centroids.
+size_t attention_coopmat_shared_bytes(uint32_t bk, uint32_t kv_bits) {
+  return (64 + 2 * bk) * 17 * 16 + 64 * (bk / 4 + 1) * 16 + 128 * 4 + (kv_bits ? (size_t(1) << kv_bits) * 4 : 0);
 }
 
-std::string Kernels::attention_coopmat_unsupported() const {
+// Keys per tile of attention_coopmat.comp for m queries (0: the most it may take): 32 where the
+// shared memory allows and the pass has fewer than kAttentionBk16From queries, else 16. Few
+// workgroups (a 512-token pass: 8 a head) gain from the longer tiles, 2048 queries a pass are even,
+// passes of 4096 gain from the workgroups an SM holds with the smaller ones (7 against 5 on the
+// H200: bench/RESULTS.md, eighth session).
+constexpr uint32_t kAttentionBk16From = 4096;
+uint32_t attention_coopmat_bk(const vk::DeviceInfo& info, uint32_t kv_bits, uint32_t m) {
+  if (const char* e = std::getenv("PQVK_ATTENTION_BK"); e && *e) return std::string(e) == "32" ? 32 : 16;  // benchmarks
+  return attention_coopmat_shared_bytes(32, kv_bits) <= info.max_shared_memory && m < kAttentionBk16From ? 32 : 16;
+}
+
+std::string Kernels::attention_coopmat_unsupported(uint32_t kv_bits) const {
   std::string why = coopmat_unsupported_;
-  const size_t need = attention_coopmat_shared_bytes(attention_coopmat_bk(ctx_.info()));
+  const size_t need = attention_coopmat_shared_bytes(attention_coopmat_bk(ctx_.info(), kv_bits, 0), kv_bits);
   if (need > ctx_.info().max_shared_memory)
     why += (why.empty() ? "" : "; ") + std::to_string(ctx_.info().max_shared_memory) + " bytes of shared memory (the shader needs " +
            std::to_string(need) + ")";
@@ -887,7 +895,7 @@ std::string Kernels::attention_path(const AttentionShape& a) const {
   // the per-query one; the tiled one does not read them.
   const bool coopmat_hd = a.kv_bits ? a.head_dim == 64 || a.head_dim == 128 : a.head_dim <= 128;
   if (coopmat_hd && cfg_.attention_coopmat == A::emulated) return "coopmat-emulated";
-  if (coopmat_hd && cfg_.attention_coopmat == A::automatic && attention_coopmat_unsupported().empty()) return "coopmat";
+  if (coopmat_hd && cfg_.attention_coopmat == A::automatic && attention_coopmat_unsupported(a.kv_bits).empty()) return "coopmat";
   return !a.kv_bits && attention_tiled_supported(a) ? "tiled" : "per-query";
 }
 
@@ -907,9 +915,9 @@ void Kernels::attention(vk::Commands& cmd, const AttentionShape& a, vk::BufferVi
   const std::string path = per_row ? "" : attention_path(a);
   if (path == "coopmat" || path == "coopmat-emulated") {
     const bool real = path == "coopmat";
-    const uint32_t bk = attention_coopmat_bk(ctx_.info());
-    const auto& p = real ? pipeline("attention_coopmat", {{0, bk}, {1, a.kv_bits}}, 6, 20, 128, coopmat_subgroup_size())
-                         : pipeline("attention_coopmat_emulated", {{0, bk}, {1, a.kv_bits}}, 6, 20, 128);
+    const uint32_t bk = attention_coopmat_bk(ctx_.info(), a.kv_bits, m);
+    const auto& p = real ? pipeline("attention_coopmat", {{0, bk}, {1, a.kv_bits}, {2, cfg_.attention_ablate}}, 6, 20, 128, coopmat_subgroup_size())
+                         : pipeline("attention_coopmat_emulated", {{0, bk}, {1, a.kv_bits}, {2, cfg_.attention_ablate}}, 6, 20, 128);
     struct { uint32_t n_heads, n_kv, hd, window, m; } push{a.n_heads, a.n_kv, a.head_dim, a.window, m};
     if (!a.kv_bits) {
       cmd.dispatch(p, {q, kcache, vcache, out, step, dummy_}, push, a.n_heads, (m + 63) / 64);

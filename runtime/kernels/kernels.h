@@ -114,10 +114,11 @@ struct KernelConfig {
   // PQVK_GEMM_SKINNY_SPLIT overrides it (benchmarks).
   uint32_t gemm_skinny_split_target = 256;
   // Benchmarks only (wrong results, timings of what is left): the ABLATE specialization constant
-  // of pq_gemv.comp (gemv_ablate, from PQVK_GEMV_ABLATE) and of pq_gemm_coopmat.comp /
-  // pq_gemm_skinny.comp (gemm_ablate, from PQVK_GEMM_ABLATE); their headers say what each bit
-  // leaves out. 0: nothing.
-  uint32_t gemv_ablate = 0, gemm_ablate = 0;
+  // of pq_gemv.comp (gemv_ablate, from PQVK_GEMV_ABLATE), of pq_gemm_coopmat.comp /
+  // pq_gemm_skinny.comp (gemm_ablate, from PQVK_GEMM_ABLATE) and of attention_coopmat.comp
+  // (attention_ablate, PQVK_ATTENTION_ABLATE); their headers say what each bit leaves out.
+  // 0: nothing.
+  uint32_t gemv_ablate = 0, gemm_ablate = 0, attention_ablate = 0;
   // Prefill attention: tiles of queries sharing each key and value they read
   // (shaders/attention_tiled.comp) where the device can run it (attention_tiled_supported()),
   // else one query per workgroup (shaders/attention.comp). false: always the latter.
@@ -362,8 +363,9 @@ class Kernels {
   // most 128, subgroups of at least 8 invocations, 25 KiB of shared memory, the switch on.
   bool attention_tiled_supported(const AttentionShape& a) const;
   // Why this device cannot run attention_coopmat.comp (empty when it can): VK_NV_cooperative_matrix
-  // with a 16x16x16 fp16 shape, fp16, the memory model, subgroups of 32, 31 KiB of shared memory (43 KiB for 32-key tiles, taken where they fit).
-  std::string attention_coopmat_unsupported() const;
+  // with a 16x16x16 fp16 shape, fp16, the memory model, subgroups of 32, 31 KiB of shared memory
+  // (43.5 KiB for 32-key tiles, taken where they fit; PolarQuant records of kv_bits: their centroids more).
+  std::string attention_coopmat_unsupported(uint32_t kv_bits = 0) const;
   // The shader attention() takes for consecutive positions with this shape: "coopmat",
   // "coopmat-emulated", "tiled" or "per-query". A PolarQuant cache (kv_bits) takes the
   // tensor-core shader for heads of 64 or 128, else the per-query one.
