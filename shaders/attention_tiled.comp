@@ -15,6 +15,8 @@
 //          the tile (KPT of them), the row's max and sum are reduced by subgroup xor-shuffles
 //          over its LPQ lanes, and each probability reaches the other lanes by a shuffle.
 //          Output: lane g accumulates dims 4 g + 16 j .. + 3 (j < 8, vec4).
+//          Each invocation loads its words of a key / value tile into registers before the
+//          barrier that frees the previous tile, then stores them.
 //          Shared rows are 132 floats (vec4 reads of 4 neighbouring rows fall in distinct
 //          banks); dims past hd read as zeros. Shared memory: (32 + 2 BK) rows, 25 KiB at
 //          BK = 8, 33 KiB at 16.
@@ -32,6 +34,7 @@ const uint LPQ = 128u / BQ;        // lanes per query
 const uint KPT = BK / LPQ;         // keys per lane and tile
 const uint NJ = HDMAX / (4u * LPQ);  // output vec4 per lane
 const uint RS = HDMAX / 4u + 1u;   // shared row stride in vec4
+const uint TILE_IT = BK * (HDMAX / 2u) / 128u;  // a tile's key (and value) words per invocation
 
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
@@ -84,20 +87,30 @@ void main() {
   [[unroll]] for (uint j = 0u; j < NJ; ++j) acc[j] = vec4(0.0);
 
   for (uint start = key_lo(p_first); start <= p_last; start += BK) {
-    barrier();  // the previous tile is consumed (and, the first time, Qs and the zeros are stored)
-    // Keys and values start .. start + BK - 1 (zeros past p_last: never written to the cache).
-    for (uint i = t; i < BK * half_hd; i += 128u) {
-      const uint kj = i / half_hd, j = i % half_hd, key = start + kj;
-      vec2 kk = vec2(0.0), vv = vec2(0.0);
-      if (key <= p_last) {
+    // Keys and values start .. start + BK - 1 (zeros past p_last: never written to the cache),
+    // each invocation's words all loaded before the barrier and its first store (a loop storing
+    // each word as it came waited on one load at a time).
+    uint kw[TILE_IT], vw[TILE_IT];
+    [[unroll]] for (uint it = 0u; it < TILE_IT; ++it) {
+      const uint i = t + 128u * it, kj = i / half_hd, j = i % half_hd, key = start + kj;
+      kw[it] = 0u;
+      vw[it] = 0u;
+      if (i < BK * half_hd && key <= p_last) {
         const uint w = (key * p.n_kv + kvh) * half_hd + j;
-        kk = unpackHalf2x16(kc[w]);
-        vv = unpackHalf2x16(vc[w]);
+        kw[it] = kc[w];
+        vw[it] = vc[w];
       }
-      Ks[kj * RS + j / 4u][j % 4u] = kk.x;
-      Ks[kj * RS + (j + half_hd) / 4u][(j + half_hd) % 4u] = kk.y;
-      Vs[kj * RS + (2u * j) / 4u][(2u * j) % 4u] = vv.x;
-      Vs[kj * RS + (2u * j + 1u) / 4u][(2u * j + 1u) % 4u] = vv.y;
+    }
+    barrier();  // the previous tile is consumed (and, the first time, Qs and the zeros are stored)
+    [[unroll]] for (uint it = 0u; it < TILE_IT; ++it) {
+      const uint i = t + 128u * it, kj = i / half_hd, j = i % half_hd;
+      if (i < BK * half_hd) {
+        const vec2 kk = unpackHalf2x16(kw[it]), vv = unpackHalf2x16(vw[it]);
+        Ks[kj * RS + j / 4u][j % 4u] = kk.x;
+        Ks[kj * RS + (j + half_hd) / 4u][(j + half_hd) % 4u] = kk.y;
+        Vs[kj * RS + (2u * j) / 4u][(2u * j) % 4u] = vv.x;
+        Vs[kj * RS + (2u * j + 1u) / 4u][(2u * j + 1u) % 4u] = vv.y;
+      }
     }
     barrier();
 
