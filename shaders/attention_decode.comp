@@ -91,6 +91,7 @@ const uint RW = KV_BITS > 0u ? HD / KV_CPW + 1u : HD / 2u;  // words a position 
 layout(push_constant) uniform Push { uint n_heads, n_kv, window, splits; float eps; } p;
 
 shared vec2 qk[NQK * HALF];       // RoPE pairs (x_j, x_{j+hd/2}) of the query heads and the new key
+                                  // (KV_BITS: then the rotated query heads' pairs (2i, 2i + 1))
 // First the per-head sums of squares (HAS_NORM; 128 slots per head), then the tile's e^(s - m)
 // per head (probs).
 shared float scratch[(HAS_NORM != 0u ? NQK : GQ) * 128u];
@@ -240,6 +241,9 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
   if (KV_BITS > 0u) {
     for (uint i = t; i < (1u << KV_BITS); i += 128u) cbs[i] = kvcb[i];
     fwht_qrot(GQ, HD, t);  // qrot = sqrt(HD) H q per head
+    // The rotated queries again as pairs in qk (free in this path from here on): the scores read
+    // two dimensions a shared load.
+    for (uint i = t; i < GQ * HALF; i += 128u) qk[i] = vec2(qrot[2u * i], qrot[2u * i + 1u]);
     if (has_pos) {  // the new key and value as records (the caches, and knew / vnew for this workgroup)
       const uint rec = (pos * p.n_kv + kvh) * RW;
       store_record(true, rec, t);
@@ -272,11 +276,20 @@ void attend(uint kvh, uint split, uint t, uint pos, uint first, uint last) {
       const uint kb = (key * p.n_kv + kvh) * RW;
       float d[GQ];
       [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = 0.0;
-      for (uint w = 0u; w + 1u < RW; ++w) {
-        const uint word = key == pos ? knew[w] : kc[kb + w];
-        for (uint k = 0u; k < KV_CPW; ++k) {
-          const float c = cbs[pq_kv_code_in(word, k)];
-          [[unroll]] for (uint g = 0u; g < GQ; ++g) d[g] = fma(qrot[g * HD + w * KV_CPW + k], c, d[g]);
+      for (uint w0 = 0u; w0 + 1u < RW; w0 += 8u) {  // eight record words' loads in flight
+        uint words[8];
+        [[unroll]] for (uint u = 0u; u < 8u; ++u)
+          words[u] = w0 + u + 1u >= RW ? 0u : key == pos ? knew[w0 + u] : kc[kb + w0 + u];
+        [[unroll]] for (uint u = 0u; u < 8u; ++u) {
+          if (w0 + u + 1u < RW) {
+            [[unroll]] for (uint k = 0u; k < KV_CPW; k += 2u) {
+              const vec2 c = vec2(cbs[pq_kv_code_in(words[u], k)], cbs[pq_kv_code_in(words[u], k + 1u)]);
+              [[unroll]] for (uint g = 0u; g < GQ; ++g) {
+                const vec2 qq = qk[(g * HD + (w0 + u) * KV_CPW + k) / 2u];
+                d[g] = fma(qq.x, c.x, fma(qq.y, c.y, d[g]));
+              }
+            }
+          }
         }
       }
       const float f = uintBitsToFloat(key == pos ? knew[RW - 1u] : kc[kb + RW - 1u]) / float(HD) * scale;
