@@ -11,8 +11,9 @@
 //                      decoding together (one batched step per token of all of them), the
 //                      aggregate tokens/s of the N.
 //   vk-bench kernels   FWHT, GEMV (M = 1) and GEMM (M = 512) at LLM shapes for Q3..Q6 and fp16,
-//                      timed with GPU timestamps, against the device-to-device copy bandwidth
-//                      measured in the same run.
+//                      and the causal prefill attention at Llama-3-8B's heads (M = 512), timed
+//                      with GPU timestamps, against the device-to-device copy bandwidth measured
+//                      in the same run.
 //   vk-bench --list-devices
 // Kernel weights are random codes and scales (timing does not depend on their values, but never
 // on zeros); matrices smaller than 256 MiB are replicated and cycled so that repeated runs read
@@ -187,7 +188,50 @@ struct KernelArgs {
   std::vector<std::string> gemv_configs;  // "WGxROWS" + lookup letter (parse_gemv_config)
   bool check = false;  // every timed GEMV / GEMM also against its CPU twin
   bool batched = false;  // for M > 1 also the batched GEMV of continuous batching
+  bool no_attention = false;  // skip the prefill attention rows
 };
+
+// --check of a prefill attention: out [m][n_heads * hd] from the GPU against fp64 over the same
+// queries and fp16 cache words (kc, vc: qkv_rope.comp's layout, positions 0 .. m - 1, consecutive
+// queries from position 0), on a sample of query rows and every head. The norm-wise relative error.
+double check_attention(const Kernels::AttentionShape& a, const std::vector<float>& q, const std::vector<uint32_t>& kc,
+                       const std::vector<uint32_t>& vc, const std::vector<float>& out, uint32_t m) {
+  const size_t hd = a.head_dim, half = hd / 2, qdim = size_t(a.n_heads) * hd;
+  std::vector<uint32_t> sample = {0, m / 2, m - 1};
+  std::mt19937 rng(11);
+  for (int i = 0; i < 5; ++i) sample.push_back(rng() % m);
+  double num = 0, den = 0;
+  for (uint32_t t : std::set<uint32_t>(sample.begin(), sample.end()))
+    for (uint32_t h = 0; h < a.n_heads; ++h) {
+      const uint32_t kvh = h / (a.n_heads / a.n_kv);
+      const float* qh = &q[t * qdim + h * hd];
+      std::vector<double> score(t + 1), o(hd, 0.0);
+      double mx = -1e300, sum = 0;
+      for (uint32_t p = 0; p <= t; ++p) {
+        const uint32_t* kw = &kc[(size_t(p) * a.n_kv + kvh) * half];
+        double d = 0;
+        for (size_t j = 0; j < half; ++j)
+          d += double{qh[j]} * pq::f16_to_f32(kw[j] & 0xffff) + double{qh[j + half]} * pq::f16_to_f32(kw[j] >> 16);
+        score[p] = d / std::sqrt(double(hd));
+        mx = std::max(mx, score[p]);
+      }
+      for (uint32_t p = 0; p <= t; ++p) {
+        const double e = std::exp(score[p] - mx);
+        sum += e;
+        const uint32_t* vw = &vc[(size_t(p) * a.n_kv + kvh) * half];
+        for (size_t j = 0; j < half; ++j) {
+          o[2 * j] += e * pq::f16_to_f32(vw[j] & 0xffff);
+          o[2 * j + 1] += e * pq::f16_to_f32(vw[j] >> 16);
+        }
+      }
+      for (size_t i = 0; i < hd; ++i) {
+        const double ref = o[i] / sum, d = double{out[t * qdim + h * hd + i]} - ref;
+        num += d * d;
+        den += ref * ref;
+      }
+    }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
 
 // A --gemv-configs entry: "256x8h" -> workgroup 256, 8 rows, lookups by subgroup shuffle.
 // Letters: t table (as many copies as fit), u table with one copy, h shuffle, r shuffle with
@@ -383,6 +427,51 @@ int run_kernels(const KernelArgs& a) {
     }
   }
 
+  // Prefill attention over an fp16 cache (the shader Kernels::attention_path takes here), causal,
+  // queries at positions 0 .. M - 1: Llama-3-8B's heads (32 of 128, 8 KV heads), M >= 16 of -m.
+  if (!a.no_attention) {
+    Kernels::AttentionShape as{32, 8, 128, 0, 0, 1e-6f, 0};
+    std::vector<uint32_t> ams;
+    for (uint32_t m : ms)
+      if (m >= 16) ams.push_back(m);
+    if (smoke) {
+      as = {4, 2, 64, 0, 0, 1e-6f, 0};
+      ams = {33, 100};
+    }
+    for (uint32_t m : ams) {
+      as.max_ctx = m;
+      const size_t qdim = size_t(as.n_heads) * as.head_dim, words = size_t(m) * as.n_kv * Kernels::kv_words(as);
+      std::vector<float> q(m * qdim);
+      for (auto& v : q) v = std::normal_distribution<float>()(rng);
+      std::vector<uint32_t> kc(words), vc(words);
+      for (auto* c : {&kc, &vc})
+        for (auto& w : *c)
+          w = pq::f32_to_f16(std::normal_distribution<float>()(rng)) | uint32_t{pq::f32_to_f16(std::normal_distribution<float>()(rng))} << 16;
+      vk::Buffer qb = ctx.upload_new(q, "attention q"), kb = ctx.upload_new(kc, "k cache"), vb = ctx.upload_new(vc, "v cache");
+      vk::Buffer ob = ctx.buffer(m * qdim * 4, vk::MemoryKind::device, "attention out");
+      vk::Buffer step = ctx.upload_new(std::vector<uint32_t>{0, 0, 0, 0}, "step");
+      double min_ns = 0;
+      const double ns = time_median_ns(ctx, reps, [&](vk::Commands& c, int) { k.attention(c, as, qb, kb, vb, ob, step, m); }, &min_ns);
+      // Causal: query i sees i + 1 keys; 2 FLOPs a multiply-add, hd of them for q.k and for p v.
+      const double pairs = double(m) * (m + 1) / 2 * as.n_heads, flops = pairs * as.head_dim * 4;
+      const double bytes = 2.0 * m * qdim * 4 + 2.0 * words * 4;
+      const std::string path = k.attention_path(as);
+      Row row{"attention", "f16 kv [" + path + "]", std::to_string(as.n_heads) + "/" + std::to_string(as.n_kv) + " heads of " +
+              std::to_string(as.head_dim), m, ns / 1e3, bytes / ns, 100 * bytes / ns / bw, flops / ns / 1e3, min_ns / 1e3};
+      row.path = path;
+      if (path.rfind("coopmat", 0) == 0) row.check_tol = 3e-3;  // queries and probabilities in fp16
+      if (a.check) {
+        auto c = ctx.commands();
+        c.fill(ob, 0x7fc00000u);  // NaN: an output the kernel does not write fails
+        c.barrier();
+        k.attention(c, as, qb, kb, vb, ob, step, m);
+        c.run();
+        row.check_err = check_attention(as, q, kc, vc, ctx.download_all<float>(ob), m);
+      }
+      rows.push_back(row);
+    }
+  }
+
   std::printf("| kernel | format | out x in | M | median (us) | min (us) | GB/s | %% of copy BW | TFLOP/s |%s\n",
               a.check ? " check (rel. error) |" : "");
   std::printf("|---|---|---|---|---|---|---|---|---|%s\n", a.check ? "---|" : "");
@@ -391,9 +480,10 @@ int run_kernels(const KernelArgs& a) {
     std::printf("| %s | %s | %s | %u | %.1f | %.1f | %.1f | %.1f%% | %.2f |", r.kernel.c_str(), r.format.c_str(),
                 r.shape.c_str(), r.m, r.us, r.min_us, r.gbs, r.pct, r.tflops);
     if (a.check) {
-      const bool bad = r.check_err >= 0 && !(r.check_err < r.check_tol);
+      const bool checked = r.check_err != -1;  // NaN (a poisoned output left unwritten) is checked, and fails
+      const bool bad = checked && !(r.check_err < r.check_tol);
       failed += bad;
-      if (r.check_err >= 0) std::printf(" %.1e%s |", r.check_err, bad ? " FAILED" : "");
+      if (checked) std::printf(" %.1e%s |", r.check_err, bad ? " FAILED" : "");
       else std::printf(" - |");
     }
     std::printf("\n");
@@ -414,7 +504,7 @@ int run_kernels(const KernelArgs& a) {
     return 1;
   }
   if (failed) {
-    std::fprintf(stderr, "vk-bench: %d kernels differ from their CPU twins (relative error at or above 1e-4, or 3e-3 where the GEMM rounds its operands to fp16)\n", failed);
+    std::fprintf(stderr, "vk-bench: %d kernels differ from their CPU twins (relative error at or above 1e-4, or 3e-3 where the GEMM or the attention rounds its operands to fp16)\n", failed);
     return 1;
   }
   return 0;
@@ -1035,7 +1125,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", ma.seed, "Seed of the synthetic weights and prompt tokens (default 1)");
 
   KernelArgs ka;
-  auto* kern = app.add_subcommand("kernels", "FWHT, GEMV and GEMM at LLM shapes against the copy bandwidth");
+  auto* kern = app.add_subcommand("kernels", "FWHT, GEMV, GEMM and prefill attention at LLM shapes against the copy bandwidth");
   kern->add_option("-d,--device", ka.device, "Device index or name substring");
   kern->add_option("-r,--reps", ka.reps, "Timed repetitions per kernel (median reported)")->check(CLI::Range(1, 10000));
   kern->add_option("--bits", ka.bits, "Bit widths to run (default 3,4,5,6)")->check(CLI::Range(2, 8))->delimiter(',');
@@ -1049,7 +1139,8 @@ int main(int argc, char** argv) {
   kern->add_option("--gemv-rows", ka.gemv_rows, "GEMV rows per workgroup");
   kern->add_flag("--batched", ka.batched,
                  "For M > 1 also what continuous batching's decode steps may run: the batched GEMV (shape from $PQVK_GEMV_BATCH=WGxROWSxTOKENS) and the GEMM with K split");
-  kern->add_flag("--check", ka.check, "Also check every timed quantized GEMV / GEMM against its CPU twin (exit 1 on a mismatch)");
+  kern->add_flag("--check", ka.check, "Also check every timed quantized GEMV / GEMM and prefill attention against its CPU twin (exit 1 on a mismatch)");
+  kern->add_flag("--no-attention", ka.no_attention, "Skip the prefill attention (Llama-3-8B's heads, causal, at each M >= 16 of -m)");
   kern->add_option("--gemv-configs", ka.gemv_configs,
                    "Time the GEMV once per configuration WGxROWS + t (shared table), u (table, one copy), h (subgroup shuffle), r (shuffle, unmasked indices) or d (no lookup: its cost), e.g. 128x2t,256x8h")
       ->delimiter(',');
