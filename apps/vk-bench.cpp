@@ -710,21 +710,24 @@ ModelResult bench_model(vk::Context& ctx, const ModelSpec& spec, const ModelArgs
   const uint64_t before = ctx.allocated_bytes();
   const auto t0 = Clock::now();
   std::unique_ptr<pqvk::llm::GpuModel> m;
+  // The depth and the longest test must fit the model's context: checked before anything is
+  // allocated or prefilled.
+  auto check_context = [&](const std::string& what, int64_t max_seq_len) {
+    if (max_seq_len < go.context)
+      throw std::runtime_error(what + ": -d + max(-p, -n) = " + std::to_string(go.context) +
+                               " tokens exceed the model's context of " + std::to_string(max_seq_len));
+  };
   if (!spec.path.empty()) {
     auto file = pqvk::model::PqmFile::open(spec.path);
     res.model = std::filesystem::path(spec.path).filename().string();
     res.format = file_format(file);
     res.source = spec.path;
     res.params = parameter_count(file.config());
-    if (file.config().max_seq_len < go.context)
-      throw std::runtime_error(spec.path + ": -d + max(-p, -n) = " + std::to_string(go.context) +
-                               " tokens exceed the model's context of " + std::to_string(file.config().max_seq_len));
+    check_context(spec.path, file.config().max_seq_len);
     m = std::make_unique<pqvk::llm::GpuModel>(ctx, file, go);
   } else {
     const auto cfg = synthetic_config(spec.shape);
-    if (cfg.max_seq_len < go.context)  // before anything is allocated or prefilled
-      throw std::runtime_error("synthetic " + spec.shape + ": -d + max(-p, -n) = " + std::to_string(go.context) +
-                               " tokens exceed the model's context of " + std::to_string(cfg.max_seq_len));
+    check_context("synthetic " + spec.shape, cfg.max_seq_len);
     pqvk::llm::SyntheticWeights sw;
     sw.fp16 = spec.format == "f16";
     sw.recipe = sw.fp16 ? "q4" : spec.format;

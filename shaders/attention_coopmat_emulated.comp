@@ -74,4 +74,3 @@ Acc emu_load(uint e, uint ld) {
   }
   return c;
 }
-
