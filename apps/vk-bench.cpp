@@ -189,6 +189,7 @@ struct KernelArgs {
   bool check = false;  // every timed GEMV / GEMM also against its CPU twin
   bool batched = false;  // for M > 1 also the batched GEMV of continuous batching
   bool no_attention = false;  // skip the prefill attention rows
+  bool chain = false;  // also GEMVs timed in chains of 8, with and without barriers between them
 };
 
 // --check of a prefill attention: out [m][n_heads * hd] from the GPU against fp64 over the same
@@ -410,7 +411,27 @@ int run_kernels(const KernelArgs& a) {
                           (kv->last_gemm_splits() > 1 ? ", split-K " + std::to_string(kv->last_gemm_splits()) : "") + "]";
             if (path != Kernels::GemmPath::portable) row.check_tol = 3e-3;
           }
+          const size_t row_index = rows.size();
           rows.push_back(row);
+          if (a.chain && m == 1 && !batch) {
+            // What a dependent dispatch costs inside a decode step: 8 GEMVs (of different replicas)
+            // between two timestamps, with the barrier a step puts between them and without it
+            // (nothing waits; the device may overlap them). Per GEMV.
+            for (bool barriers : {true, false}) {
+              constexpr int kChain = 8;
+              double cmin = 0;
+              const double cns = time_median_ns(ctx, reps, [&](vk::Commands& c, int r) {
+                for (int i = 0; i < kChain; ++i) {
+                  if (i > 0 && barriers) c.barrier();
+                  const int rep = (r * kChain + i) % copies;
+                  if (f16) kv->gemv_f16(c, fs[rep], xb, yb);
+                  else kv->gemv(c, qs[rep], xb, yb);
+                }
+              }, &cmin) / kChain;
+              rows.push_back({barriers ? "gemv chain of 8" : "gemv chain of 8, no barriers", row.format, shape, m,
+                              cns / 1e3, bytes / cns, 100 * bytes / cns / bw, flops / cns / 1e3, cmin / kChain / 1e3});
+            }
+          }
           if (a.check && !f16 && kv->config().gemv_lookup != pqvk::KernelConfig::GemvLookup::code) {
             auto c = ctx.commands();
             c.fill(yb, 0x7fc00000u);  // NaN: an output the kernel does not write fails
@@ -420,7 +441,7 @@ int run_kernels(const KernelArgs& a) {
             else kv->gemm(c, qs[0], x16 ? xh : xb, yb, m, false, gout);
             c.run();
             const auto y = ctx.download_all<float>(yb);
-            rows.back().check_err = check_quant(first, xin, first.cols_padded, y, m);
+            rows[row_index].check_err = check_quant(first, xin, first.cols_padded, y, m);
           }
         }
       }
@@ -1143,6 +1164,8 @@ int main(int argc, char** argv) {
   kern->add_flag("--batched", ka.batched,
                  "For M > 1 also what continuous batching's decode steps may run: the batched GEMV (shape from $PQVK_GEMV_BATCH=WGxROWSxTOKENS) and the GEMM with K split");
   kern->add_flag("--check", ka.check, "Also check every timed quantized GEMV / GEMM and prefill attention against its CPU twin (exit 1 on a mismatch)");
+  kern->add_flag("--chain", ka.chain,
+                 "Also time each GEMV (M = 1) in chains of 8 with and without barriers between them (per GEMV): what a dependent dispatch costs");
   kern->add_flag("--no-attention", ka.no_attention, "Skip the prefill attention (Llama-3-8B's heads, causal, at each M >= 16 of -m)");
   kern->add_option("--gemv-configs", ka.gemv_configs,
                    "Time the GEMV once per configuration WGxROWS + t (shared table), u (table, one copy), h (subgroup shuffle), r (shuffle, unmasked indices) or d (no lookup: its cost), e.g. 128x2t,256x8h")
