@@ -23,7 +23,7 @@
 //          loads of a chunk's inputs are 512 contiguous bytes), else raw [cols] row-major (zero
 //          padded beyond cols by the shader); 4 y fp32 (at y_offset); 5 w [cols] fp32 (RMSNorm);
 //          FOLD: 6 counters [nout / FB] (zero between dispatches), 7 the next input, 9 gamma [nout];
-//          8 per-block sums of squares (written by FOLD 1, read by PROLOGUE 8); 10 sync counters.
+//          8 per-block sums of squares (written by FOLD 1, read by PROLOGUE 8).
 // Workgroup: WG invocations and ROWS rows. Invocation t takes chunks (32 consecutive inputs)
 //          t, t + WG, ...: it loads the chunk's 32 inputs (eight 16-byte loads), applies the
 //          prologue in registers (the rotation of a block of B = 32 * (B/32) inputs is H_32
@@ -45,25 +45,12 @@
 //          LOOKUP 3: no lookup, a float made from the code's bits (a benchmark's measure of what
 //          the lookups cost; not a GEMV of the matrix).
 //          Sums: subgroupAdd, then shared memory across subgroups.
-// SYNC (decode steps without a barrier between dependent GEMVs, KernelConfig::gemv_overlap):
-//          a slot of the sync buffer is SYNC_WORDS words: 64 partial counters, a total and 64 flags,
-//          each in its own 128-byte line, so that thousands of workgroups neither add to nor poll
-//          one address. bit 1, signal: when everything a workgroup writes (y, the fold) is written,
-//          it adds 1 to partial counter (its index within the GEMV) % 64; the last of a counter
-//          adds 1 to the total, and the last of those sets the 64 flags. bit 0, wait: the first
-//          row group's words are loaded, then invocation 0 polls flag (workgroup index % 64)
-//          of wait_slot before any input is read. The device must start every workgroup of a
-//          dispatch before those of a later one (Kernels: only where that is known), and the
-//          input a waiting GEMV reads must not have been read since the last barrier (GpuModel
-//          gives each such input its own buffer region), as no barrier invalidates caches.
-//          The poll is bounded (about 4M reads): a producer that never signals gives wrong
-//          results, which the tests catch, not a hung device.
 // Dispatch: ceil(rows / ROWS) workgroups over x (and y for very tall matrices).
 // Specialization: 0 WG (local_size_x), 1 BITS, 2 ROWS (even for EPILOGUE 2), 3 BLOCK (B),
 //          4 CB_SHIFT (CB_REP = 1 << it), 5 LOOKUP, 6 PROLOGUE, 7 EPILOGUE, 8 FOLD, 9 FB, 10 FROT,
 //          11 ABLATE (benchmarks only, PQVK_GEMV_ABLATE; wrong results, timings of what is left):
 //          1 no input loads (the prepared input made from the chunk index), 2 no code or scale
-//          loads (words made from the row and chunk indices); 12 SYNC.
+//          loads (words made from the row and chunk indices).
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
@@ -81,8 +68,6 @@ layout(constant_id = 8) const uint FOLD = 0u;
 layout(constant_id = 9) const uint FB = 128u;
 layout(constant_id = 10) const uint FROT = 1u;
 layout(constant_id = 11) const uint ABLATE = 0u;
-layout(constant_id = 12) const uint SYNC = 0u;
-const bool WAIT = (SYNC & 1u) != 0u, SIGNAL = (SYNC & 2u) != 0u;
 const uint CB_REP = 1u << CB_SHIFT;
 const bool ROTATE = (PROLOGUE & 1u) != 0u, NORM = (PROLOGUE & 2u) != 0u, PART_NORM = (PROLOGUE & 8u) != 0u;
 const uint OUTR = EPILOGUE == 2u ? ROWS / 2u : ROWS;  // outputs per workgroup
@@ -98,27 +83,18 @@ layout(std430, binding = 4) coherent buffer Y { float y[]; };  // coherent: a fo
 layout(std430, binding = 5) readonly buffer W4 { vec4 w4[]; };
 layout(std430, binding = 5) readonly buffer W1 { float w1[]; };
 layout(std430, binding = 6) coherent buffer Counters { uint counter[]; };
-layout(std430, binding = 7) coherent writeonly buffer Next { float nx[]; };  // coherent: SYNC's consumer reads it
+layout(std430, binding = 7) writeonly buffer Next { float nx[]; };
 layout(std430, binding = 8) buffer Parts { float parts[]; };
 layout(std430, binding = 9) readonly buffer Gamma { float gamma[]; };
-layout(std430, binding = 10) coherent volatile buffer Sync { uint sync[]; };
 // rows: rows of this slice; cols: inputs (x beyond them reads as 0; PROLOGUE 8: the count the
 // mean of squares divides by); y_offset: where row 0's result goes in y (EPILOGUE 2: where output
-// 0 goes); x_offset: where x starts (a multiple of 4); nout: outputs of the whole matrix (FOLD);
-// wait_slot, signal_slot: SYNC's slots; signal_count: this GEMV's workgroups (all its
-// dispatches); group0: the index of this dispatch's first workgroup among them
-layout(push_constant) uniform Push {
-  uint rows, nchunk, nblocks, cols, y_offset, x_offset;
-  float eps;
-  uint nout, wait_slot, signal_slot, signal_count, group0;
-} p;
+// 0 goes); x_offset: where x starts (a multiple of 4); nout: outputs of the whole matrix (FOLD)
+layout(push_constant) uniform Push { uint rows, nchunk, nblocks, cols, y_offset, x_offset; float eps; uint nout; } p;
 
 shared float cb[LOOKUP == 0u ? (1u << BITS) * CB_REP : 1u];
 shared float partial[(ROWS + 1u) * (WG / 4u)];  // per (row or sum of squares, subgroup)
 shared vec4 fwht_sh[FOLD != 0u ? WG : 1u];
 shared bool fold_last;
-shared uint sync_seen;
-uint input_dep = 0u;  // SYNC: 0, computed from what the wait read, so that no input load moves above it
 
 #include "pq_common.glsl"
 #include "fwht_block.glsl"
@@ -267,41 +243,6 @@ void fold(uint out0) {
     [[unroll]] for (uint k = 0u; k < 4u; ++k) nx[gemv_interleaved_index(b * FB + 4u * t + k)] = v[k];
 }
 
-// SYNC: until the producer's workgroups have all signalled (bounded), then its writes visible.
-const uint SYNC_WORDS = 4128u, SYNC_TOTAL = 2048u, SYNC_FLAGS = 2080u;  // Kernels::kGemvSyncWords
-
-// Loads of the input (and of PROLOGUE 8's sums) are not coherent (coherent ones would bypass the
-// caches every workgroup shares them through), so a compiler may move them up past the wait: their
-// indices depend on input_dep, a 0 computed from the flag read (1 after a timeout).
-void wait_for_input(uint wg) {
-  if (gl_LocalInvocationID.x == 0u) {
-    const uint f = p.wait_slot * SYNC_WORDS + SYNC_FLAGS + 32u * (wg & 63u);
-    uint seen = sync[f];
-    for (uint i = 0u; i < (1u << 22) && seen == 0u; ++i) seen = sync[f];
-    sync_seen = seen;
-    memoryBarrierBuffer();
-  }
-  barrier();
-  memoryBarrierBuffer();
-  input_dep = sync_seen != 0u ? 0u : 1u;
-}
-
-// This workgroup's writes done: counted (partial counter, then total, then the flags).
-void signal_done(uint wg) {
-  memoryBarrierBuffer();
-  barrier();
-  if (gl_LocalInvocationID.x == 0u) {
-    const uint base = p.signal_slot * SYNC_WORDS, c = wg & 63u;
-    if (atomicAdd(sync[base + 32u * c], 1u) == (p.signal_count - c + 63u) / 64u - 1u) {
-      memoryBarrierBuffer();
-      if (atomicAdd(sync[base + SYNC_TOTAL], 1u) == min(64u, p.signal_count) - 1u) {
-        memoryBarrierBuffer();
-        for (uint k = 0u; k < 64u; ++k) sync[base + SYNC_FLAGS + 32u * k] = 1u;
-      }
-    }
-  }
-}
-
 void main() {
   const uint t = gl_LocalInvocationID.x;
   const uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
@@ -315,17 +256,7 @@ void main() {
   } else if (LOOKUP == 1u || LOOKUP == 2u) {
     cb_lane = codebook[gl_SubgroupInvocationID & ((1u << BITS) - 1u)];
   }
-  if (row0 >= p.rows) {  // uniform over the workgroup; writes nothing
-    if (SIGNAL) signal_done(p.group0 + wg);
-    return;
-  }
-  // WAIT: the first row group's words (they do not depend on the input) in flight while waiting.
-  uint w0[RG][9];
-  float sc0[RG];
-  if (WAIT) {
-    load_words(min(t, p.nchunk - 1u), t < p.nchunk, 0u, row0, w0, sc0);
-    wait_for_input(p.group0 + wg);
-  }
+  if (row0 >= p.rows) return;  // uniform over the workgroup
 
   float acc[ROWS];
   [[unroll]] for (uint r = 0u; r < ROWS; ++r) acc[r] = 0.0;
@@ -333,7 +264,7 @@ void main() {
 
   for (uint ch0 = 0u; ch0 < p.nchunk; ch0 += WG) {
     const bool live = ch0 + t < p.nchunk;
-    const uint ch = min(ch0 + t + input_dep, p.nchunk - 1u);
+    const uint ch = min(ch0 + t, p.nchunk - 1u);
     float xv[32];
     load_chunk(ch, live, xv, ss);
     if (ROTATE) rotate_chunk(ch, xv);
@@ -341,12 +272,7 @@ void main() {
       // The group's words and scales first, so that their loads are in flight together.
       uint w[RG][9];
       float sc[RG];
-      if (WAIT && ch0 == 0u && r0 == 0u) {
-        w = w0;
-        sc = sc0;
-      } else {
-        load_words(ch, live, r0, row0, w, sc);
-      }
+      load_words(ch, live, r0, row0, w, sc);
       dot_rows(r0, w, sc, xv, cb_lane, rep, acc);
     }
   }
@@ -369,7 +295,7 @@ void main() {
   }
   if (PART_NORM) {  // the same order in every workgroup: one factor for all rows
     float total = 0.0;
-    for (uint b = 0u; b < p.nblocks; ++b) total += parts[min(b + input_dep, p.nblocks - 1u)];  // (SYNC: after the wait)
+    for (uint b = 0u; b < p.nblocks; ++b) total += parts[b];
     factor *= inversesqrt(total / float(p.cols) + p.eps);
   }
   if (EPILOGUE == 2u) {  // rows 2i and 2i+1: gate and up of output row0 / 2 + i
@@ -391,5 +317,4 @@ void main() {
     y[o] = EPILOGUE == 1u ? y[o] + v : v;
   }
   if (FOLD != 0u) fold(p.y_offset + wg * OUTR);
-  if (SIGNAL) signal_done(p.group0 + wg);
 }

@@ -171,14 +171,6 @@ Kernels::Kernels(vk::Context& ctx, KernelConfig cfg) : ctx_(ctx), cfg_(cfg) {
     if (v != "0" && v != "1") throw Error("PQVK_GEMV_FOLD='" + v + "' is not 0 or 1");
     cfg_.gemv_fold = v == "1";
   }
-  // Overlapped decode GEMVs where every workgroup of a dispatch is known to start before a later
-  // dispatch's: NVIDIA's GPUs, and CPU devices (lavapipe runs each dispatch to its end).
-  if (cfg_.gemv_overlap < 0) cfg_.gemv_overlap = ctx.info().vendor_id == 0x10de || ctx.info().type == "cpu" ? 1 : 0;
-  if (const char* e = std::getenv("PQVK_GEMV_OVERLAP"); e && *e) {  // 0 / 1 (benchmarks)
-    const std::string v = e;
-    if (v != "0" && v != "1") throw Error("PQVK_GEMV_OVERLAP='" + v + "' is not 0 or 1");
-    cfg_.gemv_overlap = v == "1" ? 1 : 0;
-  }
   if (const char* e = std::getenv("PQVK_GEMV_BATCH"); e && *e) {  // "WGxROWSxTOKENS": the batched GEMV's shape (benchmarks)
     unsigned wg = 0, rows = 0, tokens = 0;
     if (std::sscanf(e, "%ux%ux%u", &wg, &rows, &tokens) != 3)
@@ -351,13 +343,13 @@ uint32_t gemv_workgroup(const KernelConfig& cfg, uint32_t nchunk, bool table) {
 }
 }  // namespace
 
-uint32_t Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y,
-                       const GemvOp& op) {
-  return gemv_as(cmd, w, x, y, op, gemv_lookup(w.bits));
+void Kernels::gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y,
+                   const GemvOp& op) {
+  gemv_as(cmd, w, x, y, op, gemv_lookup(w.bits));
 }
 
-uint32_t Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y,
-                          const GemvOp& op, KernelConfig::GemvLookup lookup) {
+void Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y,
+                      const GemvOp& op, KernelConfig::GemvLookup lookup) {
   using L = KernelConfig::GemvLookup;
   const bool swiglu = op.epilogue == GemvOp::swiglu;
   if (op.x_offset % 4) throw Error(w.name + ": gemv input offset is not a multiple of 4 floats");
@@ -384,10 +376,6 @@ uint32_t Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::Buf
       check_view(fold.norm, nout, w.name + " next rmsnorm weight");
     }
   }
-  const GemvOp::Sync& sync = op.sync;
-  if (sync.wait || sync.signal)
-    check_view(sync.counters, (size_t(std::max(sync.wait ? sync.wait_slot : 0u, sync.signal ? sync.signal_slot : 0u)) + 1) * kGemvSyncWords,
-               w.name + " gemv sync counters");
   if (swiglu && (w.rows % 2 || cfg_.gemv_rows % 2))
     throw Error(w.name + ": the SwiGLU epilogue needs an even row count and rows per workgroup");
   const uint32_t bits = static_cast<uint32_t>(w.bits);
@@ -411,33 +399,20 @@ uint32_t Kernels::gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::Buf
                            {{0, wg}, {1, bits}, {2, cfg_.gemv_rows}, {3, uint32_t(w.block)},
                             {4, mode == 0 ? rep_shift : 0u}, {5, mode}, {6, prologue}, {7, epilogue},
                             {8, fold_kind}, {9, fold_kind ? fold.block : 128u}, {10, fold.rotate ? 1u : 0u},
-                            {11, cfg_.gemv_ablate}, {12, (sync.wait ? 1u : 0u) | (sync.signal ? 2u : 0u)}},
-                           11, 48, wg);
+                            {11, cfg_.gemv_ablate}},
+                           10, 32, wg);
   const auto or_dummy = [&](vk::BufferView v) { return v.buffer ? v : vk::BufferView(dummy_); };
-  uint32_t total = 0, groups = 0;
-  for (const auto& s : w.slices) {
-    uint32_t gx, gy;
-    grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
-    total += gx * gy;
-  }
   for (const auto& s : w.slices) {
     if (swiglu && (s.row0 % 2 || s.rows % 2)) throw Error(w.name + ": a slice splits a gate/up row pair");
-    struct {
-      uint32_t rows, nchunk, nblocks, cols, y_offset, x_offset;
-      float eps;
-      uint32_t nout, wait_slot, signal_slot, signal_count, group0;
-    } push{u32(s.rows, "rows"), nchunk, nblocks, u32(op.prologue == GemvOp::prepared ? w.cols_padded : w.cols, "cols"),
-           u32(op.y_offset + (swiglu ? s.row0 / 2 : s.row0), "row"), op.x_offset, op.eps, nout,
-           sync.wait_slot, sync.signal_slot, total, groups};
+    struct { uint32_t rows, nchunk, nblocks, cols, y_offset, x_offset; float eps; uint32_t nout; } push{
+        u32(s.rows, "rows"), nchunk, nblocks, u32(op.prologue == GemvOp::prepared ? w.cols_padded : w.cols, "cols"),
+        u32(op.y_offset + (swiglu ? s.row0 / 2 : s.row0), "row"), op.x_offset, op.eps, nout};
     uint32_t gx, gy;
     grid(ctx_, (s.rows + cfg_.gemv_rows - 1) / cfg_.gemv_rows, &gx, &gy);
     cmd.dispatch(p, {s.codes, s.scales, w.codebook, x, y, or_dummy(op.norm), or_dummy(fold.counters), or_dummy(fold.next),
-                     or_dummy(op.prologue == GemvOp::prepared_rms ? op.partials : fold.partials), or_dummy(fold.norm),
-                     or_dummy(sync.counters)},
+                     or_dummy(op.prologue == GemvOp::prepared_rms ? op.partials : fold.partials), or_dummy(fold.norm)},
                  push, gx, gy);
-    groups += gx * gy;
   }
-  return groups;
 }
 
 bool Kernels::fold_supported(const DeviceQuantMatrix& w, GemvOp::Epilogue epilogue, uint32_t block) const {
@@ -1013,17 +988,6 @@ void Kernels::copy(vk::Commands& cmd, const vk::Buffer& src, const vk::Buffer& d
   const uint32_t n = u32(bytes / 16, "copy elements");
   const uint32_t groups = std::min<uint32_t>((n + 255) / 256, 65535);
   cmd.dispatch(p, {vk::BufferView(src, 0, bytes), vk::BufferView(dst, 0, bytes)}, n, groups);
-}
-
-void Kernels::prefetch(vk::Commands& cmd, const DeviceQuantMatrix& w, size_t max_bytes) {
-  const auto& p = pipeline("prefetch", {}, 2, 4, 256);
-  for (const auto& s : w.slices) {
-    const size_t bytes = std::min(max_bytes, s.codes.size()) / 16 * 16;
-    if (bytes == 0) break;
-    const uint32_t n = u32(bytes / 16, "prefetch elements");
-    cmd.dispatch(p, {vk::BufferView(s.codes, 0, bytes), vk::BufferView(dummy_)}, n, std::min<uint32_t>((n + 1023) / 1024, 1024));
-    max_bytes -= bytes;
-  }
 }
 
 }  // namespace pqvk

@@ -88,13 +88,6 @@ struct KernelConfig {
   // Decode GEMVs prepare the next matrix's input themselves (GemvOp::Fold: no RMSNorm / SwiGLU
   // preparation kernels between matrices). PQVK_GEMV_FOLD=0 turns it off (benchmarks).
   bool gemv_fold = true;
-  // Decode steps without a barrier between a GEMV and the GEMV reading the input its fold
-  // prepared (GemvOp::Sync): the second one's workgroups start while the first one's finish. Needs
-  // a device that starts every workgroup of a dispatch before any of a later one: on by default
-  // on NVIDIA's and on CPU devices (lavapipe runs dispatches one after another), off elsewhere
-  // until measured (-1: that choice, made by Kernels' constructor; 0 off; 1 on).
-  // PQVK_GEMV_OVERLAP=0 / 1 overrides it.
-  int gemv_overlap = -1;
   // Which shader the quantized GEMM (Kernels::gemm, prefill) runs. `automatic`: the tensor-core
   // one (shaders/pq_gemm_coopmat.comp: VK_NV_cooperative_matrix, fp16 x fp16 products, fp32
   // sums) where the device can run it (Kernels::coopmat_gemm_unsupported()) and M >=
@@ -198,17 +191,6 @@ struct GemvOp {
     uint32_t block = 128;
     bool rotate = true;
   } fold;
-  // Decode steps without a barrier between dependent GEMVs (KernelConfig::gemv_overlap; shaders/
-  // pq_gemv.comp, SYNC): `counters` holds slots of kGemvSyncWords words, zero before the step.
-  // With `signal`, the GEMV's workgroups count themselves in slot signal_slot when all they write
-  // is written, the last one raising the slot's flags; with `wait`, the GEMV loads its first codes,
-  // then reads x only once slot wait_slot's flags are raised. x must not have been read since the
-  // last barrier: no barrier invalidates the caches in between.
-  struct Sync {
-    vk::BufferView counters;
-    bool wait = false, signal = false;
-    uint32_t wait_slot = 0, signal_slot = 0;
-  } sync;
 };
 
 // Where a GEMM writes: Y [m][ldy] from column `col` (ldy 0: the matrix's rows), so that
@@ -256,9 +238,8 @@ class Kernels {
   // cols must then be even).
   void dequant(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView out, bool f16_out = false);
 
-  // y = W x for one token (x as GemvOp says). y is fp32. Returns the workgroups it dispatched.
-  static constexpr uint32_t kGemvSyncWords = 4128;  // a slot of GemvOp::Sync::counters
-  uint32_t gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op);
+  // y = W x for one token (x as GemvOp says). y is fp32.
+  void gemv(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op);
   // Whether gemv() on w can fold the preparation of a next input of blocks of `block` (GemvOp::Fold)
   // after the epilogue `epilogue`: whole blocks of outputs per workgroup and slice, a block no
   // wider than four values per invocation.
@@ -403,10 +384,6 @@ class Kernels {
   // dst[0 .. bytes) = src[0 .. bytes) through a shader (bytes a multiple of 16): the
   // benchmark's measure of copy bandwidth with the loads and stores kernels issue.
   void copy(vk::Commands& cmd, const vk::Buffer& src, const vk::Buffer& dst, size_t bytes);
-  // Reads up to max_bytes of w's codes (from its first row) and keeps nothing (shaders/
-  // prefetch.comp): recorded without a barrier beside a kernel that leaves the memory idle, so
-  // that the GEMV of w after the next barrier finds them in the L2 cache. Records nothing at 0.
-  void prefetch(vk::Commands& cmd, const DeviceQuantMatrix& w, size_t max_bytes);
 
   // The pipeline for a shader + specialization, built on first use and kept. subgroup_size:
   // the required subgroup size (0: the driver's choice); unset: the configuration's.
@@ -444,8 +421,8 @@ class Kernels {
   bool last_skinny_ = false;
   std::string coopmat_unsupported_;  // coopmat_gemm_unsupported(), found by the constructor
   uint32_t coopmat_subgroup_size() const;  // the required subgroup size of pq_gemm_coopmat (0: the driver's)
-  uint32_t gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op,
-                   KernelConfig::GemvLookup lookup);
+  void gemv_as(vk::Commands& cmd, const DeviceQuantMatrix& w, vk::BufferView x, vk::BufferView y, const GemvOp& op,
+               KernelConfig::GemvLookup lookup);
   bool shuffle_fits(int bits) const;
   // Whether gemv_lookup(bits) is the shared table (known without the probe).
   bool gemv_table(int bits) const;

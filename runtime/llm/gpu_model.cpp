@@ -347,21 +347,6 @@ void GpuModel::build(const WeightSource& src, const GpuOptions& opt, const std::
   for (auto& b : fold_in_) b = ctx.buffer(widest * 4, vk::MemoryKind::device, "folded input");
   fold_sums_ = ctx.buffer(widest / 64 * 4, vk::MemoryKind::device, "folded input's sums of squares");
   fold_counters_ = ctx.upload_new(std::vector<uint32_t>(widest / 64, 0u), "fold counters");
-  overlap_ = kernels_.config().gemv_overlap == 1;
-  if (const char* e = std::getenv("PQVK_PREFETCH_MB"); e && *e) {  // benchmarks: prefetch_beside_attention()
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 10);
-    if (*end || v < 0 || v > 4096) throw ModelError(std::string("PQVK_PREFETCH_MB='") + e + "' is not 0..4096");
-    prefetch_bytes_ = size_t(v) << 20;
-  }
-  if (overlap_) {  // three folds a layer (o, gate|up, down)
-    chain_regions_ = static_cast<uint32_t>(3 * c.n_layers + 1);
-    chain_in_bytes_ = round_up(widest * 4, size_t(256));
-    chain_sums_bytes_ = round_up(widest / 64 * 4, size_t(256));
-    chain_in_ = ctx.buffer(chain_regions_ * chain_in_bytes_, vk::MemoryKind::device, "folded inputs (overlapped GEMVs)");
-    chain_sums_ = ctx.buffer(chain_regions_ * chain_sums_bytes_, vk::MemoryKind::device, "their sums of squares");
-    chain_sync_ = ctx.buffer(size_t(chain_regions_) * Kernels::kGemvSyncWords * 4, vk::MemoryKind::device, "overlapped GEMVs' counters");
-  }
   // Decode attention: the context in splits (decode_splits).
   if (kernels_.decode_attention_supported(shape_)) {
     splits_ = decode_splits(context_);
@@ -538,42 +523,26 @@ void GpuModel::linear(vk::Commands& cmd, std::initializer_list<Out> outs, vk::Bu
     op.epilogue = o0.swiglu ? Kernels::GemvOp::swiglu : accumulate ? Kernels::GemvOp::accumulate : Kernels::GemvOp::store;
     vk::BufferView xin;
     if (folded) {
-      xin = folded->in;
+      xin = fold_in_[folded->pair];
       op.prologue = folded->rms ? Kernels::GemvOp::prepared_rms : Kernels::GemvOp::prepared;
-      op.partials = folded->sums;
+      op.partials = fold_sums_;
       op.eps = pro.eps;
-      if (folded->wait) op.sync = {chain_sync_, true, false, folded->slot, 0};
     } else {
       xin = prepare_input(cmd, x, 1, cols, w, Layout::gemv_interleaved, pro, 0);
     }
-    Folded out;
-    const bool overlap = fold && overlap_ && chain_next_ < chain_regions_;
     if (fold) {
-      out.rms = next.norm.buffer;
-      if (overlap) {  // its own region, and no barrier after this GEMV: the next one waits for it
-        out.slot = chain_next_++;
-        out.in = vk::BufferView(chain_in_, out.slot * chain_in_bytes_, chain_in_bytes_);
-        out.sums = vk::BufferView(chain_sums_, out.slot * chain_sums_bytes_, chain_sums_bytes_);
-        out.wait = true;
-        op.sync.counters = chain_sync_;
-        op.sync.signal = true;
-        op.sync.signal_slot = out.slot;
-      } else {
-        out.pair = folded && folded->pair == 0 ? 1 : 0;  // never the buffer this GEMV reads
-        out.in = fold_in_[out.pair];
-        out.sums = fold_sums_;
-      }
-      op.fold.kind = out.rms ? Kernels::GemvOp::Fold::rms_norm : Kernels::GemvOp::Fold::plain;
-      op.fold.next = out.in;
+      const int pair = folded ? 1 - folded->pair : 0;  // never the buffer this GEMV reads
+      op.fold.kind = next.norm.buffer ? Kernels::GemvOp::Fold::rms_norm : Kernels::GemvOp::Fold::plain;
+      op.fold.next = fold_in_[pair];
       op.fold.counters = fold_counters_;
-      op.fold.partials = out.sums;
+      op.fold.partials = fold_sums_;
       op.fold.norm = next.norm;
       op.fold.block = static_cast<uint32_t>(next.w->q->block);
       op.fold.rotate = next.w->rotated();
+      folded_ = Folded{pair, op.fold.kind == Kernels::GemvOp::Fold::rms_norm};
     }
     kernels_.gemv(cmd, *w.q, xin, o0.y, op);
-    if (fold) folded_ = out;
-    if (!overlap) cmd.barrier();
+    cmd.barrier();
     if (marks_) mark(cmd, std::string("gemv ") + matrix_kind(w) + (o0.swiglu ? " (swiglu)" : "") + (fold ? " (+next input)" : ""));
     return;
   }
@@ -649,15 +618,13 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m, bo
       // fold_in_[0] (free: the q|k|v GEMV has read its input, and folds nothing), which the
       // output projection reads as a prepared input.
       const DecodeDirect out{fold_in_[0], static_cast<uint32_t>(L.wo.q->block), L.wo.rotated()};
-      prefetch_beside_attention(cmd, L);
       kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, {}, {}, 1, out);
       cmd.barrier();
       mark(cmd, std::string("attention (rope, kv store, one split") + (out.rotate ? ", +fwht)" : ")"));
-      folded_ = Folded{fold_in_[0], fold_sums_, false, 0};
+      folded_ = Folded{0, false};
       linear(cmd, {{&L.wo, x_}}, fold_in_[0], q_dim, m, Prologue{}, true, 0, mlp);
       return;
     }
-    prefetch_beside_attention(cmd, L);
     kernels_.attention_decode(cmd, shape_, qkv_, L.kcache, L.vcache, inv_freq_, bias, qk_norm, step_, att_parts_,
                               att_ml_, splits_);
     cmd.barrier();
@@ -675,19 +642,6 @@ void GpuModel::attention_block(vk::Commands& cmd, const Layer& L, uint32_t m, bo
   cmd.barrier();
   mark(cmd, "attention");
   linear(cmd, {{&L.wo, x_}}, att_, q_dim, m, Prologue{}, true);
-}
-
-// Decode: the output projection's codes, then gate|up's, up to prefetch_bytes_ read into the L2
-// cache beside the decode attention (few workgroups, the memory otherwise idle), no barrier between.
-void GpuModel::prefetch_beside_attention(vk::Commands& cmd, const Layer& L) {
-  size_t left = prefetch_bytes_;
-  for (const Linear* w : {&L.wo, L.gate_up ? &*L.gate_up : nullptr}) {
-    if (!w || !w->q || left == 0) break;
-    kernels_.prefetch(cmd, *w->q, left);
-    size_t codes = 0;
-    for (const auto& sl : w->q->slices) codes += sl.codes.size();
-    left -= std::min(left, codes);
-  }
 }
 
 // x += W_down (silu(W_gate h) * W_up h),  h = rmsnorm(x)
@@ -744,8 +698,6 @@ void GpuModel::logits_all(vk::Commands& cmd, uint32_t m) {
 // The whole forward pass of m tokens (ids in tokens_, first position in step_).
 void GpuModel::record_step(vk::Commands& cmd, uint32_t m, bool argmax, bool direct) {
   folded_.reset();
-  chain_next_ = 0;
-  if (overlap_) cmd.fill(chain_sync_, 0u);  // before embed()'s barrier
   embed(cmd, m);
   for (size_t i = 0; i < layers_.size(); ++i) {
     attention_block(cmd, *layers_[i], m, direct && m == 1);

@@ -233,7 +233,6 @@ class GpuModel {
   Next next_of(const Layer& L) const;
   void attention_block(vk::Commands& cmd, const Layer& L, uint32_t m, bool direct = false);
   void mlp_block(vk::Commands& cmd, const Layer& L, uint32_t m, const Next& next);
-  void prefetch_beside_attention(vk::Commands& cmd, const Layer& L);
   void logits(vk::Commands& cmd, uint32_t m, bool argmax);
   void logits_all(vk::Commands& cmd, uint32_t m);
   // One output of a linear step: a matrix, where its result goes (columns from `col` of rows
@@ -257,16 +256,11 @@ class GpuModel {
   const vk::Buffer& prepare_input(vk::Commands& cmd, vk::BufferView x, uint32_t m, uint32_t cols, const Linear& first,
                                   Layout layout, const Prologue& pro, uint32_t in_row0);
   bool can_fold(const Linear& w, uint32_t m, bool swiglu, const Linear* next) const;
-  // An input the previous kernel prepared (a GEMV's fold, or the direct decode attention): `in`,
-  // with the RMSNorm's 1/rms still to apply (from the sums of squares in `sums`) when rms. It is
-  // fold_in_[pair], or (pair -1, overlapped GEMVs) a region of chain_in_ that the GEMV reading it
-  // reads once its producer has raised the flags of sync slot `slot` (GemvOp::Sync).
+  // An input the previous kernel prepared (a GEMV's fold, or the direct decode attention):
+  // fold_in_[pair], with the RMSNorm's 1/rms still to apply (from fold_sums_) when rms.
   struct Folded {
-    vk::BufferView in, sums;
+    int pair = 0;
     bool rms = false;
-    int pair = -1;
-    bool wait = false;
-    uint32_t slot = 0;
   };
   std::optional<Folded> folded_;
 
@@ -296,15 +290,6 @@ class GpuModel {
   // is read; the per-block sums of squares (no GEMV reads and writes them: Kernels::gemv refuses);
   // the per-block counters (zero between uses).
   vk::Buffer fold_in_[2], fold_sums_, fold_counters_;
-  // Overlapped decode GEMVs (KernelConfig::gemv_overlap): no barrier between a folding GEMV and
-  // the next one, so each folded input gets its own region (nothing read it since the last
-  // barrier, so no cache holds a stale copy), with its sums of squares and its sync counter
-  // (zeroed at the start of each step). Regions are handed out in recording order.
-  bool overlap_ = false;
-  size_t prefetch_bytes_ = 0;  // prefetch_beside_attention() (PQVK_PREFETCH_MB)
-  vk::Buffer chain_in_, chain_sums_, chain_sync_;
-  uint32_t chain_regions_ = 0, chain_next_ = 0;
-  size_t chain_in_bytes_ = 0, chain_sums_bytes_ = 0;
 
   std::unique_ptr<vk::Commands> decode_[2][2];  // the decode step's recordings, [direct attention][GPU argmax]
 
